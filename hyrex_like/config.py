@@ -1,0 +1,85 @@
+"""Library settings: one model, read once (argument > environment > default), passed down.
+
+No other module reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "HYREX_LIKE_"
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
+
+
+class Settings(BaseModel):
+    """Everything configurable about the library outside of task options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str | None = None
+    """PostgreSQL URL or conninfo string; ``None`` means the embedded database."""
+    schema_name: str = "hyrex_like"
+    """PostgreSQL schema holding the tables; lets several apps (or tests) share a database."""
+    allow_embedded: bool = True
+    """With no database URL, start a private PostgreSQL (set ``HYREX_LIKE_NO_EMBEDDED=1`` to forbid)."""
+    embedded_dir: Path = Field(default_factory=lambda: Path.cwd() / ".hyrex_like" / "pgdata")
+    max_payload_bytes: int = Field(default=1_048_576, ge=1)
+    """Largest accepted serialized payload, in bytes (default 1 MiB)."""
+    auto_migrate: bool = True
+    """Create or upgrade the schema on first use."""
+    pool_max_size: int = Field(default=4, ge=1)
+    connect_timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("schema_name")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not _SCHEMA_RE.match(value):
+            raise ValueError(
+                f"schema name {value!r} must be lowercase letters, digits and underscores, "
+                "starting with a letter or underscore, at most 50 characters"
+            )
+        return value
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``overrides`` (those not ``None``), then the environment."""
+        environ = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for key, raw in (
+            ("database_url", environ.get(ENV_PREFIX + "DATABASE_URL")),
+            ("schema_name", environ.get(ENV_PREFIX + "SCHEMA")),
+            ("embedded_dir", environ.get(ENV_PREFIX + "EMBEDDED_DIR")),
+            ("max_payload_bytes", environ.get(ENV_PREFIX + "MAX_PAYLOAD_BYTES")),
+            ("auto_migrate", environ.get(ENV_PREFIX + "AUTO_MIGRATE")),
+        ):
+            if raw not in (None, ""):
+                values[key] = raw
+        no_embedded = environ.get(ENV_PREFIX + "NO_EMBEDDED", "")
+        if no_embedded.strip().lower() in {"1", "true", "yes", "on"}:
+            values["allow_embedded"] = False
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid hyrex-like settings: {exc}") from exc
+
+
+def redact_dsn(dsn: str | None) -> str:
+    """Return ``dsn`` with any password replaced by ``***``, safe to log or raise."""
+    if not dsn:
+        return "<embedded>"
+    # URL form: scheme://user:password@host/...
+    redacted = re.sub(r"(://[^:/@?#]*):([^@/?#]*)@", r"\1:***@", dsn)
+    # URL query form: ?password=... and conninfo form: password=...
+    redacted = re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", r"\1***", redacted)
+    return redacted

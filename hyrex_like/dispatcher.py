@@ -1,0 +1,733 @@
+"""The worker: one parent process that claims tasks and N executor processes that run them.
+
+The parent owns the database connections, the signals and the executors. Its loop is short and
+its steps are named methods (`_claim`, `_dispatch`, `_collect`, `_enforce_timeouts`, `_flush`,
+`_maintain`); each step does what it can without blocking on the others, so a slow task, a dead
+executor or a dead database never stops the loop.
+
+Round trips per batch: one statement claims (and opens the run rows), one writes every finished
+attempt. Results wait in memory while the database is away and are written when it is back; the
+write is guarded (task still ours, same attempt), so writing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import psycopg
+import structlog
+import tenacity
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import redact_dsn
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    ExecutorLost,
+    HyrexLikeError,
+    TaskTimeout,
+    WorkerError,
+)
+from .executor import ERR, OK, SKIP, Job, executor_main
+from .registry import HyrexRegistry
+from .store import FinishedRow, WorkerQueries
+
+log = structlog.get_logger("hyrex_like.worker")
+
+_DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError)
+
+
+class WorkerOptions(BaseModel):
+    """How a worker runs. The CLI maps its flags onto these."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queues: tuple[str, ...] = ()
+    """Queues to serve; empty means every queue."""
+    processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
+    prefetch: int = Field(default=8, ge=1, le=10_000)
+    """Jobs handed to an idle executor at once (raise it for many tiny tasks)."""
+    grace_period: float = Field(default=30.0, ge=0)
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    stale_after: float = Field(default=30.0, gt=0)
+    """Seconds without a heartbeat after which a worker's running tasks are requeued."""
+    poll_interval: float = Field(default=1.0, gt=0)
+    startup_timeout: float = Field(default=15.0, ge=0)
+    """How long to keep trying to reach the database at start before giving up."""
+    log_level: str = "info"
+    log_format: str = "console"
+
+
+@dataclass
+class _Executor:
+    index: int
+    process: Any  # multiprocessing.context.SpawnProcess
+    conn: mpc.Connection
+    assigned: deque[Job] = field(default_factory=deque)
+    head_started: float | None = None
+    ready: bool = False
+
+
+class _ForcedExit(BaseException):
+    """Raised by the second SIGTERM/SIGINT to leave whatever the loop is blocked in."""
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class Dispatcher:
+    """Runs the tasks of ``registry`` (importable as ``app``) until told to stop."""
+
+    def __init__(self, registry: HyrexRegistry, app: str, options: WorkerOptions | None = None):
+        self.registry = registry
+        self.app = app
+        self.options = options or WorkerOptions()
+        self.worker_id = uuid.uuid4()
+        self.log = log.bind(worker_id=str(self.worker_id))
+        self.task_names = sorted(registry.tasks)
+        self.queues = list(self.options.queues)
+        self.capacity = self.options.processes * self.options.prefetch
+        self._mp = mp.get_context("spawn")
+        self._draining = self._mp.Event()
+        self._executors: list[_Executor] = []
+        self._ready: deque[Job] = deque()
+        self._done: list[FinishedRow] = []
+        self._giveback: list[Job] = []
+        self._db: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
+        self._db_failures = 0
+        self._next_db_attempt = 0.0
+        self._claim_wanted = True
+        self._next_poll = 0.0
+        self._next_heartbeat = 0.0
+        self._retry_at = math.inf
+        self._stopping = False
+        self._stop_requested = False
+        self._grace_deadline = math.inf
+        self._signals = 0
+        self._startup_failures = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._debug = self.options.log_level == "debug"
+        self._old_handlers: dict[int, Any] = {}
+        self.stats = {"claimed": 0, "completed": 0, "failed_attempts": 0, "timed_out": 0,
+                      "lost": 0, "rescued": 0, "executor_restarts": 0, "db_reconnects": 0}
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or `request_stop`). Returns the process exit code."""
+        if not self.task_names:
+            raise WorkerError(f"{self.app!r} has no registered tasks; nothing to run")
+        self._install_signals()
+        try:
+            try:
+                self._start()
+                while not self._finished():
+                    self._step()
+                return self._shutdown()
+            except _ForcedExit:
+                return self._forced_shutdown()
+        finally:
+            self._restore_signals()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop, as SIGTERM does (safe from another thread)."""
+        self._stop_requested = True
+        self._wake()
+
+    def _start(self) -> None:
+        store = self.registry.store
+        store.ensure_schema()  # SchemaNotReady here is a clear, fatal start-up error
+        deadline = time.monotonic() + self.options.startup_timeout
+        while self._connect() is None:
+            if time.monotonic() >= deadline:
+                raise DatabaseError(
+                    f"cannot reach the database at {redact_dsn(store.url())} "
+                    f"after {self.options.startup_timeout:g}s"
+                )
+            time.sleep(max(0.0, min(self._next_db_attempt, deadline) - time.monotonic()))
+        for index in range(self.options.processes):
+            self._executors.append(self._spawn(index))
+        self.log.info(
+            "worker_started", app=self.app, queues=self.queues or "*", tasks=self.task_names,
+            processes=self.options.processes, prefetch=self.options.prefetch,
+            database=redact_dsn(store.url()), schema=store.schema,
+        )
+
+    def _step(self) -> None:
+        if self._stop_requested and not self._stopping:
+            self._begin_stop()
+        if not self._stopping:
+            self._claim()
+        self._dispatch()
+        self._wait()
+        self._collect()
+        self._reap()
+        self._enforce_timeouts()
+        self._flush()
+        self._maintain()
+
+    def _finished(self) -> bool:
+        if not self._stopping:
+            return False
+        busy = any(ex.assigned for ex in self._executors)
+        return not busy or time.monotonic() >= self._grace_deadline
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self._draining.set()  # executors hand back what they have not started
+        self._giveback.extend(self._ready)
+        self._ready.clear()
+        self._grace_deadline = time.monotonic() + self.options.grace_period
+        running = sum(1 for ex in self._executors if ex.assigned)
+        self.log.info("worker_stopping", running=running, grace_period=self.options.grace_period)
+
+    def _shutdown(self) -> int:
+        """After the grace period: requeue what still runs, write everything, stop executors."""
+        for ex in self._executors:
+            if ex.assigned:
+                self._kill(ex)
+                head = ex.assigned.popleft()
+                self._record(head, "interrupted", True, None, "WorkerShutdown",
+                             "the worker shut down before this attempt finished", None)
+                self._giveback.extend(ex.assigned)
+                ex.assigned.clear()
+        self._stop_executors()
+        written = self._final_flush(deadline=time.monotonic() + max(10.0, self.options.grace_period))
+        self.log.info("worker_stopped", clean=written, **self.stats)
+        return 0
+
+    def _forced_shutdown(self) -> int:
+        self.log.warning("worker_forced_stop")
+        for ex in self._executors:
+            self._kill(ex)
+            if ex.assigned:
+                head = ex.assigned.popleft()
+                self._record(head, "interrupted", True, None, "WorkerShutdown",
+                             "the worker was stopped at once (second signal)", None)
+                self._giveback.extend(ex.assigned)
+                ex.assigned.clear()
+        self._giveback.extend(self._ready)
+        self._ready.clear()
+        # One quick try; whatever is not written is requeued by other workers once our
+        # heartbeat is stale.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            self._final_flush(deadline=time.monotonic() + 1.0)
+        except Exception:  # pragma: no cover - best effort on the way out
+            pass
+        return 1
+
+    def _final_flush(self, deadline: float) -> bool:
+        while True:
+            self._flush()
+            if not self._done and not self._giveback:
+                break
+            if time.monotonic() >= deadline:
+                self.log.error(
+                    "worker_unwritten_results", results=len(self._done),
+                    unstarted=len(self._giveback),
+                    hint="other workers requeue these tasks once this worker's heartbeat is stale",
+                )
+                return False
+            time.sleep(0.05)
+        db = self._ensure_db()
+        if db is not None:
+            try:
+                WorkerQueries.stop(db, self.worker_id)
+            except _DB_ERRORS:
+                pass
+        self._close_db()
+        return True
+
+    # ---------------------------------------------------------------------------- signals
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            raise _ForcedExit()
+        self._stop_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    # ---------------------------------------------------------------------------- database
+
+    def _connect(self) -> psycopg.Connection[Any] | None:
+        """(Re)connect both connections, with tenacity retrying inside a short window."""
+        if time.monotonic() < self._next_db_attempt:
+            return None
+        store = self.registry.store
+        try:
+            for attempt in tenacity.Retrying(
+                stop=tenacity.stop_after_delay(1.0),
+                wait=tenacity.wait_exponential_jitter(initial=0.05, max=0.5),
+                retry=tenacity.retry_if_exception_type(DatabaseError),
+                reraise=True,
+            ):
+                with attempt:
+                    db = store.connect()
+                    try:
+                        listen = store.connect()
+                    except BaseException:
+                        db.close()
+                        raise
+            WorkerQueries.listen(listen, store.channel)
+            WorkerQueries.register(
+                db, self.worker_id, socket.gethostname(), os.getpid(), self.queues,
+                self.task_names, self.options.processes,
+            )
+            # A claim whose reply was lost with the old connection left tasks marked as ours.
+            known = self._known_task_ids()
+            returned = WorkerQueries.give_back_unknown(db, self.worker_id, known)
+        except ConfigurationError:
+            raise
+        except (*_DB_ERRORS, OSError) as exc:
+            self._db_failures += 1
+            delay = min(0.1 * 2 ** min(self._db_failures, 6), 5.0)
+            self._next_db_attempt = time.monotonic() + delay
+            self.log.warning("database_unavailable", error=_describe(exc), retry_in=round(delay, 2))
+            return None
+        if self._db_failures:
+            self.stats["db_reconnects"] += 1
+            self.log.info("database_reconnected", after_failures=self._db_failures,
+                          returned_unknown=returned)
+        self._db_failures = 0
+        self._db, self._listen = db, listen
+        self._claim_wanted = True
+        return db
+
+    def _ensure_db(self) -> psycopg.Connection[Any] | None:
+        if self._db is not None and not self._db.closed:
+            return self._db
+        self._close_db()
+        return self._connect()
+
+    def _db_lost(self, exc: BaseException) -> None:
+        self.log.warning("database_connection_lost", error=_describe(exc))
+        self._close_db()
+        self._next_db_attempt = time.monotonic() + 0.05
+
+    def _close_db(self) -> None:
+        for conn in (self._db, self._listen):
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+        self._db = self._listen = None
+
+    def _known_task_ids(self) -> list[uuid.UUID]:
+        ids = [j.task_id for j in self._ready] + [j.task_id for j in self._giveback]
+        ids += [r.task_id for r in self._done]
+        for ex in self._executors:
+            ids += [j.task_id for j in ex.assigned]
+        return ids
+
+    def _in_flight(self) -> int:
+        return len(self._ready) + sum(len(ex.assigned) for ex in self._executors)
+
+    # ---------------------------------------------------------------------------- claiming
+
+    def _claim(self) -> None:
+        now = time.monotonic()
+        if now >= self._retry_at:
+            self._claim_wanted = True
+            self._retry_at = math.inf
+        if not self._claim_wanted:
+            return
+        free = self.capacity - self._in_flight()
+        if free <= 0:
+            return
+        db = self._ensure_db()
+        if db is None:
+            return
+        try:
+            rows = WorkerQueries.claim(db, self.worker_id, self.task_names, self.queues, free)
+        except _DB_ERRORS as exc:
+            self._db_lost(exc)
+            return
+        self._claim_wanted = len(rows) == free  # a full batch means more may be waiting
+        for row in rows:
+            job = Job(row.id, row.task_name, row.queue, row.priority, row.args, row.attempt,
+                      row.max_retries, row.timeout_seconds, row.parent_id, row.root_id)
+            self._ready.append(job)
+            if self._debug:
+                self.log.debug("task_claimed", task_id=str(job.task_id), task_name=job.task_name,
+                               attempt=job.attempt, queue=job.queue)
+        self.stats["claimed"] += len(rows)
+
+    def _dispatch(self) -> None:
+        """Hand ready jobs to idle executors, spread evenly."""
+        if not self._ready:
+            return
+        idle = [ex for ex in self._executors if ex.ready and not ex.assigned]
+        if not idle:
+            return
+        share = max(1, min(self.options.prefetch, math.ceil(len(self._ready) / len(idle))))
+        for ex in idle:
+            if not self._ready:
+                break
+            batch = [self._ready.popleft() for _ in range(min(share, len(self._ready)))]
+            ex.assigned.extend(batch)
+            ex.head_started = time.monotonic()
+            try:
+                ex.conn.send(batch)
+            except OSError:
+                pass  # the executor died; _reap hands its jobs on
+            if self._debug:
+                for job in batch:
+                    self.log.debug("task_started", task_id=str(job.task_id),
+                                   task_name=job.task_name, attempt=job.attempt,
+                                   executor=ex.process.pid)
+
+    # ---------------------------------------------------------------------------- waiting
+
+    def _wait(self) -> None:
+        timeout = self._wait_timeout()
+        objects: list[Any] = [self._wake_r]
+        for ex in self._executors:
+            objects.append(ex.conn)
+            objects.append(ex.process.sentinel)
+        if self._listen is not None and not self._listen.closed:
+            objects.append(self._listen.fileno())
+        ready = mpc.wait(objects, timeout)
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:
+                pass
+        if self._listen is not None and self._listen.fileno() in ready:
+            try:
+                for _ in self._listen.notifies(timeout=0):
+                    self._claim_wanted = True
+            except _DB_ERRORS as exc:
+                self._db_lost(exc)
+
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        if self._stop_requested and not self._stopping:
+            return 0.0
+        deadlines = [self._next_heartbeat, self._retry_at]
+        if not self._stopping:
+            deadlines.append(self._next_poll)
+            if self._claim_wanted and self._in_flight() < self.capacity:
+                deadlines.append(self._next_db_attempt if self._db is None else now)
+        else:
+            deadlines.append(self._grace_deadline)
+        if self._done or self._giveback:
+            deadlines.append(now if self._db is not None else self._next_db_attempt)
+        for ex in self._executors:
+            if ex.assigned and ex.head_started is not None and ex.assigned[0].timeout:
+                deadlines.append(ex.head_started + ex.assigned[0].timeout)
+        return max(0.0, min(min(deadlines) - now, 1.0))
+
+    # ---------------------------------------------------------------------------- results
+
+    def _collect(self) -> None:
+        for ex in self._executors:
+            self._drain_pipe(ex)
+
+    def _drain_pipe(self, ex: _Executor) -> None:
+        try:
+            while ex.conn.poll():
+                msg = ex.conn.recv()
+                self._on_message(ex, msg)
+        except (EOFError, OSError):
+            pass  # dead: _reap deals with it
+
+    def _on_message(self, ex: _Executor, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            ex.ready = True
+            self._startup_failures = 0
+            return
+        job = ex.assigned.popleft()
+        if job.task_id != msg[1]:  # pragma: no cover - would be a protocol bug
+            raise WorkerError(f"executor answered for {msg[1]} while running {job.task_id}")
+        ex.head_started = time.monotonic() if ex.assigned else None
+        if kind == OK:
+            self._record(job, "completed", True, msg[5], None, None, None, msg[3], msg[4])
+        elif kind == ERR:
+            _, _, _, started, finished, etype, emsg, tb, retryable = msg
+            self._record(job, "failed", retryable, None, etype, emsg, tb, started, finished)
+        elif kind == SKIP:
+            self._giveback.append(job)
+
+    def _record(
+        self, job: Job, status: str, retryable: bool, result: str | None,
+        error_type: str | None, error_message: str | None, tb: str | None,
+        started: float | None = None, finished: float | None = None,
+    ) -> None:
+        self._done.append(FinishedRow(
+            job.task_id, job.task_name, job.attempt, status, retryable, result, error_type, error_message, tb,
+            _utc(started) if started is not None else None,
+            _utc(finished if finished is not None else time.time()),
+        ))
+        if status == "completed":
+            self.stats["completed"] += 1
+        else:
+            self.stats["failed_attempts"] += 1
+
+    # ---------------------------------------------------------------------------- executors
+
+    def _spawn(self, index: int) -> _Executor:
+        parent_conn, child_conn = self._mp.Pipe(duplex=True)
+        settings = self.registry.settings.model_copy(
+            update={"database_url": self.registry.store.url(), "auto_migrate": False}
+        )
+        process = self._mp.Process(
+            target=executor_main,
+            args=(self.app, settings, child_conn, self._draining, self.options.log_level,
+                  self.options.log_format, self.worker_id),
+            name=f"hyrex-like-executor-{index}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return _Executor(index, process, parent_conn)
+
+    def _kill(self, ex: _Executor) -> None:
+        if ex.process.is_alive():
+            try:
+                os.kill(ex.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        ex.process.join(5)
+        ex.conn.close()
+
+    def _reap(self) -> None:
+        """Replace dead executors; their running attempt is lost, the rest go to others."""
+        for i, ex in enumerate(self._executors):
+            if ex.process.exitcode is None:
+                continue
+            self._drain_pipe(ex)  # results it sent before dying still count
+            code = ex.process.exitcode
+            if not ex.ready:
+                self._startup_failures += 1
+                if self._startup_failures > 3:
+                    raise WorkerError(
+                        f"executor processes keep dying at start (exit code {code}); "
+                        f"check that {self.app!r} imports cleanly in a fresh interpreter"
+                    )
+            if ex.assigned:
+                head = ex.assigned.popleft()
+                why = (f"executor process {ex.process.pid} died (signal {-code})" if code < 0
+                       else f"executor process {ex.process.pid} exited with code {code}")
+                self.stats["lost"] += 1
+                self._record(head, "lost", True, None, "ExecutorLost", why, None)
+                self.log.warning("task_lost", task_id=str(head.task_id), task_name=head.task_name,
+                                 attempt=head.attempt, reason=why)
+                self._call_on_error(head, ExecutorLost(why))
+                self._requeue_local(ex.assigned)
+            ex.conn.close()
+            self.stats["executor_restarts"] += 1
+            self._executors[i] = self._spawn(ex.index)
+            self.log.info("executor_restarted", executor=ex.index, exit_code=code)
+
+    def _requeue_local(self, jobs: deque[Job]) -> None:
+        """Jobs an executor never started: run them elsewhere (or give back if stopping)."""
+        if self._stopping:
+            self._giveback.extend(jobs)
+        else:
+            self._ready.extendleft(reversed(jobs))
+        jobs.clear()
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for i, ex in enumerate(self._executors):
+            if not ex.assigned or ex.head_started is None:
+                continue
+            head = ex.assigned[0]
+            if not head.timeout or now - ex.head_started <= head.timeout:
+                continue
+            self._drain_pipe(ex)  # it may have just finished
+            if not ex.assigned or ex.assigned[0] is not head:
+                continue
+            self._kill(ex)
+            ex.assigned.popleft()
+            why = f"attempt ran past its timeout of {head.timeout:g}s; its executor was killed"
+            self.stats["timed_out"] += 1
+            self._record(head, "timed_out", True, None, "TaskTimeout", why, None)
+            self.log.warning("task_timed_out", task_id=str(head.task_id),
+                             task_name=head.task_name, attempt=head.attempt, timeout=head.timeout)
+            self._call_on_error(head, TaskTimeout(why))
+            self._requeue_local(ex.assigned)
+            self.stats["executor_restarts"] += 1
+            self._executors[i] = self._spawn(ex.index)
+
+    def _call_on_error(self, job: Job, exc: HyrexLikeError) -> None:
+        definition = self.registry.get_task(job.task_name)
+        callback = definition.config.on_error if definition else None
+        if callback is None:
+            return
+        try:
+            outcome = callback(exc)
+            if asyncio.iscoroutine(outcome):
+                asyncio.run(outcome)
+        except Exception as cb_exc:
+            self.log.error("on_error_failed", task_id=str(job.task_id), task_name=job.task_name,
+                           attempt=job.attempt, error=_describe(cb_exc))
+
+    def _stop_executors(self) -> None:
+        for ex in self._executors:
+            try:
+                ex.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for ex in self._executors:
+            ex.process.join(max(0.0, deadline - time.monotonic()))
+            if ex.process.is_alive():
+                self._kill(ex)
+            else:
+                ex.conn.close()
+
+    # ---------------------------------------------------------------------------- writing
+
+    def _flush(self) -> None:
+        if not self._done and not self._giveback:
+            return
+        db = self._ensure_db()
+        if db is None:
+            return
+        try:
+            if self._giveback:
+                items = [(j.task_id, j.attempt) for j in self._giveback]
+                WorkerQueries.give_back(db, self.worker_id, items)
+                self._giveback.clear()
+            if self._done:
+                rows = self._done
+                returned = self._write_finished(db, rows)
+                self._done = []
+                self._after_write(rows, returned)
+        except _DB_ERRORS as exc:
+            self._db_lost(exc)
+
+    def _write_finished(
+        self, db: psycopg.Connection[Any], rows: list[FinishedRow]
+    ) -> list[tuple[uuid.UUID, str, datetime, int]]:
+        try:
+            return WorkerQueries.finish(db, self.worker_id, rows)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            # One row the database refuses must not block the others: isolate it.
+            if len(rows) == 1:
+                row = rows[0]
+                self.log.error("task_result_rejected", task_id=str(row.task_id),
+                               error=_describe(exc))
+                fixed = FinishedRow(
+                    row.task_id, row.task_name, row.attempt, "failed", False, None, "ResultRejected",
+                    f"the database rejected this attempt's outcome: {_describe(exc)}",
+                    row.traceback, row.started_at, row.finished_at,
+                )
+                return WorkerQueries.finish(db, self.worker_id, [fixed])
+            out: list[tuple[uuid.UUID, str, datetime, int]] = []
+            for row in rows:
+                out += self._write_finished(db, [row])
+            return out
+
+    def _after_write(
+        self, rows: Sequence[FinishedRow], returned: list[tuple[uuid.UUID, str, datetime, int]]
+    ) -> None:
+        now_wall = datetime.now(UTC)
+        by_id = {r.task_id: r for r in rows}
+        for task_id, status, run_after, attempts in returned:
+            row = by_id.get(task_id)
+            if status == "queued":
+                delay = (run_after - now_wall).total_seconds()
+                self._retry_at = min(self._retry_at, time.monotonic() + max(0.0, delay))
+                if row is not None and row.status != "interrupted":
+                    self.log.warning("task_retry_scheduled", task_id=str(task_id),
+                                     task_name=row.task_name,
+                                     attempt=attempts, error_type=row.error_type,
+                                     error=row.error_message, delay=round(max(0.0, delay), 3))
+            elif status == "failed":
+                self.log.error("task_failed", task_id=str(task_id), attempt=attempts,
+                               task_name=row.task_name if row else None,
+                               error_type=row.error_type if row else None,
+                               error=row.error_message if row else None)
+            elif self._debug:
+                self.log.debug("task_completed", task_id=str(task_id), attempt=attempts)
+
+    # ---------------------------------------------------------------------------- upkeep
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._claim_wanted = True
+            self._next_poll = now + self.options.poll_interval
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.options.heartbeat_interval
+        db = self._ensure_db()
+        if db is None:
+            return
+        try:
+            if not WorkerQueries.heartbeat(db, self.worker_id):
+                # Another worker declared us lost (we were away too long) and requeued our
+                # tasks; our late results will be ignored. Carry on as a fresh registration.
+                self.log.warning("worker_declared_lost_reregistering")
+                WorkerQueries.register(
+                    db, self.worker_id, socket.gethostname(), os.getpid(), self.queues,
+                    self.task_names, self.options.processes,
+                )
+            workers, tasks = WorkerQueries.rescue(db, self.options.stale_after)
+        except _DB_ERRORS as exc:
+            self._db_lost(exc)
+            return
+        if tasks or workers:
+            self.stats["rescued"] += tasks
+            self._claim_wanted = True
+            self.log.warning("lost_tasks_requeued", workers=workers, tasks=tasks)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def run_worker(
+    registry: HyrexRegistry, app: str, options: WorkerOptions | None = None,
+    on_started: Callable[[Dispatcher], None] | None = None,
+) -> int:
+    """Build a dispatcher and run it (the CLI's entry point)."""
+    dispatcher = Dispatcher(registry, app, options)
+    if on_started is not None:
+        on_started(dispatcher)
+    return dispatcher.run()

@@ -1,0 +1,105 @@
+"""The exceptions hyrex-like raises, as one tree a caller can catch at the right level.
+
+    HyrexLikeError
+    ├── ConfigurationError        bad settings: no database, embedded forbidden, bad URL
+    ├── TaskDefinitionError       (also TypeError) a task function or option is unusable
+    │   └── DuplicateTaskName
+    ├── InvalidTaskOption         (also ValueError) an option value is out of range
+    ├── PayloadTooLarge           (also ValueError) a payload over the configured limit
+    ├── PayloadNotSerializable    (also ValueError) a payload Postgres cannot store as JSON
+    ├── TaskNotFound              no task row with that id
+    ├── TaskWaitTimeout           (also TimeoutError) `TaskHandle.wait` ran out of time
+    ├── DatabaseError             the database failed; the driver error is in ``__cause__``
+    │   └── SchemaNotReady        the schema is missing or newer than this library
+    ├── WorkerError               the worker could not start (bad app path, ...)
+    └── TaskAttemptError          passed to ``on_error`` when the worker ended an attempt
+        ├── TaskTimeout           the attempt ran past ``timeout_seconds``
+        └── ExecutorLost          the executor process died during the attempt
+
+Pydantic's own ``ValidationError`` is raised unchanged for payloads that do not match the
+task's annotation: it already names the field and the problem.
+"""
+
+from __future__ import annotations
+
+
+class HyrexLikeError(Exception):
+    """Base class for every error raised by hyrex-like."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+
+class ConfigurationError(HyrexLikeError):
+    """The configuration is unusable."""
+
+
+class TaskDefinitionError(HyrexLikeError, TypeError):
+    """A task function cannot be registered."""
+
+
+class DuplicateTaskName(TaskDefinitionError, ValueError):
+    """Two tasks in one registry share a name."""
+
+
+class InvalidTaskOption(HyrexLikeError, ValueError):
+    """A task option is unknown or out of range."""
+
+
+class PayloadTooLarge(HyrexLikeError, ValueError):
+    """The serialized payload is larger than the configured limit."""
+
+
+class PayloadNotSerializable(HyrexLikeError, ValueError):
+    """The payload cannot be stored as JSON in PostgreSQL."""
+
+
+class TaskNotFound(HyrexLikeError, LookupError):
+    """No task with this id exists."""
+
+
+class TaskWaitTimeout(HyrexLikeError, TimeoutError):
+    """The task did not reach a final status in time."""
+
+
+class DatabaseError(HyrexLikeError):
+    """The database operation failed."""
+
+
+class SchemaNotReady(DatabaseError):
+    """The hyrex-like schema is missing or not at the version this library expects."""
+
+
+class WorkerError(HyrexLikeError):
+    """The worker cannot start."""
+
+
+class TaskAttemptError(HyrexLikeError):
+    """An attempt ended without the task raising (the worker stopped it)."""
+
+
+class TaskTimeout(TaskAttemptError, TimeoutError):
+    """The attempt ran past its timeout and its executor was killed."""
+
+
+class ExecutorLost(TaskAttemptError):
+    """The executor process running the attempt died."""
+
+
+__all__ = [
+    "ExecutorLost",
+    "TaskAttemptError",
+    "TaskTimeout",
+    "ConfigurationError",
+    "DatabaseError",
+    "DuplicateTaskName",
+    "HyrexLikeError",
+    "InvalidTaskOption",
+    "PayloadNotSerializable",
+    "PayloadTooLarge",
+    "SchemaNotReady",
+    "TaskDefinitionError",
+    "TaskNotFound",
+    "TaskWaitTimeout",
+    "WorkerError",
+]

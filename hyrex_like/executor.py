@@ -1,0 +1,203 @@
+"""The executor: a child process of the dispatcher that runs task code.
+
+It receives batches of jobs over a pipe, runs them one at a time (``async def`` tasks on an
+event loop it keeps), and sends one result message per job. It knows nothing of signals or the
+database: the parent owns both. Before each job it checks the shared ``draining`` flag, so on
+shutdown it hands back the jobs it has not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib
+import os
+import signal
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import pydantic
+import structlog
+
+from .config import Settings
+from .context import HyrexContext, _reset_context, _set_context
+from .errors import PayloadNotSerializable, WorkerError
+from .registry import HyrexRegistry, TaskDefinition
+
+log = structlog.get_logger("hyrex_like.executor")
+
+_MAX_TRACEBACK = 20_000
+
+
+@dataclass(slots=True)
+class Job:
+    """A claimed task attempt, as handed to an executor."""
+
+    task_id: uuid.UUID
+    task_name: str
+    queue: str
+    priority: int
+    args: str
+    attempt: int
+    max_retries: int
+    timeout: float | None
+    parent_id: uuid.UUID | None
+    root_id: uuid.UUID | None
+
+
+# Result messages (tuples, pickled by multiprocessing):
+#   ("ok",   task_id, attempt, started, finished, result_json)
+#   ("err",  task_id, attempt, started, finished, type, message, traceback, retryable)
+#   ("skip", task_id, attempt)                  not started: the worker is draining
+OK, ERR, SKIP = "ok", "err", "skip"
+
+
+def load_registry(app: str) -> HyrexRegistry:
+    """Import ``module:attr`` (or ``module`` holding exactly one registry)."""
+    module_name, _, attr = app.partition(":")
+    if not module_name:
+        raise WorkerError(f"bad app path {app!r}: expected 'module:attribute' or 'module'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WorkerError(f"cannot import module {module_name!r} from {app!r}: {exc}") from None
+    if attr:
+        obj: Any = module
+        for part in attr.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise WorkerError(
+                    f"module {module_name!r} has no attribute {attr!r} (from {app!r})"
+                ) from None
+        if not isinstance(obj, HyrexRegistry):
+            raise WorkerError(f"{app!r} is a {type(obj).__name__}, not a HyrexRegistry")
+        return obj
+    found = [v for v in vars(module).values() if isinstance(v, HyrexRegistry)]
+    if len(found) != 1:
+        raise WorkerError(
+            f"module {module_name!r} holds {len(found)} HyrexRegistry objects; "
+            f"name one as '{module_name}:attribute'"
+        )
+    return found[0]
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us if the dispatcher dies, so no task runs unsupervised."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover
+            pass
+
+
+def executor_main(
+    app: str,
+    settings: Settings,
+    conn: Connection,
+    draining: Event,
+    log_level: str,
+    log_format: str,
+    worker_id: uuid.UUID,
+) -> None:
+    """Entry point of an executor process."""
+    _die_with_parent()
+    # The parent decides when we stop; a Ctrl-C or a SIGTERM sent to the whole process group
+    # must not kill a task halfway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from .logs import configure_logging
+
+    configure_logging(log_level, log_format)
+    registry = load_registry(app)
+    registry.configure(**settings.model_dump())
+    conn.send(("ready", os.getpid()))
+    Executor(registry, conn, draining, worker_id).serve()
+
+
+class Executor:
+    def __init__(
+        self, registry: HyrexRegistry, conn: Connection, draining: Event, worker_id: uuid.UUID
+    ) -> None:
+        self.registry = registry
+        self.conn = conn
+        self.draining = draining
+        self.worker_id = worker_id
+        self.loop = asyncio.new_event_loop()
+
+    def serve(self) -> None:
+        conn = self.conn
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            if batch is None:
+                return
+            for job in batch:
+                if self.draining.is_set():
+                    conn.send((SKIP, job.task_id, job.attempt))
+                    continue
+                conn.send(self.run(job))
+
+    def run(self, job: Job) -> tuple[Any, ...]:
+        definition = self.registry.get_task(job.task_name)
+        started = time.time()
+        if definition is None:  # claims filter by name, so only a changed app gets here
+            return (ERR, job.task_id, job.attempt, started, time.time(), "TaskNotRegistered",
+                    f"task {job.task_name!r} is not registered in this worker's app", None, False)
+        ctx = HyrexContext.model_construct(
+            task_id=job.task_id, task_name=job.task_name, attempt_number=job.attempt,
+            max_retries=job.max_retries, queue=job.queue, priority=job.priority,
+            parent_id=job.parent_id, root_id=job.root_id, worker_id=self.worker_id,
+        )
+        token = _set_context(ctx)
+        retryable = True
+        try:
+            try:
+                payload = _load(definition, job.args)
+            except pydantic.ValidationError:
+                retryable = False  # the stored args will not validate next time either
+                raise
+            value = definition.call(payload)
+            if definition.is_async or asyncio.iscoroutine(value):
+                value = self.loop.run_until_complete(value)
+            try:
+                result = definition.dump_result(value)
+            except PayloadNotSerializable:
+                retryable = False
+                raise
+            return (OK, job.task_id, job.attempt, started, time.time(), result)
+        except (Exception, SystemExit) as exc:
+            finished = time.time()
+            tb = traceback.format_exc()[-_MAX_TRACEBACK:]
+            self._on_error(definition, exc, job)
+            return (ERR, job.task_id, job.attempt, started, finished, type(exc).__qualname__,
+                    str(exc), tb, retryable)
+        finally:
+            _reset_context(token)
+
+    def _on_error(self, definition: TaskDefinition[Any, Any], exc: BaseException, job: Job) -> None:
+        callback = definition.config.on_error
+        if callback is None:
+            return
+        try:
+            outcome = callback(exc)  # type: ignore[arg-type]
+            if asyncio.iscoroutine(outcome):
+                self.loop.run_until_complete(outcome)
+        except Exception as cb_exc:
+            log.error("on_error_failed", task_id=str(job.task_id), task_name=job.task_name,
+                      attempt=job.attempt, error=f"{type(cb_exc).__name__}: {cb_exc}")
+
+
+def _load(definition: TaskDefinition[Any, Any], args: str) -> Any:
+    if definition.payload_adapter is None:
+        return None
+    return definition.payload_adapter.validate_json(args)

@@ -1,0 +1,204 @@
+-- Every SQL statement hyrex-like runs, each under a name ("-- name --" line), loaded once by
+-- store.py. Tables are unqualified: connections set search_path to the configured schema.
+-- Statements take named parameters only; nothing here is built from strings at run time.
+
+-- insert_task --
+INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                  backoff_seconds, run_after, parent_id, root_id)
+VALUES (%(id)s, %(task_name)s, %(queue)s, %(priority)s, %(args)s, %(max_retries)s,
+        %(timeout_seconds)s, %(backoff_seconds)s, coalesce(%(run_after)s, now()),
+        %(parent_id)s, %(root_id)s)
+
+-- copy_tasks --
+COPY task (id, task_name, queue, priority, args, max_retries, timeout_seconds, backoff_seconds,
+           run_after, parent_id, root_id)
+FROM STDIN
+
+-- claim_tasks --
+-- One round trip per batch: lock queued rows this worker can run (SKIP LOCKED, so workers
+-- never wait on each other), mark them running and open their run rows.
+WITH picked AS (
+    SELECT id
+    FROM task
+    WHERE status = 'queued'
+      AND run_after <= coalesce(%(now)s::timestamptz, now())
+      AND task_name = ANY(%(task_names)s::text[])
+      AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+    ORDER BY priority DESC, run_after, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE task AS t
+    SET status = 'running',
+        attempt_count = t.attempt_count + 1,
+        worker_id = %(worker_id)s,
+        started_at = coalesce(t.started_at, now())
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count, t.max_retries,
+              t.timeout_seconds, t.parent_id, t.root_id
+), runs AS (
+    INSERT INTO task_run (task_id, attempt_number, status, worker_id)
+    SELECT id, attempt_count, 'running', %(worker_id)s FROM claimed
+)
+SELECT id, task_name, queue, priority, args::text, attempt_count, max_retries,
+       timeout_seconds, parent_id, root_id
+FROM claimed
+ORDER BY priority DESC
+
+-- finish_runs --
+-- One round trip per batch of finished attempts. The guards (task still running, same attempt,
+-- same worker) make a late write from a worker whose tasks were rescued a no-op.
+WITH input AS (
+    SELECT *
+    FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[], %(statuses)s::text[],
+                %(retryable)s::boolean[], %(results)s::text[]::jsonb[], %(error_types)s::text[],
+                %(error_messages)s::text[], %(tracebacks)s::text[],
+                %(started_at)s::timestamptz[], %(finished_at)s::timestamptz[])
+         AS i(task_id, attempt, run_status, retryable, result, error_type, error_message, tb,
+              started_at, finished_at)
+), runs AS (
+    UPDATE task_run AS r
+    SET status = i.run_status, started_at = coalesce(i.started_at, r.started_at),
+        finished_at = i.finished_at, result = i.result,
+        error_type = i.error_type, error_message = i.error_message, traceback = i.tb
+    FROM input AS i
+    WHERE r.task_id = i.task_id AND r.attempt_number = i.attempt AND r.status = 'running'
+    RETURNING r.task_id
+), decided AS (
+    SELECT t.id,
+           CASE WHEN i.run_status = 'completed' THEN 'completed'
+                WHEN i.run_status = 'interrupted' THEN 'queued'
+                WHEN i.retryable AND t.attempt_count <= t.max_retries THEN 'queued'
+                ELSE 'failed' END AS next_status,
+           CASE WHEN i.run_status IN ('failed', 'timed_out', 'lost')
+                     AND i.retryable AND t.attempt_count <= t.max_retries
+                THEN now() + make_interval(
+                         secs => coalesce(t.backoff_seconds[t.attempt_count], 0))
+                ELSE now() END AS next_run_after,
+           i.*
+    FROM task AS t
+    JOIN input AS i ON i.task_id = t.id
+    WHERE t.status = 'running' AND t.attempt_count = i.attempt AND t.worker_id = %(worker_id)s
+)
+UPDATE task AS t
+SET status = d.next_status,
+    run_after = d.next_run_after,
+    worker_id = NULL,
+    result = CASE WHEN d.next_status = 'completed' THEN d.result ELSE t.result END,
+    last_error = CASE WHEN d.run_status = 'completed' THEN t.last_error
+                      ELSE jsonb_build_object('type', d.error_type, 'message', d.error_message,
+                                              'attempt', d.attempt) END,
+    finished_at = CASE WHEN d.next_status IN ('completed', 'failed') THEN d.finished_at END
+FROM decided AS d
+WHERE t.id = d.id
+RETURNING t.id, t.status, t.run_after, t.attempt_count
+
+-- give_back_tasks --
+-- Claimed but never started (shutdown, or an executor died before reaching them): undo the
+-- claim as if it never happened.
+WITH input AS (
+    SELECT * FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[]) AS i(task_id, attempt)
+), undone AS (
+    UPDATE task AS t
+    SET status = 'queued', attempt_count = t.attempt_count - 1, worker_id = NULL
+    FROM input AS i
+    WHERE t.id = i.task_id AND t.attempt_count = i.attempt AND t.status = 'running'
+      AND t.worker_id = %(worker_id)s
+    RETURNING t.id, i.attempt
+), dropped AS (
+    DELETE FROM task_run AS r
+    USING undone AS u
+    WHERE r.task_id = u.id AND r.attempt_number = u.attempt AND r.status = 'running'
+)
+SELECT count(*) AS n, pg_notify('hyrex_like_' || current_schema(), '') FROM undone
+
+-- give_back_unknown --
+-- After a dropped connection, a claim may have committed without its rows reaching us: hand
+-- back this worker's running tasks that it does not know it holds (their runs never started).
+WITH undone AS (
+    UPDATE task AS t
+    SET status = 'queued', attempt_count = t.attempt_count - 1, worker_id = NULL
+    WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
+      AND NOT (t.id = ANY(%(known)s::uuid[]))
+    RETURNING t.id, t.attempt_count + 1 AS attempt
+), dropped AS (
+    DELETE FROM task_run AS r
+    USING undone AS u
+    WHERE r.task_id = u.id AND r.attempt_number = u.attempt AND r.status = 'running'
+)
+SELECT count(*) AS n FROM undone
+
+-- register_worker --
+INSERT INTO worker (id, hostname, pid, queues, task_names, processes)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(task_names)s, %(processes)s)
+ON CONFLICT (id) DO UPDATE
+SET status = 'running', heartbeat_at = now(), stopped_at = NULL
+
+-- heartbeat --
+UPDATE worker SET heartbeat_at = now()
+WHERE id = %(id)s AND status = 'running'
+RETURNING id
+
+-- stop_worker --
+UPDATE worker SET status = 'stopped', stopped_at = now() WHERE id = %(id)s
+
+-- rescue_lost_tasks --
+-- Requeue the running tasks of workers whose heartbeat is stale (or whose worker row is gone),
+-- close their open runs as lost, and mark those workers lost. Such an attempt was not the
+-- task's fault, so it is requeued whatever its retry budget.
+WITH dead AS (
+    SELECT id FROM worker
+    WHERE status = 'running'
+      AND heartbeat_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_seconds)s)
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE worker AS w SET status = 'lost', stopped_at = now()
+    FROM dead WHERE w.id = dead.id
+    RETURNING w.id
+), orphans AS (
+    SELECT t.id, t.attempt_count
+    FROM task AS t
+    WHERE t.status = 'running'
+      AND (t.worker_id IN (SELECT id FROM dead)
+           OR NOT EXISTS (SELECT 1 FROM worker AS w
+                          WHERE w.id = t.worker_id AND w.status = 'running'))
+    FOR UPDATE OF t SKIP LOCKED
+), requeued AS (
+    UPDATE task AS t
+    SET status = 'queued', worker_id = NULL, run_after = now(),
+        last_error = jsonb_build_object('type', 'WorkerLost',
+                                        'message', 'the worker running this attempt stopped '
+                                                   'heartbeating', 'attempt', o.attempt_count)
+    FROM orphans AS o
+    WHERE t.id = o.id
+    RETURNING t.id, t.attempt_count
+), closed AS (
+    UPDATE task_run AS r
+    SET status = 'lost', finished_at = now(), error_type = 'WorkerLost',
+        error_message = 'the worker running this attempt stopped heartbeating'
+    FROM requeued AS q
+    WHERE r.task_id = q.id AND r.attempt_number = q.attempt_count AND r.status = 'running'
+)
+SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued) AS tasks,
+       CASE WHEN (SELECT count(*) FROM requeued) > 0
+            THEN pg_notify('hyrex_like_' || current_schema(), '') END AS notified
+
+-- get_task --
+SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
+       backoff_seconds, attempt_count, run_after, parent_id, root_id, worker_id, created_at,
+       started_at, finished_at, result, last_error
+FROM task WHERE id = %(id)s
+
+-- get_task_runs --
+SELECT task_id, attempt_number, status, worker_id, started_at, finished_at, result, error_type,
+       error_message, traceback
+FROM task_run WHERE task_id = %(id)s ORDER BY attempt_number
+
+-- next_run_after --
+SELECT min(run_after) FROM task
+WHERE status = 'queued' AND task_name = ANY(%(task_names)s::text[])
+  AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+
+-- schema_version --
+SELECT max(version) FROM schema_migrations

@@ -1,0 +1,608 @@
+"""Every SQL statement, the connection pools and the migrations runner.
+
+Nothing outside this module builds or runs SQL. Statements live in ``queries.sql`` under a name;
+the schema lives in numbered migration files (top-level ``sql/``, shipped as ``hyrex_like/_sql``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, LiteralString, cast
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from .config import Settings, redact_dsn
+from .embedded import embedded_database_url
+from .errors import ConfigurationError, DatabaseError, SchemaNotReady
+
+log = structlog.get_logger("hyrex_like.store")
+
+SCHEMA_VERSION_LOCK = 0x6879726578  # "hyrex": the advisory lock key for migrations
+
+
+# ---------------------------------------------------------------------------- named queries
+
+
+@cache
+def queries() -> dict[str, LiteralString]:
+    """Load ``queries.sql`` once: ``{name: statement}``."""
+    text = resources.files("hyrex_like").joinpath("queries.sql").read_text("utf-8")
+    out: dict[str, LiteralString] = {}
+    for match in re.finditer(r"^-- (\w+) --\n(.*?)(?=^-- \w+ --\n|\Z)", text, re.M | re.S):
+        body = "\n".join(
+            line for line in match.group(2).splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        out[match.group(1)] = cast(LiteralString, body)
+    return out
+
+
+def q(name: str) -> LiteralString:
+    """The statement called ``name`` in ``queries.sql``."""
+    return queries()[name]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+
+def migrations() -> list[Migration]:
+    """The numbered migrations, in order, from the wheel or from a source checkout."""
+    candidates: list[Path] = []
+    packaged = resources.files("hyrex_like").joinpath("_sql")
+    if packaged.is_dir():
+        candidates = [Path(str(p)) for p in packaged.iterdir()]
+    else:
+        source = Path(__file__).resolve().parent.parent / "sql"
+        if source.is_dir():
+            candidates = list(source.iterdir())
+    found = []
+    for path in candidates:
+        m = re.match(r"^(\d{4})_(\w+)\.sql$", path.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), path.read_text("utf-8")))
+    if not found:
+        raise ConfigurationError("hyrex-like is installed without its sql/ migrations")
+    found.sort(key=lambda mig: mig.version)
+    return found
+
+
+def latest_version() -> int:
+    return migrations()[-1].version
+
+
+# ------------------------------------------------------------------------------ row models
+
+
+def new_task_id() -> uuid.UUID:
+    """A time-ordered UUID (version 7): the ms timestamp first, so ids sort by creation."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 64) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF
+    return uuid.UUID(int=value)
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A ``task`` row as read back."""
+
+    id: uuid.UUID
+    task_name: str
+    queue: str
+    priority: int
+    status: str
+    args: Any
+    max_retries: int
+    timeout_seconds: float | None
+    backoff_seconds: list[float]
+    attempt_count: int
+    run_after: datetime
+    parent_id: uuid.UUID | None
+    root_id: uuid.UUID | None
+    worker_id: uuid.UUID | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    last_error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A ``task_run`` row as read back."""
+
+    task_id: uuid.UUID
+    attempt_number: int
+    status: str
+    worker_id: uuid.UUID | None
+    started_at: datetime
+    finished_at: datetime | None
+    result: Any
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """Everything needed to insert one task row."""
+
+    id: uuid.UUID
+    task_name: str
+    queue: str
+    priority: int
+    args_json: str
+    max_retries: int
+    timeout_seconds: float | None
+    backoff_seconds: list[float]
+    run_after: datetime | None
+    parent_id: uuid.UUID | None
+    root_id: uuid.UUID | None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "priority": self.priority,
+            "args": _RawJson(self.args_json),
+            "max_retries": self.max_retries,
+            "timeout_seconds": self.timeout_seconds,
+            "backoff_seconds": self.backoff_seconds,
+            "run_after": self.run_after,
+            "parent_id": self.parent_id,
+            "root_id": self.root_id,
+        }
+
+    def copy_row(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.task_name,
+            self.queue,
+            self.priority,
+            self.args_json,
+            self.max_retries,
+            self.timeout_seconds,
+            self.backoff_seconds,
+            self.run_after.isoformat() if self.run_after is not None else "now",
+            self.parent_id,
+            self.root_id,
+        )
+
+
+class _RawJson(Jsonb):
+    """A Jsonb parameter whose text is already JSON (validated and dumped by Pydantic)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(None, dumps=lambda _obj: text)
+
+
+# --------------------------------------------------------------------------------- the store
+
+
+def _translate(exc: psycopg.Error, what: str) -> DatabaseError:
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return SchemaNotReady(
+            "the hyrex-like tables are missing from this database/schema: "
+            "run `hyrex-like init-db` (or enable auto_migrate)"
+        )
+    if isinstance(exc, psycopg.errors.UntranslatableCharacter | psycopg.errors.CharacterNotInRepertoire):
+        return DatabaseError(f"{what}: PostgreSQL rejected the text: {exc.diag.message_primary}")
+    return DatabaseError(f"{what} failed: {type(exc).__name__}: {exc}")
+
+
+class Store:
+    """Connections and statements for one database URL and schema. Opened lazily."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._url: str | None = None
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._apool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._schema_checked = False
+
+    # -- connection settings -------------------------------------------------------------
+
+    @property
+    def schema(self) -> str:
+        return self.settings.schema_name
+
+    @property
+    def channel(self) -> str:
+        return "hyrex_like_" + self.schema
+
+    def url(self) -> str:
+        """The database URL, starting the embedded server if none is configured."""
+        if self._url is None:
+            if self.settings.database_url:
+                self._url = self.settings.database_url
+            elif self.settings.allow_embedded:
+                self._url = embedded_database_url(self.settings.embedded_dir)
+            else:
+                raise ConfigurationError(
+                    "no database configured: set HYREX_LIKE_DATABASE_URL or pass database_url= "
+                    "(the embedded fallback is forbidden by HYREX_LIKE_NO_EMBEDDED)"
+                )
+        return self._url
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, int(self.settings.connect_timeout)),
+            "options": f"-c search_path={self.schema}",
+            "application_name": "hyrex-like",
+        }
+
+    def connect(self, **overrides: Any) -> psycopg.Connection[Any]:
+        """A new connection of our own (the worker holds a few, long-lived)."""
+        kwargs = self.connect_kwargs() | overrides
+        try:
+            return psycopg.connect(self.url(), **kwargs)
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"cannot connect to {redact_dsn(self.url())}: {_scrub(str(exc), self.url())}"
+            ) from None
+        except Exception as exc:  # malformed conninfo raises ProgrammingError etc.
+            raise ConfigurationError(
+                f"invalid database URL {redact_dsn(self.url())}: {_scrub(str(exc), self.url())}"
+            ) from None
+
+    def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self.ensure_schema()
+                    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                        self.url(),
+                        min_size=1,
+                        max_size=self.settings.pool_max_size,
+                        kwargs=self.connect_kwargs(),
+                        open=False,
+                        name="hyrex-like",
+                    )
+                    pool.open(wait=True, timeout=self.settings.connect_timeout + 5)
+                    self._pool = pool
+        return self._pool
+
+    async def apool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        if self._apool is None:
+            self.ensure_schema()
+            apool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+                self.url(),
+                min_size=1,
+                max_size=self.settings.pool_max_size,
+                kwargs=self.connect_kwargs(),
+                open=False,
+                name="hyrex-like-async",
+            )
+            await apool.open(wait=True, timeout=self.settings.connect_timeout + 5)
+            if self._apool is None:
+                self._apool = apool
+            else:  # another coroutine won the race
+                await apool.close()
+        return self._apool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def aclose(self) -> None:
+        if self._apool is not None:
+            await self._apool.close()
+            self._apool = None
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        """Check the schema version once; migrate if allowed, else raise SchemaNotReady."""
+        if self._schema_checked:
+            return
+        if self.settings.auto_migrate:
+            self.migrate()
+        else:
+            self.check_schema()
+        self._schema_checked = True
+
+    def check_schema(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        own = conn is None
+        c = conn or self.connect()
+        try:
+            try:
+                row = c.execute(q("schema_version")).fetchone()
+            except psycopg.errors.UndefinedTable:
+                raise SchemaNotReady(
+                    f"schema {self.schema!r} has no hyrex-like tables: run "
+                    f"`hyrex-like init-db` (HYREX_LIKE_SCHEMA={self.schema})"
+                ) from None
+            version = row[0] if row else None
+            self._check_version(version)
+        finally:
+            if own:
+                c.close()
+
+    def _check_version(self, version: int | None) -> None:
+        latest = latest_version()
+        if version is None or version < latest:
+            raise SchemaNotReady(
+                f"schema {self.schema!r} is at version {version}, this library needs {latest}: "
+                "run `hyrex-like migrate`"
+            )
+        if version > latest:
+            raise SchemaNotReady(
+                f"schema {self.schema!r} is at version {version}, newer than this library "
+                f"({latest}): upgrade hyrex-like"
+            )
+
+    def migrate(self) -> list[int]:
+        """Apply missing migrations; safe when many processes start at once. Returns versions."""
+        applied: list[int] = []
+        with self.connect(autocommit=False) as conn:
+            ident = sql.Identifier(self.schema)
+            # The advisory lock serialises concurrent migrators; the loser then sees the
+            # winner's work and applies nothing.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_VERSION_LOCK,))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            current = row[0] if row and row[0] is not None else 0
+            latest = latest_version()
+            if current > latest:
+                conn.rollback()
+                self._check_version(current)
+            for mig in migrations():
+                if mig.version <= current:
+                    continue
+                conn.execute(cast(LiteralString, mig.text))
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (mig.version, mig.name),
+                )
+                applied.append(mig.version)
+            conn.commit()
+        if applied:
+            log.info("schema_migrated", schema=self.schema, versions=applied)
+        self._schema_checked = True
+        return applied
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def insert_task(self, task: NewTask, conn: psycopg.Connection[Any] | None = None) -> None:
+        try:
+            if conn is not None:
+                with conn.cursor() as cur:
+                    cur.execute(q("insert_task"), task.params())
+                return
+            with self.pool().connection() as c:
+                c.execute(q("insert_task"), task.params(), prepare=True)
+        except psycopg.Error as exc:
+            raise _translate(exc, f"sending task {task.task_name!r}") from exc
+
+    async def ainsert_task(
+        self, task: NewTask, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> None:
+        try:
+            if conn is not None:
+                async with conn.cursor() as cur:
+                    await cur.execute(q("insert_task"), task.params())
+                return
+            pool = await self.apool()
+            async with pool.connection() as c:
+                await c.execute(q("insert_task"), task.params(), prepare=True)
+        except psycopg.Error as exc:
+            raise _translate(exc, f"sending task {task.task_name!r}") from exc
+
+    def insert_tasks(
+        self, tasks: Sequence[NewTask], conn: psycopg.Connection[Any] | None = None
+    ) -> None:
+        """Insert many tasks with one COPY, in one transaction (all or none)."""
+        if not tasks:
+            return
+        try:
+            if conn is not None:
+                self._copy(conn, tasks)
+                return
+            with self.pool().connection() as c, c.transaction():
+                self._copy(c, tasks)
+        except psycopg.Error as exc:
+            raise _translate(exc, f"sending {len(tasks)} tasks") from exc
+
+    @staticmethod
+    def _copy(conn: psycopg.Connection[Any], tasks: Iterable[NewTask]) -> None:
+        with conn.cursor() as cur, cur.copy(q("copy_tasks")) as copy:
+            copy.set_types(
+                # args and run_after go as text: the server parses them (JSON already dumped)
+                ["uuid", "text", "text", "int2", "text", "int4", "float8", "float8[]",
+                 "text", "uuid", "uuid"]
+            )
+            for task in tasks:
+                copy.write_row(task.copy_row())
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_task(self, task_id: uuid.UUID) -> tuple[TaskRow | None, list[RunRow]]:
+        try:
+            with self.pool().connection() as c:
+                with c.cursor(row_factory=dict_row) as cur:
+                    row = cur.execute(q("get_task"), {"id": task_id}).fetchone()
+                    runs = cur.execute(q("get_task_runs"), {"id": task_id}).fetchall()
+        except psycopg.Error as exc:
+            raise _translate(exc, f"reading task {task_id}") from exc
+        return (TaskRow(**row) if row else None), [RunRow(**r) for r in runs]
+
+    def execute(self, name: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run the named statement on a pooled connection; for small admin reads."""
+        try:
+            with self.pool().connection() as c:
+                cur = c.execute(q(name), params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise _translate(exc, name) from exc
+
+
+def _scrub(message: str, url: str) -> str:
+    """Remove a password that a driver message might echo back."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return message
+
+
+# ------------------------------------------------------------------ worker-side statements
+# The dispatcher holds its own connections (not pooled) and calls these with them; psycopg
+# errors propagate so the dispatcher can tell a dropped connection from a bad row.
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    id: uuid.UUID
+    task_name: str
+    queue: str
+    priority: int
+    args: str
+    attempt: int
+    max_retries: int
+    timeout_seconds: float | None
+    parent_id: uuid.UUID | None
+    root_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRow:
+    """The outcome of one attempt, to be written by `finish_runs`."""
+
+    task_id: uuid.UUID
+    task_name: str
+    attempt: int
+    status: str  # completed | failed | timed_out | lost | interrupted
+    retryable: bool
+    result: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    started_at: datetime | None
+    finished_at: datetime
+
+
+class WorkerQueries:
+    """The statements a worker runs, over a connection it owns."""
+
+    @staticmethod
+    def claim(
+        conn: psycopg.Connection[Any],
+        worker_id: uuid.UUID,
+        task_names: list[str],
+        queues: list[str],
+        limit: int,
+        now: datetime | None = None,
+    ) -> list[ClaimedRow]:
+        cur = conn.execute(
+            q("claim_tasks"),
+            {"worker_id": worker_id, "task_names": task_names, "queues": queues,
+             "limit": limit, "now": now},
+            prepare=True,
+        )
+        return [ClaimedRow(*row) for row in cur.fetchall()]
+
+    @staticmethod
+    def finish(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID, rows: Sequence[FinishedRow]
+    ) -> list[tuple[uuid.UUID, str, datetime, int]]:
+        params = {
+            "worker_id": worker_id,
+            "task_ids": [r.task_id for r in rows],
+            "attempts": [r.attempt for r in rows],
+            "statuses": [r.status for r in rows],
+            "retryable": [r.retryable for r in rows],
+            "results": [r.result for r in rows],
+            "error_types": [r.error_type for r in rows],
+            "error_messages": [r.error_message for r in rows],
+            "tracebacks": [r.traceback for r in rows],
+            "started_at": [r.started_at for r in rows],
+            "finished_at": [r.finished_at for r in rows],
+        }
+        cur = conn.execute(q("finish_runs"), params, prepare=True)
+        return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
+
+    @staticmethod
+    def give_back(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID, items: Sequence[tuple[uuid.UUID, int]]
+    ) -> int:
+        cur = conn.execute(
+            q("give_back_tasks"),
+            {"worker_id": worker_id, "task_ids": [i[0] for i in items],
+             "attempts": [i[1] for i in items]},
+        )
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def give_back_unknown(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID, known: Sequence[uuid.UUID]
+    ) -> int:
+        cur = conn.execute(q("give_back_unknown"), {"worker_id": worker_id, "known": list(known)})
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def register(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str, pid: int,
+        queues: list[str], task_names: list[str], processes: int,
+    ) -> None:
+        conn.execute(
+            q("register_worker"),
+            {"id": worker_id, "hostname": hostname, "pid": pid, "queues": queues,
+             "task_names": task_names, "processes": processes},
+        )
+
+    @staticmethod
+    def heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> bool:
+        """True if our worker row is still ours (False: another worker declared us lost)."""
+        return conn.execute(q("heartbeat"), {"id": worker_id}, prepare=True).fetchone() is not None
+
+    @staticmethod
+    def stop(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:
+        conn.execute(q("stop_worker"), {"id": worker_id})
+
+    @staticmethod
+    def rescue(
+        conn: psycopg.Connection[Any], stale_seconds: float, now: datetime | None = None
+    ) -> tuple[int, int]:
+        """Requeue tasks of workers with stale heartbeats: (workers marked lost, tasks)."""
+        row = conn.execute(
+            q("rescue_lost_tasks"), {"stale_seconds": stale_seconds, "now": now}, prepare=True
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    @staticmethod
+    def listen(conn: psycopg.Connection[Any], channel: str) -> None:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

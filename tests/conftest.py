@@ -1,0 +1,76 @@
+"""Fixtures: a real PostgreSQL (the configured URL, else the embedded one), a fresh schema per
+test, registries bound to it and real worker processes that are always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from hyrex_like import HyrexRegistry
+from hyrex_like.embedded import embedded_database_url
+
+from .helpers import ROOT, Worker, start_worker
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """``HYREX_LIKE_DATABASE_URL`` if set, else the embedded PostgreSQL (as the library does)."""
+    url = os.environ.get("HYREX_LIKE_DATABASE_URL")
+    if url:
+        return url
+    return embedded_database_url(ROOT / ".hyrex_like" / "test-pgdata")
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    """A unique, empty PostgreSQL schema for one test; dropped afterwards."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def registry(database_url: str, schema: str) -> Iterator[HyrexRegistry]:
+    hy = HyrexRegistry(database_url, schema=schema)
+    yield hy
+    hy.close()
+
+
+@pytest.fixture
+def app_registry(database_url: str, schema: str) -> Callable[[HyrexRegistry], HyrexRegistry]:
+    """Point an app module's registry (from tests/apps) at this test's schema."""
+    used: list[HyrexRegistry] = []
+
+    def bind(hy: HyrexRegistry) -> HyrexRegistry:
+        hy.configure(database_url=database_url, schema_name=schema)
+        used.append(hy)
+        return hy
+
+    yield bind  # type: ignore[misc]
+    for hy in used:
+        hy.close()
+
+
+@pytest.fixture
+def worker(
+    database_url: str, schema: str, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    """Start real worker processes; any still running at the end are killed."""
+    started: list[Worker] = []
+
+    def start(app: str, *args: str, env: dict[str, str] | None = None) -> Worker:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        w = start_worker(app, database_url, schema, log_path, *args, env=env)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
