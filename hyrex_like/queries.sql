@@ -202,3 +202,11 @@ WHERE status = 'queued' AND task_name = ANY(%(task_names)s::text[])
 
 -- schema_version --
 SELECT max(version) FROM schema_migrations
+
+-- list_tasks --
+SELECT id, task_name, queue, priority, status, args, attempt_count, created_at
+FROM task
+WHERE (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+ORDER BY created_at, id
+LIMIT %(limit)s
