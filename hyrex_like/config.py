@@ -29,7 +29,7 @@ class Settings(BaseModel):
     schema_name: str = "hyrex_like"
     """PostgreSQL schema holding the tables; lets several apps (or tests) share a database."""
     allow_embedded: bool = True
-    """With no database URL, start a private PostgreSQL (set ``HYREX_LIKE_NO_EMBEDDED=1`` to forbid)."""
+    """With no database URL, start a private PostgreSQL (``HYREX_LIKE_NO_EMBEDDED=1`` forbids)."""
     embedded_dir: Path = Field(default_factory=lambda: Path.cwd() / ".hyrex_like" / "pgdata")
     max_payload_bytes: int = Field(default=1_048_576, ge=1)
     """Largest accepted serialized payload, in bytes (default 1 MiB)."""

@@ -26,7 +26,7 @@ def embedded_database_url(data_dir: Path) -> str:
         if data_dir in _servers:
             return _servers[data_dir]
         try:
-            import pgserver
+            from pgserver.postgres_server import get_server
         except ImportError as exc:  # pragma: no cover - only on Python versions without a wheel
             raise ConfigurationError(
                 "no database configured and the embedded PostgreSQL package is not installed: "
@@ -40,7 +40,7 @@ def embedded_database_url(data_dir: Path) -> str:
         )
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         # cleanup_mode "stop": the server stops when the last process using it exits.
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        server = get_server(data_dir, cleanup_mode="stop")
         url = str(server.get_uri())
         _servers[data_dir] = url
         return url

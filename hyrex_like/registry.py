@@ -70,7 +70,7 @@ class TaskConfig(BaseModel):
     queue: str = "default"
     priority: int = Field(default=5, ge=1, le=10)
     max_retries: int = Field(default=0, ge=0, le=10_000)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     retry_backoff: float | Callable[[int], float] | None = None
     on_error: Callable[[Exception], Any] | None = None
 
@@ -343,7 +343,10 @@ class TaskSender(Generic[T, R]):
         )
 
     def send(
-        self, payload: T | Mapping[str, Any] = _UNSET, *, conn: psycopg.Connection[Any] | None = None
+        self,
+        payload: T | Mapping[str, Any] = _UNSET,
+        *,
+        conn: psycopg.Connection[Any] | None = None,
     ) -> TaskHandle[R]:
         """Validate ``payload`` and write one task row; with ``conn``, inside its transaction."""
         new = self._new_task(payload, self.config.backoff_schedule())
@@ -403,11 +406,19 @@ class TaskDefinition(TaskSender[T, R]):
     def __repr__(self) -> str:
         return f"<TaskDefinition {self.name} queue={self.config.queue!r}>"
 
-    def __call__(self, payload: T) -> R:
+    @overload
+    def __call__(self: TaskDefinition[None, R]) -> R: ...
+    @overload
+    def __call__(self, payload: T) -> R: ...
+    def __call__(self, payload: Any = _UNSET) -> Any:
         """Run the function here and now, like a plain call (no database involved)."""
         if self.param_name is None:
-            return typing.cast(R, self.fn())
-        return typing.cast(R, self.fn(payload))
+            if payload is not _UNSET:
+                raise TypeError(f"task {self.name} takes no payload, got {type(payload).__name__}")
+            return self.fn()
+        if payload is _UNSET:
+            raise TypeError(f"task {self.name} needs a payload ({self.param_name})")
+        return self.fn(payload)
 
     # -- payload and result conversion (used by send and by the worker) -------------------
 
@@ -421,7 +432,13 @@ class TaskDefinition(TaskSender[T, R]):
             if payload is _UNSET:
                 raise TypeError(f"task {self.name} needs a payload ({self.param_name})")
             value = self.payload_adapter.validate_python(payload)
-            data = self.payload_adapter.dump_json(value)
+            try:
+                data = self.payload_adapter.dump_json(value)
+            except (pydantic_core.PydanticSerializationError, ValueError) as exc:
+                # valid for the annotation yet not JSON: e.g. an object inside Any, bad bytes
+                raise PayloadNotSerializable(
+                    f"payload for task {self.name} cannot be stored as JSON: {exc}"
+                ) from None
         limit = self.registry.settings.max_payload_bytes
         if len(data) > limit:
             raise PayloadTooLarge(
@@ -489,6 +506,12 @@ def _inspect_function(fn: Callable[..., Any], name: str) -> tuple[
             raise TaskDefinitionError(
                 f"task {name}: parameter *{p.name} is not allowed; a task takes one typed "
                 "payload parameter (use a Pydantic model for several values)"
+            )
+        if p.kind is p.KEYWORD_ONLY:
+            # the payload is passed positionally (by the worker and by a direct call)
+            raise TaskDefinitionError(
+                f"task {name}: parameter {p.name!r} is keyword-only; the payload parameter "
+                "must accept a positional argument"
             )
         if p.kind is p.VAR_KEYWORD:
             raise TaskDefinitionError(

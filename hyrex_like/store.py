@@ -6,18 +6,20 @@ the schema lives in numbered migration files (top-level ``sql/``, shipped as ``h
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString
 
 import psycopg
 import structlog
@@ -34,6 +36,13 @@ log = structlog.get_logger("hyrex_like.store")
 
 SCHEMA_VERSION_LOCK = 0x6879726578  # "hyrex": the advisory lock key for migrations
 
+# Used on a caller's connection only (see Store._in_schema): returns the old search_path.
+_SWAP_SEARCH_PATH: LiteralString = (
+    "WITH old AS MATERIALIZED (SELECT current_setting('search_path') AS value) "
+    "SELECT value, set_config('search_path', %s, false) FROM old"
+)
+_SET_SEARCH_PATH: LiteralString = "SELECT set_config('search_path', %s, false)"
+
 
 # ---------------------------------------------------------------------------- named queries
 
@@ -47,7 +56,7 @@ def queries() -> dict[str, LiteralString]:
         body = "\n".join(
             line for line in match.group(2).splitlines() if not line.lstrip().startswith("--")
         ).strip()
-        out[match.group(1)] = cast(LiteralString, body)
+        out[match.group(1)] = body  # trusted: the package's own file (mypy reads it as str)
     return out
 
 
@@ -100,7 +109,19 @@ def new_task_id() -> uuid.UUID:
     value |= ((rand >> 64) & 0xFFF) << 64
     value |= 0b10 << 62
     value |= rand & 0x3FFF_FFFF_FFFF_FFFF
+    global _last_task_id
+    with _task_id_lock:
+        # Within one millisecond the random bits would sort at random; ids from this process
+        # stay strictly increasing (RFC 9562 6.2, method 3) so a send_many batch is claimed
+        # in the order it was given. 62 random low bits leave room for any burst.
+        if value <= _last_task_id:
+            value = _last_task_id + 1
+        _last_task_id = value
     return uuid.UUID(int=value)
+
+
+_task_id_lock = threading.Lock()
+_last_task_id = 0
 
 
 @dataclass(frozen=True)
@@ -207,7 +228,9 @@ def _translate(exc: psycopg.Error, what: str) -> DatabaseError:
             "the hyrex-like tables are missing from this database/schema: "
             "run `hyrex-like init-db` (or enable auto_migrate)"
         )
-    if isinstance(exc, psycopg.errors.UntranslatableCharacter | psycopg.errors.CharacterNotInRepertoire):
+    if isinstance(
+        exc, psycopg.errors.UntranslatableCharacter | psycopg.errors.CharacterNotInRepertoire
+    ):
         return DatabaseError(f"{what}: PostgreSQL rejected the text: {exc.diag.message_primary}")
     return DatabaseError(f"{what} failed: {type(exc).__name__}: {exc}")
 
@@ -258,6 +281,7 @@ class Store:
     def connect(self, **overrides: Any) -> psycopg.Connection[Any]:
         """A new connection of our own (the worker holds a few, long-lived)."""
         kwargs = self.connect_kwargs() | overrides
+        _check_url(self.url())
         try:
             return psycopg.connect(self.url(), **kwargs)
         except psycopg.Error as exc:
@@ -288,7 +312,8 @@ class Store:
 
     async def apool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         if self._apool is None:
-            self.ensure_schema()
+            # migrating (or starting the embedded server) blocks: keep the event loop free
+            await asyncio.to_thread(self.ensure_schema)
             apool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
                 self.url(),
                 min_size=1,
@@ -358,8 +383,28 @@ class Store:
 
     def migrate(self) -> list[int]:
         """Apply missing migrations; safe when many processes start at once. Returns versions."""
+        try:
+            return self._migrate()
+        except psycopg.Error as exc:
+            raise _translate(exc, f"migrating schema {self.schema!r}") from exc
+
+    def _migrate(self) -> list[int]:
         applied: list[int] = []
+        latest = latest_version()
         with self.connect(autocommit=False) as conn:
+            # Fast path, without the lock or any DDL: a current schema needs one read, so every
+            # process start stays cheap and a role without CREATE rights can still start.
+            row = conn.execute(
+                "SELECT to_regclass('schema_migrations') IS NOT NULL"
+            ).fetchone()
+            if row and row[0]:
+                row = conn.execute(q("schema_version")).fetchone()
+                if row and row[0] is not None and row[0] >= latest:
+                    conn.rollback()
+                    self._check_version(row[0])
+                    self._schema_checked = True
+                    return applied
+            conn.rollback()
             ident = sql.Identifier(self.schema)
             # The advisory lock serialises concurrent migrators; the loser then sees the
             # winner's work and applies nothing.
@@ -372,14 +417,13 @@ class Store:
             )
             row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
             current = row[0] if row and row[0] is not None else 0
-            latest = latest_version()
             if current > latest:
                 conn.rollback()
                 self._check_version(current)
             for mig in migrations():
                 if mig.version <= current:
                     continue
-                conn.execute(cast(LiteralString, mig.text))
+                conn.execute(mig.text)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                     (mig.version, mig.name),
@@ -393,10 +437,37 @@ class Store:
 
     # -- sending ---------------------------------------------------------------------------
 
+    # A caller's own connection (send(conn=...)) has its own search_path, while our statements
+    # name tables unqualified. Point it at our schema for the call only and put the caller's
+    # value back; if the statement failed, the caller's rollback undoes the change itself.
+
+    @contextmanager
+    def _in_schema(self, conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Any]]:
+        self.ensure_schema()
+        with conn.cursor() as cur:
+            row = cur.execute(_SWAP_SEARCH_PATH, (self.schema,)).fetchone()
+            assert row is not None
+            yield cur
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                cur.execute(_SET_SEARCH_PATH, (row[0],))
+
+    @asynccontextmanager
+    async def _ain_schema(
+        self, conn: psycopg.AsyncConnection[Any]
+    ) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        if not self._schema_checked:
+            await asyncio.to_thread(self.ensure_schema)
+        async with conn.cursor() as cur:
+            row = await (await cur.execute(_SWAP_SEARCH_PATH, (self.schema,))).fetchone()
+            assert row is not None
+            yield cur
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+                await cur.execute(_SET_SEARCH_PATH, (row[0],))
+
     def insert_task(self, task: NewTask, conn: psycopg.Connection[Any] | None = None) -> None:
         try:
             if conn is not None:
-                with conn.cursor() as cur:
+                with self._in_schema(conn) as cur:
                     cur.execute(q("insert_task"), task.params())
                 return
             with self.pool().connection() as c:
@@ -409,7 +480,7 @@ class Store:
     ) -> None:
         try:
             if conn is not None:
-                async with conn.cursor() as cur:
+                async with self._ain_schema(conn) as cur:
                     await cur.execute(q("insert_task"), task.params())
                 return
             pool = await self.apool()
@@ -426,7 +497,8 @@ class Store:
             return
         try:
             if conn is not None:
-                self._copy(conn, tasks)
+                with self._in_schema(conn):
+                    self._copy(conn, tasks)
                 return
             with self.pool().connection() as c, c.transaction():
                 self._copy(c, tasks)
@@ -475,6 +547,23 @@ def _scrub(message: str, url: str) -> str:
     if password:
         message = message.replace(str(password), "***")
     return message
+
+
+def _check_url(url: str) -> None:
+    """A malformed URL is a configuration error, not an outage: parse it before connecting."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        # The parser's message quotes the offending token, which may be part of a password.
+        raise ConfigurationError(
+            f"invalid database URL {redact_dsn(url)}: it is neither a postgresql:// URL nor a "
+            "key=value connection string"
+        ) from None
+    for port in str(params.get("port") or "").split(","):
+        if port.strip() and not port.strip().isdigit():
+            raise ConfigurationError(
+                f"invalid database URL {redact_dsn(url)}: port {port.strip()!r} is not a number"
+            )
 
 
 # ------------------------------------------------------------------ worker-side statements
@@ -551,7 +640,7 @@ class WorkerQueries:
             "finished_at": [r.finished_at for r in rows],
         }
         cur = conn.execute(q("finish_runs"), params, prepare=True)
-        return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
+        return [(row[0], row[1], row[2], row[3]) for row in cur.fetchall()]
 
     @staticmethod
     def give_back(

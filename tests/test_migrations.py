@@ -1,0 +1,303 @@
+"""The schema: automatic migration, `init-db`, idempotence, concurrent migrators, constraints,
+indexes and version checks, on a real PostgreSQL schema per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import psycopg
+import pytest
+
+from hyrex_like import ConfigurationError, HyrexRegistry, SchemaNotReady, Settings
+from hyrex_like.store import SCHEMA_VERSION_LOCK, latest_version
+
+from .helpers import ROOT, query, wait_until
+
+
+def tables(database_url: str, schema: str) -> set[str]:
+    rows = query(
+        database_url,
+        schema,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+        [schema],
+    )
+    return {r[0] for r in rows}
+
+
+def migration_rows(database_url: str, schema: str) -> list[tuple[int, int]]:
+    return [
+        (int(v), int(n))
+        for v, n in query(
+            database_url,
+            schema,
+            "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version",
+        )
+    ]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def init_db(database_url: str, schema: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hyrex_like",
+            "init-db",
+            "--database-url",
+            database_url,
+            "--schema",
+            schema,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+
+
+def test_first_send_creates_the_schema(registry, database_url, schema):
+    @registry.task
+    def echo(n: int) -> None:
+        pass
+
+    assert tables(database_url, schema) == set()
+    echo.send(1)
+    assert {"task", "task_run", "worker", "schema_migrations"} <= tables(database_url, schema)
+    assert migration_rows(database_url, schema) == [(v, 1) for v in range(1, latest_version() + 1)]
+
+
+def test_registry_creation_does_not_connect(database_url, schema):
+    hy = HyrexRegistry(database_url, schema=schema)
+
+    @hy.task
+    def echo(n: int) -> None:
+        pass
+
+    assert tables(database_url, schema) == set()
+
+
+def test_init_db_cli_creates_the_schema(database_url, schema):
+    proc = init_db(database_url, schema)
+    assert proc.returncode == 0, proc.stderr
+    assert "applied migrations [1]" in proc.stdout
+    assert {"task", "task_run", "worker"} <= tables(database_url, schema)
+
+
+def test_init_db_cli_is_idempotent(database_url, schema):
+    assert init_db(database_url, schema).returncode == 0
+    again = init_db(database_url, schema)
+    assert again.returncode == 0, again.stderr
+    assert "up to date" in again.stdout
+    assert migration_rows(database_url, schema) == [(1, 1)]
+
+
+def test_init_db_cli_never_prints_the_password(database_url, schema):
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["password"] = "s3cret-pw"
+    url = psycopg.conninfo.make_conninfo(**info)  # trust auth ignores the password
+    proc = init_db(url, schema)
+    assert proc.returncode == 0, proc.stderr
+    assert "s3cret-pw" not in proc.stdout + proc.stderr
+    assert "***" in proc.stdout
+
+
+def test_init_db_cli_bad_schema_name_fails_with_usage_error(database_url):
+    proc = init_db(database_url, "Bad-Name")
+    assert proc.returncode == 2
+    assert "schema name 'Bad-Name'" in proc.stderr
+
+
+def test_migrate_twice_in_process_applies_nothing_the_second_time(registry, database_url, schema):
+    assert registry.migrate() == [1]
+    assert registry.migrate() == []
+    assert migration_rows(database_url, schema) == [(1, 1)]
+
+
+def test_concurrent_migrators_apply_each_version_once(database_url, schema):
+    # Six processes started together, each waiting on a barrier file so they migrate at once.
+    code = (
+        "import sys, time, pathlib\n"
+        "from hyrex_like import HyrexRegistry\n"
+        "go = pathlib.Path(sys.argv[3])\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        "hy = HyrexRegistry(sys.argv[1], schema=sys.argv[2])\n"
+        "print(hy.migrate())\n"
+    )
+    go = ROOT / ".pytest_cache" / f"go-{schema}"
+    go.parent.mkdir(exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, database_url, schema, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        for _ in range(6)
+    ]
+    try:
+        go.touch()
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        go.unlink(missing_ok=True)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * 6, [o[1] for o in outs]
+    assert sorted(o[0].strip().splitlines()[-1] for o in outs) == ["[1]"] + ["[]"] * 5
+    assert migration_rows(database_url, schema) == [(1, 1)]
+
+
+def test_task_status_is_checked_by_the_database(registry, database_url, schema):
+    registry.migrate()
+    with psycopg.connect(database_url, options=f"-c search_path={schema}") as conn:
+        conn.execute(
+            "INSERT INTO task (id, task_name, queue, args) "
+            "VALUES (gen_random_uuid(), 't', 'default', '{}')"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE task SET status = 'bogus'")
+
+
+def test_task_run_status_is_checked_by_the_database(registry, database_url, schema):
+    registry.migrate()
+    with psycopg.connect(database_url, options=f"-c search_path={schema}") as conn:
+        conn.execute(
+            "INSERT INTO task (id, task_name, queue, args) "
+            "VALUES ('00000000-0000-0000-0000-000000000001', 't', 'default', '{}')"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO task_run (task_id, attempt_number, status) "
+                "VALUES ('00000000-0000-0000-0000-000000000001', 1, 'bogus')"
+            )
+
+
+def test_task_priority_is_checked_by_the_database(registry, database_url, schema):
+    registry.migrate()
+    with psycopg.connect(database_url, options=f"-c search_path={schema}") as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO task (id, task_name, queue, args, priority) "
+                "VALUES (gen_random_uuid(), 't', 'default', '{}', 11)"
+            )
+
+
+def test_claim_index_is_partial_over_queued_rows(registry, database_url, schema):
+    registry.migrate()
+    rows = query(
+        database_url,
+        schema,
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'task_claim_idx'",
+        [schema],
+    )
+    assert len(rows) == 1
+    indexdef = rows[0][0]
+    assert "(priority DESC, run_after, id)" in indexdef
+    assert "WHERE (status = 'queued'::text)" in indexdef
+
+
+def test_schema_newer_than_library_is_refused(registry, database_url, schema):
+    registry.migrate()
+    query(
+        database_url,
+        schema,
+        "INSERT INTO schema_migrations (version, name) VALUES (%s, 'future')",
+        [latest_version() + 1],
+    )
+    hy = HyrexRegistry(database_url, schema=schema)
+
+    @hy.task
+    def echo(n: int) -> None:
+        pass
+
+    try:
+        with pytest.raises(SchemaNotReady, match="newer than this library"):
+            echo.send(1)
+        with pytest.raises(SchemaNotReady, match="newer than this library"):
+            hy.migrate()
+    finally:
+        hy.close()
+    assert query(database_url, schema, "SELECT count(*) FROM task") == [(0,)]
+
+
+def test_without_auto_migrate_an_empty_schema_is_refused(database_url, schema):
+    settings = Settings(database_url=database_url, schema_name=schema, auto_migrate=False)
+    hy = HyrexRegistry(settings=settings)
+
+    @hy.task
+    def echo(n: int) -> None:
+        pass
+
+    try:
+        with pytest.raises(SchemaNotReady, match="hyrex-like init-db"):
+            echo.send(1)
+    finally:
+        hy.close()
+    assert tables(database_url, schema) == set()
+
+
+def test_without_auto_migrate_an_initialised_schema_is_used(database_url, schema):
+    assert init_db(database_url, schema).returncode == 0
+    settings = Settings(database_url=database_url, schema_name=schema, auto_migrate=False)
+    hy = HyrexRegistry(settings=settings)
+
+    @hy.task
+    def echo(n: int) -> None:
+        pass
+
+    try:
+        assert echo.send(1).refresh().status == "queued"
+    finally:
+        hy.close()
+
+
+def test_auto_migrate_can_be_disabled_from_the_environment(database_url, schema):
+    settings = Settings.from_env(
+        {
+            "HYREX_LIKE_AUTO_MIGRATE": "false",
+            "HYREX_LIKE_DATABASE_URL": database_url,
+            "HYREX_LIKE_SCHEMA": schema,
+        }
+    )
+    assert settings.auto_migrate is False
+
+
+def test_current_schema_is_used_without_taking_the_migration_lock(database_url, schema):
+    assert init_db(database_url, schema).returncode == 0
+    hy = HyrexRegistry(database_url, schema=schema)
+
+    @hy.task
+    def echo(n: int) -> None:
+        pass
+
+    sent: list[object] = []
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        # Another process is mid-migration (of any schema): a current schema must not wait.
+        holder.execute("SELECT pg_advisory_lock(%s)", [SCHEMA_VERSION_LOCK])
+        thread = threading.Thread(target=lambda: sent.append(echo.send(1)), daemon=True)
+        thread.start()
+        wait_until(lambda: sent, 15, what="a send while the migration lock is held")
+    hy.close()
+
+
+def test_malformed_url_is_a_configuration_error(schema):
+    hy = HyrexRegistry("host=db password=hunter 2", schema=schema)
+
+    @hy.task
+    def echo(n: int) -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="invalid database URL") as info:
+        echo.send(1)
+    assert "hunter" not in str(info.value)
