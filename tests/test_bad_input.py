@@ -1,0 +1,534 @@
+"""Bad input: each case gets a clear, named error, and nothing is half-written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+import pydantic
+import pytest
+from pydantic import BaseModel
+
+from hyrex_like import (
+    ConfigurationError,
+    DatabaseError,
+    HyrexRegistry,
+    InvalidTaskOption,
+    PayloadNotSerializable,
+    PayloadTooLarge,
+    SchemaNotReady,
+    Settings,
+    TaskDefinitionError,
+)
+
+from .apps import bad_input_app, basic_app
+from .helpers import APPS, ROOT, count, query, wait_until
+
+HOSTILE = "'; DROP TABLE task; --"
+
+
+class Point(BaseModel):
+    x: int
+    y: int
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tables(database_url: str, schema: str) -> int:
+    rows = query(
+        database_url,
+        schema,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+        (schema,),
+    )
+    return int(rows[0][0])
+
+
+# ------------------------------------------------------------------- task definitions
+
+
+def test_untyped_parameter_is_rejected_naming_function_and_parameter(
+    registry, database_url, schema
+):
+    registry.migrate()
+
+    def resize(image):  # type: ignore[no-untyped-def]
+        return image
+
+    with pytest.raises(TypeError) as info:
+        registry.task(resize)
+    assert isinstance(info.value, TaskDefinitionError)
+    assert "resize" in str(info.value) and "'image'" in str(info.value)
+    assert "resize" not in registry.tasks
+    assert count(database_url, schema) == 0
+
+
+def test_star_args_task_is_rejected_naming_function_and_parameter(registry, database_url, schema):
+    registry.migrate()
+
+    def fan_out(*items: int) -> None:
+        pass
+
+    with pytest.raises(TaskDefinitionError, match=r"fan_out.*\*items"):
+        registry.task(queue="q")(fan_out)
+    assert registry.tasks == {}
+    assert count(database_url, schema) == 0
+
+
+# ------------------------------------------------------------------- payloads
+
+
+def test_invalid_payload_raises_validation_error_and_writes_nothing(registry, database_url, schema):
+    @registry.task
+    def plot(p: Point) -> None:
+        pass
+
+    registry.migrate()
+    with pytest.raises(pydantic.ValidationError) as info:
+        plot.send({"x": 1, "y": "not a number"})
+    assert "y" in str(info.value)
+    # one bad payload in a batch: none of the batch is written
+    with pytest.raises(pydantic.ValidationError):
+        plot.send_many([{"x": 1, "y": 2}, {"x": 3}, {"x": 4, "y": 5}])
+    assert count(database_url, schema) == 0
+    plot.send({"x": 1, "y": 2})  # the registry still works
+    assert count(database_url, schema) == 1
+
+
+def test_payload_over_the_env_limit_raises_payload_too_large(database_url, schema):
+    settings = Settings.from_env(
+        {
+            "HYREX_LIKE_DATABASE_URL": database_url,
+            "HYREX_LIKE_SCHEMA": schema,
+            "HYREX_LIKE_MAX_PAYLOAD_BYTES": "100",
+        }
+    )
+    assert settings.max_payload_bytes == 100
+    hy = HyrexRegistry(settings=settings)
+    try:
+
+        @hy.task
+        def store_text(text: str) -> None:
+            pass
+
+        hy.migrate()
+        store_text.send("a" * 90)  # 92 bytes as JSON: under the limit
+        with pytest.raises(PayloadTooLarge) as info:
+            store_text.send("a" * 200)
+        message = str(info.value)
+        assert "store_text" in message and "202 bytes" in message and "100" in message
+        assert "HYREX_LIKE_MAX_PAYLOAD_BYTES" in message
+        with pytest.raises(PayloadTooLarge):
+            store_text.send_many(["small", "b" * 500])
+        assert count(database_url, schema) == 1
+    finally:
+        hy.close()
+
+
+def test_default_payload_limit_is_one_mebibyte(registry, database_url, schema):
+    assert registry.settings.max_payload_bytes == 1_048_576
+
+    @registry.task
+    def blob(data: str) -> None:
+        pass
+
+    registry.migrate()
+    with pytest.raises(PayloadTooLarge):
+        blob.send("x" * (1_048_576 + 1))
+    assert count(database_url, schema) == 0
+
+
+def test_settings_max_payload_bytes_overrides_the_limit(database_url, schema):
+    hy = HyrexRegistry(
+        settings=Settings(database_url=database_url, schema_name=schema, max_payload_bytes=10)
+    )
+    try:
+
+        @hy.task
+        def tiny(n: int) -> None:
+            pass
+
+        hy.migrate()
+        tiny.send(12345)
+        with pytest.raises(PayloadTooLarge, match="limit is 10"):
+            tiny.send(10**20)
+        assert count(database_url, schema) == 1
+    finally:
+        hy.close()
+
+
+def test_nul_in_a_json_string_says_postgres_cannot_store_it(registry, database_url, schema):
+    @registry.task
+    def note(data: dict[str, str]) -> None:
+        pass
+
+    registry.migrate()
+    for payload in ({"text": "a\x00b"}, {"key\x00": "value"}):
+        with pytest.raises(PayloadNotSerializable) as info:
+            note.send(payload)
+        assert "PostgreSQL" in str(info.value) and "NUL" in str(info.value)
+    # a literal backslash-u-0000 text (no NUL character) is fine
+    note.send({"text": "\\u0000"})
+    rows = query(database_url, schema, "SELECT args->>'text' FROM task")
+    assert rows == [("\\u0000",)]
+
+
+# ------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    "name",
+    [HOSTILE, "robert'); DELETE FROM task_run; --", 'q"uoted\\back%s%(x)s{}', "очередь-数据-🚀"],
+)
+def test_hostile_and_unicode_names_are_stored_verbatim(registry, database_url, schema, name):
+    @registry.task(name=name, queue=name)
+    def anything(n: int) -> None:
+        pass
+
+    handle = anything.send(1)
+    rows = query(
+        database_url, schema, "SELECT task_name, queue FROM task WHERE id = %s", (handle.id,)
+    )
+    assert rows == [(name, name)]
+    assert handle.refresh().queue == name
+    other = anything.with_config(queue=name + "-2").send(2)
+    assert other.refresh().queue == name + "-2"
+    assert _tables(database_url, schema) == 4  # task, task_run, worker, schema_migrations
+    assert count(database_url, schema) == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("x" * 256, "256 characters long; the limit is 255"),
+        ("nul\x00inside", "control character"),
+    ],
+)
+def test_bad_queue_and_task_names_are_rejected_before_writing(
+    registry, database_url, schema, bad, message
+):
+    registry.migrate()
+
+    @registry.task
+    def fine(n: int) -> None:
+        pass
+
+    with pytest.raises(InvalidTaskOption, match=message):
+        fine.with_config(queue=bad).send(1)
+    with pytest.raises(InvalidTaskOption, match=message):
+        registry.task(queue=bad)(lambda n: None)
+
+    def named(n: int) -> None:
+        pass
+
+    with pytest.raises(InvalidTaskOption, match=message):
+        registry.task(name=bad)(named)
+    assert set(registry.tasks) == {"fine"}
+    assert count(database_url, schema) == 0
+
+
+def test_names_of_exactly_255_characters_are_accepted(registry, database_url, schema):
+    name = "é" * 255
+
+    @registry.task(name=name, queue=name)
+    def longest(n: int) -> None:
+        pass
+
+    longest.send(1)
+    assert query(database_url, schema, "SELECT length(task_name), length(queue) FROM task") == [
+        (255, 255)
+    ]
+
+
+# ------------------------------------------------------------------- with a real worker
+
+
+def test_task_no_worker_knows_stays_queued_and_unclaimed(
+    app_registry, registry, worker, database_url, schema
+):
+    @registry.task(name="not_in_basic_app")  # same queue ("default") as basic_app's tasks
+    def orphan(n: int) -> None:
+        pass
+
+    unknown = orphan.send(7)
+    app_registry(basic_app.hy)
+    before = [basic_app.echo.send({"n": i}) for i in range(10)]
+    w = worker("basic_app:hy", "--processes", "2", "--poll-interval", "0.1")
+    wait_until(
+        lambda: count(database_url, schema, "status = 'completed'") == 10,
+        30,
+        what="basic_app tasks to complete",
+    )
+    after = [basic_app.echo.send({"n": i}) for i in range(10, 15)]
+    wait_until(
+        lambda: count(database_url, schema, "status = 'completed'") == 15,
+        30,
+        what="tasks sent after the unknown one to complete",
+    )
+    rows = query(
+        database_url,
+        schema,
+        "SELECT task_name, status, attempt_count, worker_id FROM task WHERE id = %s",
+        (unknown.id,),
+    )
+    assert rows == [("not_in_basic_app", "queued", 0, None)]
+    assert count(database_url, schema, f"task_id = '{unknown.id}'", table="task_run") == 0
+    assert unknown.refresh().status == "queued"
+    assert all(h.refresh().status == "completed" for h in before + after)
+    assert w.proc.poll() is None
+    assert w.stop() == 0
+    assert unknown.refresh().status == "queued"
+
+
+def test_stored_args_that_no_longer_validate_fail_once_without_retry(
+    app_registry, worker, database_url, schema
+):
+    app_registry(bad_input_app.hy)
+    broken = bad_input_app.strict.send({"n": 1})
+    assert broken.refresh().row.max_retries == 3
+    with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute(
+            "UPDATE task SET args = %s::jsonb WHERE id = %s",
+            ('{"n": "no longer a number"}', broken.id),
+        )
+    w = worker("bad_input_app:hy", "--processes", "1", "--poll-interval", "0.1")
+    broken.wait(30)
+    assert broken.status == "failed"
+    assert broken.attempt_count == 1
+    runs = broken.task_runs
+    assert [(r.attempt_number, r.status, r.error_type) for r in runs] == [
+        (1, "failed", "ValidationError")
+    ]
+    assert "n" in (runs[0].error_message or "") and "integer" in (runs[0].error_message or "")
+    # the worker carries on
+    later = [bad_input_app.ok.send({"n": i}) for i in range(5)]
+    for h in later:
+        assert h.wait(30).status == "completed"
+    assert broken.refresh().attempt_count == 1  # still not retried
+    assert w.proc.poll() is None
+    assert w.stop() == 0
+
+
+def test_unserializable_result_fails_the_attempt_without_retry(
+    app_registry, worker, database_url, schema
+):
+    app_registry(bad_input_app.hy)
+    with pytest.raises(PayloadNotSerializable, match="unjsonable.*cannot be stored as JSON"):
+        bad_input_app.unjsonable.dump_result(object())
+    h1 = bad_input_app.unjsonable.send({"n": 1})
+    h2 = bad_input_app.nul_result.send({"n": 2})
+    w = worker("bad_input_app:hy", "--processes", "1", "--poll-interval", "0.1")
+    for h, needle in ((h1, "cannot be stored as JSON"), (h2, "NUL")):
+        h.wait(30)
+        assert h.status == "failed"
+        assert h.result is None
+        runs = h.task_runs
+        assert [(r.attempt_number, r.status, r.error_type) for r in runs] == [
+            (1, "failed", "PayloadNotSerializable")
+        ]
+        assert needle in (runs[0].error_message or "")
+    assert bad_input_app.ok.send({"n": 3}).wait(30).result == 3
+    assert w.stop() == 0
+
+
+# ------------------------------------------------------------------- the command line
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(ROOT), full_env.get("PYTHONPATH", "")])
+    full_env.pop("HYREX_LIKE_DATABASE_URL", None)
+    full_env["HYREX_LIKE_NO_EMBEDDED"] = "1"
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "hyrex_like", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=str(APPS),
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url at all",
+        "postgresql://postgres@127.0.0.1:notaport/test",
+        "postgresql://postgres@[::1/test",
+    ],
+)
+def test_malformed_database_url_is_a_clear_error(url):
+    for args in (("run-worker", "basic_app:hy", "--startup-timeout", "1"), ("init-db",)):
+        proc = _cli(*args, "--database-url", url)
+        assert proc.returncode == 2, proc.stderr
+        assert "hyrex-like: error:" in proc.stderr
+        assert url in proc.stderr  # names the URL it could not use (no password here)
+        assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_unreachable_database_is_a_clear_error_within_the_startup_timeout():
+    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/test"
+    proc = _cli(
+        "run-worker", "basic_app:hy", "--database-url", url, "--startup-timeout", "1", timeout=30
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "hyrex-like: error:" in proc.stderr and "connect" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_missing_schema_with_auto_migrate_off_says_how_to_migrate(database_url, schema):
+    env = {"HYREX_LIKE_AUTO_MIGRATE": "false", "HYREX_LIKE_SCHEMA": schema}
+    proc = _cli(
+        "run-worker",
+        "basic_app:hy",
+        "--database-url",
+        database_url,
+        "--startup-timeout",
+        "1",
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "hyrex-like init-db" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert _tables(database_url, schema) == 0  # the worker created nothing
+
+    hy = HyrexRegistry(
+        settings=Settings.from_env(
+            {
+                "HYREX_LIKE_DATABASE_URL": database_url,
+                "HYREX_LIKE_SCHEMA": schema,
+                "HYREX_LIKE_AUTO_MIGRATE": "false",
+            }
+        )
+    )
+    try:
+
+        @hy.task
+        def later(n: int) -> None:
+            pass
+
+        with pytest.raises(SchemaNotReady, match="hyrex-like init-db"):
+            later.send(1)
+        assert _tables(database_url, schema) == 0
+
+        done = _cli("init-db", "--database-url", database_url, "--schema", schema)
+        assert done.returncode == 0, done.stderr
+        later.send(1)
+        assert count(database_url, schema) == 1
+    finally:
+        hy.close()
+
+
+@pytest.mark.parametrize("url", ["not a url at all", "postgresql://postgres@127.0.0.1:notaport/t"])
+def test_malformed_url_in_the_library_is_a_configuration_error(schema, url):
+    hy = HyrexRegistry(url, schema=schema)
+
+    @hy.task
+    def t(n: int) -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="invalid database URL"):
+        t.send(1)
+
+
+def test_unreachable_url_in_the_library_is_a_database_error(schema):
+    hy = HyrexRegistry(f"postgresql://postgres@127.0.0.1:{_free_port()}/test", schema=schema)
+
+    @hy.task
+    def u(n: int) -> None:
+        pass
+
+    with pytest.raises(DatabaseError, match="cannot connect"):
+        u.send(1)
+
+
+class _LateProxy:
+    """A TCP forwarder to the real server that starts listening only when told to."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.port = _free_port()
+        self.target_port = target_port
+        self._socket = socket
+        self._threading = threading
+        self._server: socket.socket | None = None
+
+    def start(self) -> None:
+        server = self._socket.create_server(("127.0.0.1", self.port))
+        self._server = server
+        self._threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def test_worker_waits_for_a_late_database_within_the_startup_timeout(
+    app_registry, worker, database_url, schema
+):
+    from psycopg import conninfo
+
+    app_registry(basic_app.hy).migrate()
+    handle = basic_app.echo.send({"n": 41})
+    target = int(conninfo.conninfo_to_dict(database_url).get("port") or 5432)
+    proxy = _LateProxy(target)
+    late_url = conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
+    try:
+        w = worker(
+            "basic_app:hy",
+            "--processes",
+            "1",
+            "--startup-timeout",
+            "30",
+            env={"HYREX_LIKE_DATABASE_URL": late_url},
+        )
+        wait_until(
+            lambda: "database_unavailable" in w.log() or w.proc.poll() is not None,
+            30,
+            what="the worker to try the database and fail",
+        )
+        proxy.start()
+        assert handle.wait(30).status == "completed", w.log()
+        assert w.stop() == 0
+    finally:
+        proxy.close()
