@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import Settings, redact_dsn
 from .errors import HyrexLikeError
 from .logs import LEVELS, configure_logging
 
 EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(minimum: float, strict: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = f"more than {minimum:g}" if strict else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound} seconds, got {text}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,42 +46,91 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--database-url", help="PostgreSQL URL (default: $HYREX_LIKE_DATABASE_URL, "
-                       "else the embedded database)")
-        p.add_argument("--schema", help="PostgreSQL schema for the tables (default: "
-                       "$HYREX_LIKE_SCHEMA, else hyrex_like)")
+        p.add_argument(
+            "--database-url",
+            help="PostgreSQL URL (default: $HYREX_LIKE_DATABASE_URL, else the embedded database)",
+        )
+        p.add_argument(
+            "--schema",
+            help="PostgreSQL schema for the tables (default: $HYREX_LIKE_SCHEMA, else hyrex_like)",
+        )
         p.add_argument("--log-level", choices=LEVELS, default="info", help="default: info")
-        p.add_argument("--log-format", choices=("console", "json"), default="console",
-                       help="console (readable) or json (one object per line); default: console")
+        p.add_argument(
+            "--log-format",
+            choices=("console", "json"),
+            default="console",
+            help="console (readable) or json (one object per line); default: console",
+        )
 
-    w = sub.add_parser("run-worker", help="run a worker for the tasks of an app",
-                       description="Claim and run tasks until SIGTERM/SIGINT.")
-    w.add_argument("app", help="import path of the registry: 'module:attribute', or 'module' "
-                   "when it holds exactly one HyrexRegistry")
-    w.add_argument("--queue", "-q", action="append", default=[], dest="queues",
-                   help="serve this queue (repeatable; default: every queue)")
-    w.add_argument("--processes", "-p", type=int, default=os.cpu_count() or 1,
-                   help="executor processes running task code (default: CPU count, %(default)s)")
-    w.add_argument("--prefetch", type=int, default=8,
-                   help="tasks handed to an idle executor at once (default: %(default)s)")
-    w.add_argument("--grace-period", type=float, default=30.0,
-                   help="seconds running tasks get to finish after SIGTERM before they are "
-                   "requeued (default: %(default)s); a second signal stops at once")
-    w.add_argument("--stale-after", type=float, default=30.0,
-                   help="seconds without heartbeat after which another worker's running tasks "
-                   "are requeued (default: %(default)s)")
-    w.add_argument("--heartbeat-interval", type=float, default=2.0,
-                   help="seconds between heartbeats (default: %(default)s)")
-    w.add_argument("--poll-interval", type=float, default=1.0,
-                   help="seconds between polls when no notification arrives "
-                   "(default: %(default)s)")
-    w.add_argument("--startup-timeout", type=float, default=15.0,
-                   help="seconds to keep trying to reach the database at start "
-                   "(default: %(default)s)")
+    w = sub.add_parser(
+        "run-worker",
+        help="run a worker for the tasks of an app",
+        description="Claim and run tasks until SIGTERM/SIGINT.",
+    )
+    w.add_argument(
+        "app",
+        help="import path of the registry: 'module:attribute', or 'module' "
+        "when it holds exactly one HyrexRegistry",
+    )
+    w.add_argument(
+        "--queue",
+        "-q",
+        action="append",
+        default=[],
+        dest="queues",
+        help="serve this queue (repeatable; default: every queue)",
+    )
+    w.add_argument(
+        "--processes",
+        "-p",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="executor processes running task code (default: CPU count, %(default)s)",
+    )
+    w.add_argument(
+        "--prefetch",
+        type=_positive_int,
+        default=8,
+        help="tasks handed to an idle executor at once (default: %(default)s)",
+    )
+    w.add_argument(
+        "--grace-period",
+        type=_seconds(0, strict=False),
+        default=30.0,
+        help="seconds running tasks get to finish after SIGTERM before they are "
+        "requeued (default: %(default)s); a second signal stops at once",
+    )
+    w.add_argument(
+        "--stale-after",
+        type=_seconds(0, strict=True),
+        default=30.0,
+        help="seconds without heartbeat after which another worker's running tasks "
+        "are requeued (default: %(default)s)",
+    )
+    w.add_argument(
+        "--heartbeat-interval",
+        type=_seconds(0, strict=True),
+        default=2.0,
+        help="seconds between heartbeats (default: %(default)s)",
+    )
+    w.add_argument(
+        "--poll-interval",
+        type=_seconds(0, strict=True),
+        default=1.0,
+        help="seconds between polls when no notification arrives (default: %(default)s)",
+    )
+    w.add_argument(
+        "--startup-timeout",
+        type=_seconds(0, strict=False),
+        default=15.0,
+        help="seconds to keep trying to reach the database at start (default: %(default)s)",
+    )
     common(w)
 
-    for name, text in (("init-db", "create the schema (or upgrade it)"),
-                       ("migrate", "apply pending migrations (same as init-db)")):
+    for name, text in (
+        ("init-db", "create the schema (or upgrade it)"),
+        ("migrate", "apply pending migrations (same as init-db)"),
+    ):
         m = sub.add_parser(name, help=text, description=text)
         common(m)
     return parser
@@ -98,10 +172,15 @@ def _run_worker(args: argparse.Namespace) -> int:
     registry = load_registry(args.app)
     registry.configure(database_url=args.database_url, schema_name=args.schema)
     options = WorkerOptions(
-        queues=tuple(args.queues), processes=args.processes, prefetch=args.prefetch,
-        grace_period=args.grace_period, stale_after=args.stale_after,
-        heartbeat_interval=args.heartbeat_interval, poll_interval=args.poll_interval,
-        startup_timeout=args.startup_timeout, log_level=args.log_level,
+        queues=tuple(args.queues),
+        processes=args.processes,
+        prefetch=args.prefetch,
+        grace_period=args.grace_period,
+        stale_after=args.stale_after,
+        heartbeat_interval=args.heartbeat_interval,
+        poll_interval=args.poll_interval,
+        startup_timeout=args.startup_timeout,
+        log_level=args.log_level,
         log_format=args.log_format,
     )
     return Dispatcher(registry, args.app, options).run()

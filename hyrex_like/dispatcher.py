@@ -39,6 +39,7 @@ from .errors import (
     DatabaseError,
     ExecutorLost,
     HyrexLikeError,
+    SchemaNotReady,
     TaskTimeout,
     WorkerError,
 )
@@ -111,6 +112,7 @@ class Dispatcher:
         self._db: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
         self._db_failures = 0
+        self._connection_lost = False
         self._next_db_attempt = 0.0
         self._claim_wanted = True
         self._next_poll = 0.0
@@ -126,8 +128,16 @@ class Dispatcher:
         self._wake_w.setblocking(False)
         self._debug = self.options.log_level == "debug"
         self._old_handlers: dict[int, Any] = {}
-        self.stats = {"claimed": 0, "completed": 0, "failed_attempts": 0, "timed_out": 0,
-                      "lost": 0, "rescued": 0, "executor_restarts": 0, "db_reconnects": 0}
+        self.stats = {
+            "claimed": 0,
+            "completed": 0,
+            "failed_attempts": 0,
+            "timed_out": 0,
+            "lost": 0,
+            "rescued": 0,
+            "executor_restarts": 0,
+            "db_reconnects": 0,
+        }
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -156,8 +166,8 @@ class Dispatcher:
 
     def _start(self) -> None:
         store = self.registry.store
-        store.ensure_schema()  # SchemaNotReady here is a clear, fatal start-up error
         deadline = time.monotonic() + self.options.startup_timeout
+        self._ensure_schema(deadline)
         while self._connect() is None:
             if time.monotonic() >= deadline:
                 raise DatabaseError(
@@ -168,10 +178,34 @@ class Dispatcher:
         for index in range(self.options.processes):
             self._executors.append(self._spawn(index))
         self.log.info(
-            "worker_started", app=self.app, queues=self.queues or "*", tasks=self.task_names,
-            processes=self.options.processes, prefetch=self.options.prefetch,
-            database=redact_dsn(store.url()), schema=store.schema,
+            "worker_started",
+            app=self.app,
+            queues=self.queues or "*",
+            tasks=self.task_names,
+            processes=self.options.processes,
+            prefetch=self.options.prefetch,
+            database=redact_dsn(store.url()),
+            schema=store.schema,
         )
+
+    def _ensure_schema(self, deadline: float) -> None:
+        """Check (or create) the schema, waiting up to the start-up timeout for the database."""
+        delay = 0.1
+        while True:
+            try:
+                self.registry.store.ensure_schema()
+                return
+            except SchemaNotReady:
+                raise  # a clear, fatal start-up error: waiting will not fix it
+            except (DatabaseError, psycopg.OperationalError) as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise DatabaseError(
+                        f"cannot reach the database at {redact_dsn(self.registry.store.url())} "
+                        f"after {self.options.startup_timeout:g}s: {_describe(exc)}"
+                    ) from None
+                self.log.warning("database_unavailable", error=_describe(exc), retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _step(self) -> None:
         if self._stop_requested and not self._stopping:
@@ -207,12 +241,20 @@ class Dispatcher:
             if ex.assigned:
                 self._kill(ex)
                 head = ex.assigned.popleft()
-                self._record(head, "interrupted", True, None, "WorkerShutdown",
-                             "the worker shut down before this attempt finished", None)
+                self._record(
+                    head,
+                    "interrupted",
+                    True,
+                    None,
+                    "WorkerShutdown",
+                    "the worker shut down before this attempt finished",
+                    None,
+                )
                 self._giveback.extend(ex.assigned)
                 ex.assigned.clear()
         self._stop_executors()
-        written = self._final_flush(deadline=time.monotonic() + max(10.0, self.options.grace_period))
+        deadline = time.monotonic() + max(10.0, self.options.grace_period)
+        written = self._final_flush(deadline=deadline)
         self.log.info("worker_stopped", clean=written, **self.stats)
         return 0
 
@@ -222,8 +264,15 @@ class Dispatcher:
             self._kill(ex)
             if ex.assigned:
                 head = ex.assigned.popleft()
-                self._record(head, "interrupted", True, None, "WorkerShutdown",
-                             "the worker was stopped at once (second signal)", None)
+                self._record(
+                    head,
+                    "interrupted",
+                    True,
+                    None,
+                    "WorkerShutdown",
+                    "the worker was stopped at once (second signal)",
+                    None,
+                )
                 self._giveback.extend(ex.assigned)
                 ex.assigned.clear()
         self._giveback.extend(self._ready)
@@ -245,7 +294,8 @@ class Dispatcher:
                 break
             if time.monotonic() >= deadline:
                 self.log.error(
-                    "worker_unwritten_results", results=len(self._done),
+                    "worker_unwritten_results",
+                    results=len(self._done),
                     unstarted=len(self._giveback),
                     hint="other workers requeue these tasks once this worker's heartbeat is stale",
                 )
@@ -307,8 +357,13 @@ class Dispatcher:
                         raise
             WorkerQueries.listen(listen, store.channel)
             WorkerQueries.register(
-                db, self.worker_id, socket.gethostname(), os.getpid(), self.queues,
-                self.task_names, self.options.processes,
+                db,
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                self.queues,
+                self.task_names,
+                self.options.processes,
             )
             # A claim whose reply was lost with the old connection left tasks marked as ours.
             known = self._known_task_ids()
@@ -321,11 +376,13 @@ class Dispatcher:
             self._next_db_attempt = time.monotonic() + delay
             self.log.warning("database_unavailable", error=_describe(exc), retry_in=round(delay, 2))
             return None
-        if self._db_failures:
+        if self._db_failures or self._connection_lost:
             self.stats["db_reconnects"] += 1
-            self.log.info("database_reconnected", after_failures=self._db_failures,
-                          returned_unknown=returned)
+            self.log.info(
+                "database_reconnected", after_failures=self._db_failures, returned_unknown=returned
+            )
         self._db_failures = 0
+        self._connection_lost = False
         self._db, self._listen = db, listen
         self._claim_wanted = True
         return db
@@ -338,6 +395,7 @@ class Dispatcher:
 
     def _db_lost(self, exc: BaseException) -> None:
         self.log.warning("database_connection_lost", error=_describe(exc))
+        self._connection_lost = True
         self._close_db()
         self._next_db_attempt = time.monotonic() + 0.05
 
@@ -382,12 +440,27 @@ class Dispatcher:
             return
         self._claim_wanted = len(rows) == free  # a full batch means more may be waiting
         for row in rows:
-            job = Job(row.id, row.task_name, row.queue, row.priority, row.args, row.attempt,
-                      row.max_retries, row.timeout_seconds, row.parent_id, row.root_id)
+            job = Job(
+                row.id,
+                row.task_name,
+                row.queue,
+                row.priority,
+                row.args,
+                row.attempt,
+                row.max_retries,
+                row.timeout_seconds,
+                row.parent_id,
+                row.root_id,
+            )
             self._ready.append(job)
             if self._debug:
-                self.log.debug("task_claimed", task_id=str(job.task_id), task_name=job.task_name,
-                               attempt=job.attempt, queue=job.queue)
+                self.log.debug(
+                    "task_claimed",
+                    task_id=str(job.task_id),
+                    task_name=job.task_name,
+                    attempt=job.attempt,
+                    queue=job.queue,
+                )
         self.stats["claimed"] += len(rows)
 
     def _dispatch(self) -> None:
@@ -410,9 +483,13 @@ class Dispatcher:
                 pass  # the executor died; _reap hands its jobs on
             if self._debug:
                 for job in batch:
-                    self.log.debug("task_started", task_id=str(job.task_id),
-                                   task_name=job.task_name, attempt=job.attempt,
-                                   executor=ex.process.pid)
+                    self.log.debug(
+                        "task_started",
+                        task_id=str(job.task_id),
+                        task_name=job.task_name,
+                        attempt=job.attempt,
+                        executor=ex.process.pid,
+                    )
 
     # ---------------------------------------------------------------------------- waiting
 
@@ -489,15 +566,32 @@ class Dispatcher:
             self._giveback.append(job)
 
     def _record(
-        self, job: Job, status: str, retryable: bool, result: str | None,
-        error_type: str | None, error_message: str | None, tb: str | None,
-        started: float | None = None, finished: float | None = None,
+        self,
+        job: Job,
+        status: str,
+        retryable: bool,
+        result: str | None,
+        error_type: str | None,
+        error_message: str | None,
+        tb: str | None,
+        started: float | None = None,
+        finished: float | None = None,
     ) -> None:
-        self._done.append(FinishedRow(
-            job.task_id, job.task_name, job.attempt, status, retryable, result, error_type, error_message, tb,
-            _utc(started) if started is not None else None,
-            _utc(finished if finished is not None else time.time()),
-        ))
+        self._done.append(
+            FinishedRow(
+                job.task_id,
+                job.task_name,
+                job.attempt,
+                status,
+                retryable,
+                result,
+                error_type,
+                error_message,
+                tb,
+                _utc(started) if started is not None else None,
+                _utc(finished if finished is not None else time.time()),
+            )
+        )
         if status == "completed":
             self.stats["completed"] += 1
         else:
@@ -512,8 +606,15 @@ class Dispatcher:
         )
         process = self._mp.Process(
             target=executor_main,
-            args=(self.app, settings, child_conn, self._draining, self.options.log_level,
-                  self.options.log_format, self.worker_id),
+            args=(
+                self.app,
+                settings,
+                child_conn,
+                self._draining,
+                self.options.log_level,
+                self.options.log_format,
+                self.worker_id,
+            ),
             name=f"hyrex-like-executor-{index}",
             daemon=True,
         )
@@ -546,12 +647,20 @@ class Dispatcher:
                     )
             if ex.assigned:
                 head = ex.assigned.popleft()
-                why = (f"executor process {ex.process.pid} died (signal {-code})" if code < 0
-                       else f"executor process {ex.process.pid} exited with code {code}")
+                why = (
+                    f"executor process {ex.process.pid} died (signal {-code})"
+                    if code < 0
+                    else f"executor process {ex.process.pid} exited with code {code}"
+                )
                 self.stats["lost"] += 1
                 self._record(head, "lost", True, None, "ExecutorLost", why, None)
-                self.log.warning("task_lost", task_id=str(head.task_id), task_name=head.task_name,
-                                 attempt=head.attempt, reason=why)
+                self.log.warning(
+                    "task_lost",
+                    task_id=str(head.task_id),
+                    task_name=head.task_name,
+                    attempt=head.attempt,
+                    reason=why,
+                )
                 self._call_on_error(head, ExecutorLost(why))
                 self._requeue_local(ex.assigned)
             ex.conn.close()
@@ -583,8 +692,13 @@ class Dispatcher:
             why = f"attempt ran past its timeout of {head.timeout:g}s; its executor was killed"
             self.stats["timed_out"] += 1
             self._record(head, "timed_out", True, None, "TaskTimeout", why, None)
-            self.log.warning("task_timed_out", task_id=str(head.task_id),
-                             task_name=head.task_name, attempt=head.attempt, timeout=head.timeout)
+            self.log.warning(
+                "task_timed_out",
+                task_id=str(head.task_id),
+                task_name=head.task_name,
+                attempt=head.attempt,
+                timeout=head.timeout,
+            )
             self._call_on_error(head, TaskTimeout(why))
             self._requeue_local(ex.assigned)
             self.stats["executor_restarts"] += 1
@@ -599,9 +713,14 @@ class Dispatcher:
             outcome = callback(exc)
             if asyncio.iscoroutine(outcome):
                 asyncio.run(outcome)
-        except Exception as cb_exc:
-            self.log.error("on_error_failed", task_id=str(job.task_id), task_name=job.task_name,
-                           attempt=job.attempt, error=_describe(cb_exc))
+        except (Exception, SystemExit) as cb_exc:  # user code must not stop the worker
+            self.log.error(
+                "on_error_failed",
+                task_id=str(job.task_id),
+                task_name=job.task_name,
+                attempt=job.attempt,
+                error=_describe(cb_exc),
+            )
 
     def _stop_executors(self) -> None:
         for ex in self._executors:
@@ -643,18 +762,27 @@ class Dispatcher:
     ) -> list[tuple[uuid.UUID, str, datetime, int]]:
         try:
             return WorkerQueries.finish(db, self.worker_id, rows)
-        except psycopg.OperationalError:
-            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection, not the rows: keep them all for the next try
         except psycopg.Error as exc:
             # One row the database refuses must not block the others: isolate it.
             if len(rows) == 1:
                 row = rows[0]
-                self.log.error("task_result_rejected", task_id=str(row.task_id),
-                               error=_describe(exc))
+                self.log.error(
+                    "task_result_rejected", task_id=str(row.task_id), error=_describe(exc)
+                )
                 fixed = FinishedRow(
-                    row.task_id, row.task_name, row.attempt, "failed", False, None, "ResultRejected",
+                    row.task_id,
+                    row.task_name,
+                    row.attempt,
+                    "failed",
+                    False,
+                    None,
+                    "ResultRejected",
                     f"the database rejected this attempt's outcome: {_describe(exc)}",
-                    row.traceback, row.started_at, row.finished_at,
+                    row.traceback,
+                    row.started_at,
+                    row.finished_at,
                 )
                 return WorkerQueries.finish(db, self.worker_id, [fixed])
             out: list[tuple[uuid.UUID, str, datetime, int]] = []
@@ -673,17 +801,31 @@ class Dispatcher:
                 delay = (run_after - now_wall).total_seconds()
                 self._retry_at = min(self._retry_at, time.monotonic() + max(0.0, delay))
                 if row is not None and row.status != "interrupted":
-                    self.log.warning("task_retry_scheduled", task_id=str(task_id),
-                                     task_name=row.task_name,
-                                     attempt=attempts, error_type=row.error_type,
-                                     error=row.error_message, delay=round(max(0.0, delay), 3))
+                    self.log.warning(
+                        "task_retry_scheduled",
+                        task_id=str(task_id),
+                        task_name=row.task_name,
+                        attempt=attempts,
+                        error_type=row.error_type,
+                        error=row.error_message,
+                        delay=round(max(0.0, delay), 3),
+                    )
             elif status == "failed":
-                self.log.error("task_failed", task_id=str(task_id), attempt=attempts,
-                               task_name=row.task_name if row else None,
-                               error_type=row.error_type if row else None,
-                               error=row.error_message if row else None)
-            elif self._debug:
-                self.log.debug("task_completed", task_id=str(task_id), attempt=attempts)
+                self.log.error(
+                    "task_failed",
+                    task_id=str(task_id),
+                    attempt=attempts,
+                    task_name=row.task_name if row else None,
+                    error_type=row.error_type if row else None,
+                    error=row.error_message if row else None,
+                )
+            else:
+                self.log.info(
+                    "task_completed",
+                    task_id=str(task_id),
+                    attempt=attempts,
+                    task_name=row.task_name if row else None,
+                )
 
     # ---------------------------------------------------------------------------- upkeep
 
@@ -704,8 +846,13 @@ class Dispatcher:
                 # tasks; our late results will be ignored. Carry on as a fresh registration.
                 self.log.warning("worker_declared_lost_reregistering")
                 WorkerQueries.register(
-                    db, self.worker_id, socket.gethostname(), os.getpid(), self.queues,
-                    self.task_names, self.options.processes,
+                    db,
+                    self.worker_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    self.queues,
+                    self.task_names,
+                    self.options.processes,
                 )
             workers, tasks = WorkerQueries.rescue(db, self.options.stale_after)
         except _DB_ERRORS as exc:
@@ -723,7 +870,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_worker(
-    registry: HyrexRegistry, app: str, options: WorkerOptions | None = None,
+    registry: HyrexRegistry,
+    app: str,
+    options: WorkerOptions | None = None,
     on_started: Callable[[Dispatcher], None] | None = None,
 ) -> int:
     """Build a dispatcher and run it (the CLI's entry point)."""

@@ -15,7 +15,7 @@ from psycopg import sql
 from hyrex_like import HyrexRegistry
 from hyrex_like.embedded import embedded_database_url
 
-from .helpers import ROOT, Worker, start_worker
+from .helpers import ROOT, TcpProxy, Worker, start_worker
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +59,7 @@ def app_registry(database_url: str, schema: str) -> Callable[[HyrexRegistry], Hy
 
 
 @pytest.fixture
-def worker(
-    database_url: str, schema: str, tmp_path: Path
-) -> Iterator[Callable[..., Worker]]:
+def worker(database_url: str, schema: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Start real worker processes; any still running at the end are killed."""
     started: list[Worker] = []
 
@@ -74,3 +72,40 @@ def worker(
     yield start
     for w in started:
         w.kill()
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    """A directory the tasks of tests/apps/worker_app.py write their events to."""
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def app_worker(worker: Callable[..., Worker], out_dir: Path) -> Callable[..., Worker]:
+    """Start `run-worker worker_app:hy ARGS` with its task events going to ``out_dir``."""
+
+    def start(*args: str, app: str = "worker_app:hy", env: dict[str, str] | None = None) -> Worker:
+        return worker(app, *args, env={"HYREX_TEST_OUT": str(out_dir), **(env or {})})
+
+    return start
+
+
+@pytest.fixture
+def wapp(app_registry: Callable[[HyrexRegistry], HyrexRegistry]):  # type: ignore[no-untyped-def]
+    """tests/apps/worker_app.py, its registry bound to this test's schema (for sending)."""
+    from .apps import worker_app
+
+    app_registry(worker_app.hy)
+    return worker_app
+
+
+@pytest.fixture
+def db_proxy(database_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy to the test database that a test can take down and bring back."""
+    from .helpers import TcpProxy
+
+    proxy = TcpProxy(database_url)
+    yield proxy
+    proxy.down()

@@ -91,9 +91,7 @@ def start_worker(
 ) -> Worker:
     """Start ``hyrex-like run-worker app`` against ``schema``; logs go to ``log_path``."""
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(APPS), str(ROOT), full_env.get("PYTHONPATH", "")]
-    )
+    full_env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(ROOT), full_env.get("PYTHONPATH", "")])
     full_env["HYREX_LIKE_DATABASE_URL"] = database_url
     full_env["HYREX_LIKE_SCHEMA"] = schema
     if env:
@@ -101,8 +99,13 @@ def start_worker(
     cmd = [sys.executable, "-m", "hyrex_like", "run-worker", app, *args]
     log_file = open(log_path, "a")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, text=True,
-        cwd=str(APPS), start_new_session=True,
+        cmd,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        text=True,
+        cwd=str(APPS),
+        start_new_session=True,
     )
     log_file.close()
     return Worker(proc, log_path)
@@ -110,8 +113,7 @@ def start_worker(
 
 def query(database_url: str, schema: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     """Run one read statement in the test schema (test-side inspection only)."""
-    with psycopg.connect(database_url, autocommit=True,
-                         options=f"-c search_path={schema}") as conn:
+    with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as conn:
         cur = conn.execute(sql, params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
 
@@ -119,3 +121,198 @@ def query(database_url: str, schema: str, sql: str, params: Any = None) -> list[
 def count(database_url: str, schema: str, where: str = "true", table: str = "task") -> int:
     rows = query(database_url, schema, f"SELECT count(*) FROM {table} WHERE {where}")
     return int(rows[0][0])
+
+
+# ---------------------------------------------------------------- worker-test helpers
+
+
+def read_events(out_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The JSON lines written by tests/apps/worker_app.py's ``note`` (optionally one kind)."""
+    import json
+
+    path = out_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if kind is None or e["kind"] == kind]
+
+
+def json_log(worker: Worker) -> list[dict[str, Any]]:
+    """A ``--log-format json`` worker's log, one object per line (fails on any other line)."""
+    import json
+
+    out = []
+    for line in worker.log().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"log line is not a JSON object: {line!r}") from None
+    return out
+
+
+def run_cli(
+    *args: str,
+    database_url: str,
+    schema: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m hyrex_like ARGS`` to completion (for commands that exit by themselves)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(ROOT), full_env.get("PYTHONPATH", "")])
+    full_env["HYREX_LIKE_DATABASE_URL"] = database_url
+    full_env["HYREX_LIKE_SCHEMA"] = schema
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "hyrex_like", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=str(APPS),
+        timeout=timeout,
+    )
+
+
+def worker_ids(database_url: str, schema: str) -> list[Any]:
+    """Ids of the worker rows in ``schema``, oldest first."""
+    return [r[0] for r in query(database_url, schema, "SELECT id FROM worker ORDER BY started_at")]
+
+
+def backend_pids_of(database_url: str, pid: int) -> list[int]:
+    """PostgreSQL backend pids serving the TCP connections that process ``pid`` holds open.
+
+    Matches the process's local TCP ports (from /proc) with ``pg_stat_activity.client_port``,
+    so a test can terminate exactly one worker's connections and nobody else's.
+    """
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    if not ports:
+        return []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s) "
+            "AND pid <> pg_backend_pid()",
+            (sorted(ports),),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def terminate_backends(database_url: str, pids: list[int]) -> int:
+    """``pg_terminate_backend`` each pid; returns how many were terminated."""
+    if not pids:
+        return 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+            "FROM unnest(%s::int[]) AS pid",
+            (pids,),
+        ).fetchall()
+    return int(rows[0][0])
+
+
+class TcpProxy:
+    """A TCP forwarder in front of PostgreSQL, to simulate an outage without touching the server.
+
+    ``down()`` drops every open connection and refuses new ones (like a stopped server);
+    ``up()`` accepts again. ``url`` is the database URL with host and port pointed at the proxy.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        import socket
+        import threading
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(database_url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ValueError("TcpProxy needs a postgresql://host:port URL")
+        self._target = (parts.hostname, parts.port or 5432)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        auth = f"{parts.username}@" if parts.username else ""
+        if parts.password:
+            auth = f"{parts.username}:{parts.password}@"
+        self.url = urllib.parse.urlunsplit(
+            (parts.scheme, f"{auth}127.0.0.1:{self.port}", parts.path, parts.query, "")
+        )
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+        self._listener: Any = None
+        self._socket = socket
+        self._threading = threading
+
+    def up(self) -> None:
+        sock = self._socket.socket()
+        sock.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self._listener = sock
+        self._threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(self._socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def _accept(self, listener: Any) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            try:
+                upstream = self._socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def done(handle: Any, timeout: float = 30.0) -> Any:
+    """Refresh a TaskHandle until it is completed, failed or canceled (polling every 20 ms)."""
+    wait_until(lambda: handle.refresh().done, timeout, what=f"task {handle.id} to finish")
+    return handle

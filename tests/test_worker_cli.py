@@ -1,0 +1,105 @@
+"""`hyrex-like run-worker`: options, and one-line errors for apps it cannot load."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import done, read_events, run_cli
+
+
+def test_run_worker_help_documents_every_option(database_url, schema):
+    proc = run_cli("run-worker", "--help", database_url=database_url, schema=schema)
+    assert proc.returncode == 0, proc.stderr
+    assert "module:attribute" in proc.stdout
+    # the option descriptions, after the usage line; argparse wraps lines
+    text = " ".join(proc.stdout.split("options:", 1)[1].split())
+    for option, words in [
+        ("--queue", ["repeatable", "every queue"]),
+        ("--processes", ["CPU count"]),
+        ("--database-url", ["HYREX_LIKE_DATABASE_URL"]),
+        ("--log-level", ["debug", "info", "warning", "error"]),
+        ("--log-format", ["json", "console"]),
+        ("--grace-period", ["SIGTERM", "seconds"]),
+        ("--stale-after", ["heartbeat"]),
+    ]:
+        assert option in text, option
+        after = text.split(option, 1)[1][:300]
+        for word in words:
+            assert word in after, f"{option} help does not mention {word!r}: {after!r}"
+
+
+@pytest.mark.parametrize(
+    ("app", "expected"),
+    [
+        ("no_such_module_xyz:hy", "no_such_module_xyz"),
+        ("worker_app:no_such_attribute", "no_such_attribute"),
+        ("worker_app:record", "not a HyrexRegistry"),
+        ("no_registry_app", "holds 0 HyrexRegistry"),
+        ("two_registries_app", "holds 2 HyrexRegistry"),
+        ("broken_app:hy", "broken_app refuses to import"),
+        (":hy", "bad app path"),
+    ],
+)
+def test_run_worker_bad_app_is_a_one_line_error_with_exit_code_2(
+    database_url, schema, app, expected
+):
+    proc = run_cli(
+        "run-worker", app, "--processes", "1", database_url=database_url, schema=schema, timeout=30
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("hyrex-like: error:"), lines[0]
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--processes", "0"],
+        ["--processes", "many"],
+        ["--grace-period", "-1"],
+        ["--log-format", "xml"],
+        ["--log-level", "loud"],
+        ["--prefetch", "0"],
+    ],
+)
+def test_run_worker_bad_option_exits_2_without_traceback(database_url, schema, args):
+    proc = run_cli(
+        "run-worker", "worker_app:hy", *args, database_url=database_url, schema=schema, timeout=30
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert args[0] in proc.stderr
+
+
+def test_run_worker_accepts_a_module_holding_one_registry(
+    app_registry, worker, database_url, schema
+):
+    from .apps import single_registry_app
+
+    app_registry(single_registry_app.registry)
+    handle = single_registry_app.triple.send(14)
+    w = worker("single_registry_app", "--processes", "1")
+    assert done(handle, 30).status == "completed"
+    assert handle.result == 42
+    assert w.stop() == 0
+
+
+def test_run_worker_serves_only_the_queues_given_with_repeatable_queue_option(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    alpha = wapp.on_alpha.send({"n": 1})
+    beta = wapp.on_beta.send({"n": 2})
+    gamma = wapp.on_gamma.send({"n": 3})
+    w = app_worker("--queue", "alpha", "--queue", "gamma", "--processes", "1")
+    assert done(alpha, 30).status == "completed"
+    assert done(gamma, 30).status == "completed"
+    # a worker claims everything it can in one statement, so beta had its chance
+    beta.refresh()
+    assert (beta.status, beta.attempt_count, beta.task_runs) == ("queued", 0, [])
+    assert w.stop() == 0
+    beta.refresh()
+    assert beta.status == "queued"
+    assert sorted(e["kind"] for e in read_events(out_dir)) == ["alpha", "gamma"]

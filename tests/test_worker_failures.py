@@ -1,0 +1,152 @@
+"""Failed attempts: run rows, retries with backoff, on_error, timeouts, executor crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from .helpers import done, json_log, read_events, wait_until, worker_ids
+
+
+def test_every_attempt_has_its_own_run_row_with_outcome_and_error(
+    wapp, app_worker, database_url, schema
+):
+    handle = wapp.fail_twice.send({"n": 1})
+    w = app_worker("--processes", "1")
+    assert done(handle, 30).status == "completed"
+    [worker_id] = worker_ids(database_url, schema)
+    runs = handle.task_runs
+    assert [r.attempt_number for r in runs] == [1, 2, 3]
+    assert [r.status for r in runs] == ["failed", "failed", "completed"]
+    for r in runs:
+        assert r.worker_id == worker_id
+        assert r.finished_at is not None and r.started_at <= r.finished_at
+    for attempt, r in enumerate(runs[:2], start=1):
+        assert r.error_type == "ValueError"
+        assert r.error_message == f"attempt {attempt} of task 1 fails on purpose"
+        assert "Traceback" in r.traceback and "worker_app.py" in r.traceback
+        assert "fails on purpose" in r.traceback
+        assert r.result is None
+    assert runs[2].result == "ok after 3" == handle.result
+    assert runs[2].error_type is None and runs[2].traceback is None
+    assert handle.attempt_count == 3
+    assert w.stop() == 0
+
+
+def test_retries_follow_backoff_then_fail_when_exhausted(wapp, app_worker, out_dir):
+    handle = wapp.always_fails.send({"n": 2})  # max_retries=1, retry_backoff=1.0
+    w = app_worker("--processes", "1")
+    assert done(handle, 30).status == "failed"
+    runs = handle.task_runs
+    assert [(r.attempt_number, r.status, r.error_type) for r in runs] == [
+        (1, "failed", "KeyError"),
+        (2, "failed", "KeyError"),
+    ]
+    assert (runs[1].started_at - runs[0].finished_at).total_seconds() >= 1.0
+    assert handle.last_error["type"] == "KeyError"
+    assert handle.last_error["attempt"] == 2
+    assert handle.row.finished_at is not None
+    assert len(read_events(out_dir, "start")) == 2
+    assert [e["type"] for e in read_events(out_dir, "on_error")] == ["KeyError", "KeyError"]
+    assert w.stop() == 0
+
+
+def test_on_error_runs_for_every_failure_without_changing_the_outcome(wapp, app_worker, out_dir):
+    flaky = wapp.fail_first.send({"n": 1})  # fails once, then succeeds
+    doomed = wapp.never_works.send({"n": 2})  # max_retries=0
+    w = app_worker("--processes", "1")
+    assert done(flaky, 30).status == "completed"
+    assert done(doomed, 30).status == "failed"
+    messages = sorted(e["message"] for e in read_events(out_dir, "on_error"))
+    assert messages == ["first attempt fails", "never works"]
+    assert w.stop() == 0
+
+
+def test_on_error_that_raises_is_logged_and_not_fatal(wapp, app_worker, out_dir):
+    # one failure inside the executor, one (a timeout) handled by the worker process itself
+    in_executor = wapp.fail_first_bad_handler.send({"n": 1})
+    in_parent = wapp.too_slow_bad_handler.send({"n": 2})
+    w = app_worker("--processes", "1", "--log-format", "json")
+    assert done(in_executor, 30).status == "completed"
+    assert [r.status for r in in_executor.task_runs] == ["failed", "completed"]
+    assert done(in_parent, 30).status == "failed"
+    assert [r.status for r in in_parent.task_runs] == ["timed_out"]
+    assert len(read_events(out_dir, "on_error")) == 2  # the handler ran, then raised
+    failed = [e for e in json_log(w) if e["event"] == "on_error_failed"]
+    assert {e["task_id"] for e in failed} == {str(in_executor.id), str(in_parent.id)}
+    for e in failed:
+        assert "the on_error handler itself broke" in e["error"]
+    after = wapp.record.send({"n": 3})
+    assert done(after, 30).status == "completed"
+    assert w.proc.poll() is None
+    assert w.stop() == 0
+
+
+def test_timeout_kills_the_executor_records_timed_out_and_retries(wapp, app_worker, out_dir):
+    slow = wapp.too_slow.send({"n": 1})  # timeout 1 s, max_retries=1
+    w = app_worker("--processes", "1")
+    wait_until(lambda: read_events(out_dir, "start"), 30, what="the first attempt to start")
+    queued_behind = wapp.record.send({"n": 2})
+    assert done(slow, 30).status == "failed"
+    runs = slow.task_runs
+    assert [(r.attempt_number, r.status, r.error_type) for r in runs] == [
+        (1, "timed_out", "TaskTimeout"),
+        (2, "timed_out", "TaskTimeout"),
+    ]
+    for r in runs:
+        assert "timeout of 1s" in r.error_message
+        assert 1.0 <= (r.finished_at - r.started_at).total_seconds() < 5
+    starts = read_events(out_dir, "start")
+    assert len(starts) == 2
+    pids = [e["pid"] for e in starts]
+    assert pids[0] != pids[1], "the second attempt must run in a fresh executor"
+    for pid in pids:
+        wait_until(lambda pid=pid: not _alive(pid), 10, what=f"executor {pid} to be gone")
+    assert [e["type"] for e in read_events(out_dir, "on_error")] == ["TaskTimeout"] * 2
+    assert done(queued_behind, 30).status == "completed"  # a fresh executor runs the next one
+    assert w.stop() == 0
+
+
+def test_executor_killed_with_sigkill_loses_the_run_and_the_task_is_retried(
+    wapp, app_worker, out_dir
+):
+    handle = wapp.hang_first.send({"n": 1})
+    w = app_worker("--processes", "1")
+    [start] = wait_until(lambda: read_events(out_dir, "start"), 30, what="attempt 1")
+    assert start["pid"] in w.executor_pids()
+    os.kill(start["pid"], signal.SIGKILL)
+    assert done(handle, 30).status == "completed"
+    runs = handle.task_runs
+    assert [(r.attempt_number, r.status) for r in runs] == [(1, "lost"), (2, "completed")]
+    assert runs[0].error_type == "ExecutorLost"
+    assert "signal 9" in runs[0].error_message
+    assert handle.result == 2
+    assert [e["type"] for e in read_events(out_dir, "on_error")] == ["ExecutorLost"]
+    after = wapp.record.send({"n": 2})
+    assert done(after, 30).status == "completed"
+    assert w.stop() == 0
+
+
+def test_executor_that_calls_os_exit_loses_the_run_and_the_task_is_retried(
+    wapp, app_worker, out_dir
+):
+    handle = wapp.exit_first.send({"n": 1})
+    w = app_worker("--processes", "1")
+    assert done(handle, 30).status == "completed"
+    runs = handle.task_runs
+    assert [(r.attempt_number, r.status) for r in runs] == [(1, "lost"), (2, "completed")]
+    assert runs[0].error_type == "ExecutorLost"
+    assert "exited with code 3" in runs[0].error_message
+    assert [e["type"] for e in read_events(out_dir, "on_error")] == ["ExecutorLost"]
+    after = wapp.record.send({"n": 2})
+    assert done(after, 30).status == "completed"
+    assert w.proc.poll() is None
+    assert w.stop() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,214 @@
+"""Crashes and stops: a killed worker, dropped database connections, SIGTERM and SIGINT."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+
+from .helpers import (
+    backend_pids_of,
+    count,
+    done,
+    query,
+    read_events,
+    terminate_backends,
+    wait_until,
+    worker_ids,
+)
+
+
+def test_worker_killed_with_sigkill_has_its_tasks_requeued_by_another_worker(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    handle = wapp.long_first.send({"n": 1})  # attempt 1 runs for two minutes
+    first = app_worker("--processes", "1", "--heartbeat-interval", "0.5")
+    [start] = wait_until(lambda: read_events(out_dir, "start"), 30, what="attempt 1")
+    executor_pid = start["pid"]
+    first.signal(signal.SIGKILL)
+    first.proc.wait(10)
+    # its executor dies with it, so attempt 1 cannot go on running next to attempt 2
+    wait_until(lambda: not _alive(executor_pid), 10, what="the orphaned executor to die")
+    assert handle.refresh().status == "running"
+
+    second = app_worker("--processes", "1", "--stale-after", "3", "--heartbeat-interval", "0.5")
+    assert done(handle, 30).status == "completed"
+    first_id, second_id = worker_ids(database_url, schema)
+    runs = handle.task_runs
+    assert [(r.attempt_number, r.status, r.worker_id) for r in runs] == [
+        (1, "lost", first_id),
+        (2, "completed", second_id),
+    ]
+    assert runs[0].error_type == "WorkerLost"
+    assert handle.result == 2
+    assert query(database_url, schema, "SELECT status FROM worker WHERE id = %s", (first_id,)) == [
+        ("lost",)
+    ]
+    assert "lost_tasks_requeued" in second.log()
+    assert second.stop() == 0
+
+
+def test_worker_survives_terminated_database_backends_and_runs_each_task_once(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    total = 300
+    wapp.nap.send_many([{"n": i, "seconds": 0.01} for i in range(total)])
+    w = app_worker("--processes", "2", "--prefetch", "4")
+    killed_rounds = 0
+    for threshold in (20, 120, 220):
+        wait_until(lambda t=threshold: len(read_events(out_dir, "end")) >= t, 60)
+        pids = wait_until(
+            lambda: backend_pids_of(database_url, w.pid),
+            20,
+            what="the worker's database connections",
+        )
+        assert terminate_backends(database_url, pids) >= 1
+        killed_rounds += 1
+        reconnects = killed_rounds
+        wait_until(
+            lambda r=reconnects: w.log().count("database_reconnected") >= r,
+            30,
+            what="the worker to reconnect",
+        )
+    wait_until(lambda: count(database_url, schema, "status = 'completed'") == total, 120)
+    assert w.proc.poll() is None
+    ran = collections.Counter(e["n"] for e in read_events(out_dir, "start"))
+    assert sorted(ran) == list(range(total))
+    assert [n for n, times in ran.items() if times > 1] == []
+    assert count(database_url, schema, "status = 'completed'", table="task_run") == total
+    assert count(database_url, schema, "true", table="task_run") == total
+    assert count(database_url, schema, "attempt_count <> 1") == 0
+    assert w.stop() == 0
+
+
+def test_worker_rides_out_a_database_outage_keeping_finished_results_until_it_is_back(
+    wapp, app_worker, out_dir, db_proxy, database_url, schema
+):
+    total = 24
+    wapp.nap.send_many([{"n": i, "seconds": 0.3} for i in range(total)])
+    db_proxy.up()
+    w = app_worker(
+        "--processes",
+        "2",
+        "--prefetch",
+        "4",
+        "--database-url",
+        db_proxy.url,
+        env={"HYREX_LIKE_DATABASE_URL": db_proxy.url},
+    )
+    wait_until(lambda: len(read_events(out_dir, "end")) >= 2, 30)
+    db_proxy.down()
+    ended_at_cut = len(read_events(out_dir, "end"))
+    # the executors finish what they were handed; the results wait in the worker's memory
+    wait_until(lambda: len(read_events(out_dir, "end")) >= ended_at_cut + 3, 30)
+    wait_until(lambda: "database_unavailable" in w.log(), 30)
+    written_while_down = count(database_url, schema, "status = 'completed'")
+    assert written_while_down <= ended_at_cut
+    assert w.proc.poll() is None
+    db_proxy.up()
+    wait_until(lambda: count(database_url, schema, "status = 'completed'") == total, 60)
+    assert "database_reconnected" in w.log()
+    ran = collections.Counter(e["n"] for e in read_events(out_dir, "start"))
+    assert sorted(ran) == list(range(total))
+    assert max(ran.values()) == 1
+    assert count(database_url, schema, "true", table="task_run") == total
+    assert w.stop() == 0
+
+
+def test_worker_started_while_the_database_is_down_waits_for_it(
+    wapp, app_worker, db_proxy, database_url, schema
+):
+    handle = wapp.record.send({"n": 1})
+    w = app_worker(
+        "--processes",
+        "1",
+        "--database-url",
+        db_proxy.url,
+        "--startup-timeout",
+        "30",
+        env={"HYREX_LIKE_DATABASE_URL": db_proxy.url},
+    )
+    wait_until(lambda: "database_unavailable" in w.log(), 20)
+    assert w.proc.poll() is None
+    db_proxy.up()
+    assert done(handle, 30).status == "completed"
+    assert w.stop() == 0
+
+
+def test_sigterm_finishes_running_tasks_and_gives_back_unstarted_ones(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    handles = wapp.nap.send_many([{"n": i, "seconds": 1.5} for i in range(8)])
+    w = app_worker("--processes", "2", "--prefetch", "4", "--grace-period", "20")
+    starts = wait_until(
+        lambda: len(read_events(out_dir, "start")) == 2 and read_events(out_dir, "start"), 30
+    )
+    # every task is claimed (2 executors x prefetch 4): two run, six wait in executors
+    assert count(database_url, schema, "status = 'running'") == 8
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0
+    assert time.monotonic() - t0 < 10
+    running = {e["n"] for e in starts}
+    assert {e["n"] for e in read_events(out_dir, "end")} == running
+    assert len(read_events(out_dir, "start")) == 2
+    for i, h in enumerate(handles):
+        h.refresh()
+        if i in running:
+            assert (h.status, [r.status for r in h.task_runs]) == ("completed", ["completed"])
+        else:
+            assert (h.status, h.attempt_count, h.task_runs) == ("queued", 0, []), i
+    assert query(database_url, schema, "SELECT status FROM worker") == [("stopped",)]
+
+
+def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    handle = wapp.nap.send({"n": 1, "seconds": 60})
+    w = app_worker("--processes", "1", "--grace-period", "1")
+    [start] = wait_until(lambda: read_events(out_dir, "start"), 30)
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0
+    assert 1.0 <= time.monotonic() - t0 < 8
+    handle.refresh()
+    assert handle.status == "queued"
+    [run] = handle.task_runs
+    assert (run.attempt_number, run.status) == (1, "interrupted")
+    assert run.finished_at is not None
+    assert not _alive(start["pid"])
+    assert read_events(out_dir, "end") == []
+
+
+def test_second_signal_stops_the_worker_at_once(wapp, app_worker, out_dir, database_url, schema):
+    handle = wapp.nap.send({"n": 1, "seconds": 60})
+    w = app_worker("--processes", "1", "--grace-period", "60")
+    [start] = wait_until(lambda: read_events(out_dir, "start"), 30)
+    w.signal(signal.SIGTERM)
+    wait_until(lambda: "worker_stopping" in w.log(), 10)
+    assert w.proc.poll() is None  # still inside its 60 s grace period
+    t0 = time.monotonic()
+    w.signal(signal.SIGINT)
+    w.proc.wait(10)
+    assert time.monotonic() - t0 < 5
+    assert not _alive(start["pid"])
+    handle.refresh()
+    assert handle.status == "queued"
+    assert [r.status for r in handle.task_runs] == ["interrupted"]
+
+
+def test_sigint_stops_like_sigterm(wapp, app_worker, database_url, schema):
+    handle = wapp.record.send({"n": 1})
+    w = app_worker("--processes", "1")
+    done(handle, 30)
+    w.signal(signal.SIGINT)
+    assert w.proc.wait(30) == 0
+    assert query(database_url, schema, "SELECT status FROM worker") == [("stopped",)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
