@@ -1,7 +1,7 @@
 """hyrex-like demo: send a few hundred typed tasks, run a worker until they are done, summarise.
 
-    python examples/demo.py            # embedded PostgreSQL under ./.hyrex_like/
-    HYREX_LIKE_DATABASE_URL=postgresql://... python examples/demo.py
+python examples/demo.py            # embedded PostgreSQL under ./.hyrex_like/
+HYREX_LIKE_DATABASE_URL=postgresql://... python examples/demo.py
 """
 
 from __future__ import annotations
@@ -48,12 +48,29 @@ def main() -> int:
 
     log_path = Path(".hyrex_like") / "demo-worker.log"
     log_path.parent.mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "hyrex_like", "run-worker", "demo_app:hy",
-         "--database-url", store.url(), "--schema", schema, "--processes", "2",
-         "--log-level", "info"],
-        env=env, cwd=HERE, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "hyrex_like",
+            "run-worker",
+            "demo_app:hy",
+            "--database-url",
+            store.url(),
+            "--schema",
+            schema,
+            "--processes",
+            "2",
+            "--log-level",
+            "info",
+        ],
+        env=env,
+        cwd=HERE,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
     )
     print(f"worker started (pid {worker.pid}); its log: {log_path}")
     try:
@@ -74,7 +91,8 @@ def main() -> int:
     print(f"  attempts (runs) : {dict(runs)}  total {sum(runs.values())}")
     print(f"  retried tasks   : {retried}")
     h = handles[10].refresh()
-    print(f"  a retried order : {[(r.attempt_number, r.status, r.error or r.result) for r in h.task_runs]}")
+    attempts = [(r.attempt_number, r.status, r.error or r.result) for r in h.task_runs]
+    print(f"  a retried order : {attempts}")
     failed = next(x for x in handles if x.status == "failed")
     print(f"  a failed task   : {failed.task_name} -> {failed.last_error}")
     print(f"  the urgent one  : {urgent.status}, result {urgent.result}")

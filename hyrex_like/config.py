@@ -49,9 +49,7 @@ class Settings(BaseModel):
         return value
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``overrides`` (those not ``None``), then the environment."""
         environ = os.environ if env is None else env
         values: dict[str, Any] = {}

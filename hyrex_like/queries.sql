@@ -65,25 +65,31 @@ WITH input AS (
     FROM input AS i
     WHERE r.task_id = i.task_id AND r.attempt_number = i.attempt AND r.status = 'running'
     RETURNING r.task_id
-), decided AS (
-    SELECT t.id,
-           CASE WHEN i.run_status = 'completed' THEN 'completed'
-                WHEN i.run_status = 'interrupted' THEN 'queued'
-                WHEN i.retryable AND t.attempt_count <= t.max_retries THEN 'queued'
-                ELSE 'failed' END AS next_status,
-           CASE WHEN i.run_status IN ('failed', 'timed_out', 'lost')
-                     AND i.retryable AND t.attempt_count <= t.max_retries
-                THEN now() + make_interval(
-                         secs => coalesce(t.backoff_seconds[t.attempt_count], 0))
-                ELSE now() END AS next_run_after,
-           i.*
+), counted AS (
+    -- Only the task's own failures use up retries: an attempt interrupted by a shutdown, or
+    -- lost with its whole worker, is requeued without counting.
+    SELECT t.id, t.max_retries, t.backoff_seconds, i.*,
+           t.failure_count + CASE WHEN i.run_status IN ('failed', 'timed_out', 'lost')
+                                  THEN 1 ELSE 0 END AS failures
     FROM task AS t
     JOIN input AS i ON i.task_id = t.id
     WHERE t.status = 'running' AND t.attempt_count = i.attempt AND t.worker_id = %(worker_id)s
+), decided AS (
+    SELECT c.*,
+           CASE WHEN c.run_status = 'completed' THEN 'completed'
+                WHEN c.run_status = 'interrupted' THEN 'queued'
+                WHEN c.retryable AND c.failures <= c.max_retries THEN 'queued'
+                ELSE 'failed' END AS next_status,
+           CASE WHEN c.run_status <> 'interrupted' AND c.retryable
+                     AND c.failures <= c.max_retries
+                THEN now() + make_interval(secs => coalesce(c.backoff_seconds[c.failures], 0))
+                ELSE now() END AS next_run_after
+    FROM counted AS c
 )
 UPDATE task AS t
 SET status = d.next_status,
     run_after = d.next_run_after,
+    failure_count = d.failures,
     worker_id = NULL,
     result = CASE WHEN d.next_status = 'completed' THEN d.result ELSE t.result END,
     last_error = CASE WHEN d.run_status = 'completed' THEN t.last_error
@@ -186,7 +192,7 @@ SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued)
 
 -- get_task --
 SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
-       backoff_seconds, attempt_count, run_after, parent_id, root_id, worker_id, created_at,
+       backoff_seconds, attempt_count, failure_count, run_after, parent_id, root_id, worker_id, created_at,
        started_at, finished_at, result, last_error
 FROM task WHERE id = %(id)s
 

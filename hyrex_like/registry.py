@@ -317,8 +317,12 @@ class TaskSender(Generic[T, R]):
                 "with_config(); the worker calls the on_error given to @hy.task"
             )
         options = dict(
-            queue=queue, priority=priority, max_retries=max_retries,
-            timeout_seconds=timeout_seconds, retry_backoff=retry_backoff, on_error=on_error,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            retry_backoff=retry_backoff,
+            on_error=on_error,
         )
         return TaskSender(self.definition, _config(self.definition.name, self.config, options))
 
@@ -484,9 +488,9 @@ class TaskDefinition(TaskSender[T, R]):
         return self.fn(payload)
 
 
-def _inspect_function(fn: Callable[..., Any], name: str) -> tuple[
-    str | None, TypeAdapter[Any] | None, TypeAdapter[Any] | None
-]:
+def _inspect_function(
+    fn: Callable[..., Any], name: str
+) -> tuple[str | None, TypeAdapter[Any] | None, TypeAdapter[Any] | None]:
     """Decoration-time checks of the signature; returns (param name, payload & result adapters)."""
     if not callable(fn):
         raise TaskDefinitionError(f"@hy.task needs a function, got {type(fn).__name__}")
@@ -642,8 +646,12 @@ class HyrexRegistry:
     ) -> TaskDefinition[Any, Any] | _Decorator:
         """Register a task: ``@hy.task`` or ``@hy.task(queue=..., max_retries=..., ...)``."""
         options = dict(
-            queue=queue, priority=priority, max_retries=max_retries,
-            timeout_seconds=timeout_seconds, retry_backoff=retry_backoff, on_error=on_error,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            retry_backoff=retry_backoff,
+            on_error=on_error,
         )
         if fn is not None:
             return self._register(fn, name, options)

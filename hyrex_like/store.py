@@ -138,6 +138,7 @@ class TaskRow:
     timeout_seconds: float | None
     backoff_seconds: list[float]
     attempt_count: int
+    failure_count: int
     run_after: datetime
     parent_id: uuid.UUID | None
     root_id: uuid.UUID | None
@@ -394,9 +395,7 @@ class Store:
         with self.connect(autocommit=False) as conn:
             # Fast path, without the lock or any DDL: a current schema needs one read, so every
             # process start stays cheap and a role without CREATE rights can still start.
-            row = conn.execute(
-                "SELECT to_regclass('schema_migrations') IS NOT NULL"
-            ).fetchone()
+            row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
             if row and row[0]:
                 row = conn.execute(q("schema_version")).fetchone()
                 if row and row[0] is not None and row[0] >= latest:
@@ -510,8 +509,19 @@ class Store:
         with conn.cursor() as cur, cur.copy(q("copy_tasks")) as copy:
             copy.set_types(
                 # args and run_after go as text: the server parses them (JSON already dumped)
-                ["uuid", "text", "text", "int2", "text", "int4", "float8", "float8[]",
-                 "text", "uuid", "uuid"]
+                [
+                    "uuid",
+                    "text",
+                    "text",
+                    "int2",
+                    "text",
+                    "int4",
+                    "float8",
+                    "float8[]",
+                    "text",
+                    "uuid",
+                    "uuid",
+                ]
             )
             for task in tasks:
                 copy.write_row(task.copy_row())
@@ -616,8 +626,13 @@ class WorkerQueries:
     ) -> list[ClaimedRow]:
         cur = conn.execute(
             q("claim_tasks"),
-            {"worker_id": worker_id, "task_names": task_names, "queues": queues,
-             "limit": limit, "now": now},
+            {
+                "worker_id": worker_id,
+                "task_names": task_names,
+                "queues": queues,
+                "limit": limit,
+                "now": now,
+            },
             prepare=True,
         )
         return [ClaimedRow(*row) for row in cur.fetchall()]
@@ -648,8 +663,11 @@ class WorkerQueries:
     ) -> int:
         cur = conn.execute(
             q("give_back_tasks"),
-            {"worker_id": worker_id, "task_ids": [i[0] for i in items],
-             "attempts": [i[1] for i in items]},
+            {
+                "worker_id": worker_id,
+                "task_ids": [i[0] for i in items],
+                "attempts": [i[1] for i in items],
+            },
         )
         row = cur.fetchone()
         return int(row[0]) if row else 0
@@ -664,13 +682,24 @@ class WorkerQueries:
 
     @staticmethod
     def register(
-        conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str, pid: int,
-        queues: list[str], task_names: list[str], processes: int,
+        conn: psycopg.Connection[Any],
+        worker_id: uuid.UUID,
+        hostname: str,
+        pid: int,
+        queues: list[str],
+        task_names: list[str],
+        processes: int,
     ) -> None:
         conn.execute(
             q("register_worker"),
-            {"id": worker_id, "hostname": hostname, "pid": pid, "queues": queues,
-             "task_names": task_names, "processes": processes},
+            {
+                "id": worker_id,
+                "hostname": hostname,
+                "pid": pid,
+                "queues": queues,
+                "task_names": task_names,
+                "processes": processes,
+            },
         )
 
     @staticmethod

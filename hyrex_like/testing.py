@@ -1,14 +1,14 @@
 """Helpers for applications' own tests: run a task the way a worker would, inspect what was sent.
 
-    from hyrex_like.testing import run_task, sent_tasks
+from hyrex_like.testing import run_task, sent_tasks
 
-    def test_process_file():
-        assert run_task(process_file, {"file_path": "/x", "options": {}})["status"] == "completed"
+def test_process_file():
+    assert run_task(process_file, {"file_path": "/x", "options": {}})["status"] == "completed"
 
-    def test_signup_sends_welcome_email(hy):
-        signup("ann@example.com")
-        [task] = sent_tasks(hy, "send_welcome_email")
-        assert task.args == {"email": "ann@example.com"}
+def test_signup_sends_welcome_email(hy):
+    signup("ann@example.com")
+    [task] = sent_tasks(hy, "send_welcome_email")
+    assert task.args == {"email": "ann@example.com"}
 """
 
 from __future__ import annotations
@@ -57,9 +57,14 @@ def run_task(
     args_json = definition.dump_payload(payload) if definition.param_name else "null"
     value = definition.load_payload(json.loads(args_json))
     ctx = HyrexContext(
-        task_id=uuid.uuid4(), task_name=definition.name, attempt_number=attempt_number,
-        max_retries=config.max_retries, queue=config.queue, priority=config.priority,
-        parent_id=parent_id, root_id=parent_id,
+        task_id=uuid.uuid4(),
+        task_name=definition.name,
+        attempt_number=attempt_number,
+        max_retries=config.max_retries,
+        queue=config.queue,
+        priority=config.priority,
+        parent_id=parent_id,
+        root_id=parent_id,
     )
     token = _set_context(ctx)
     try:

@@ -23,6 +23,9 @@ CREATE TABLE task (
     -- one delay in seconds per retry, computed at send time (retry_backoff may be a callable)
     backoff_seconds  double precision[] NOT NULL DEFAULT '{}',
     attempt_count    integer     NOT NULL DEFAULT 0 CHECK (attempt_count >= 0),
+    -- attempts that failed, timed out or lost their executor: these use up max_retries (an
+    -- attempt interrupted by a shutdown or lost with its whole worker does not)
+    failure_count    integer     NOT NULL DEFAULT 0 CHECK (failure_count >= 0),
     run_after        timestamptz NOT NULL DEFAULT now(),
     parent_id        uuid,
     root_id          uuid,

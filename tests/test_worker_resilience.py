@@ -212,3 +212,22 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_an_interrupted_attempt_does_not_use_up_a_retry(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    handle = wapp.long_then_flaky.send({"n": 1})  # max_retries=1
+    w = app_worker("--processes", "1", "--grace-period", "0.5")
+    wait_until(lambda: read_events(out_dir, "start"), 30)
+    w.signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0
+    second = app_worker("--processes", "1")
+    assert done(handle, 30).status == "completed"
+    assert [(r.attempt_number, r.status) for r in handle.task_runs] == [
+        (1, "interrupted"),
+        (2, "failed"),
+        (3, "completed"),
+    ]
+    assert handle.row.failure_count == 1
+    assert second.stop() == 0

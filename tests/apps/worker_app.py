@@ -228,3 +228,15 @@ def on_beta(item: Item) -> int:
 def on_gamma(item: Item) -> int:
     note("gamma", n=item.n)
     return item.n
+
+
+@hy.task(max_retries=1, retry_backoff=0)
+def long_then_flaky(item: Item) -> int:
+    """Attempt 1 runs long (a test interrupts it), attempt 2 fails, attempt 3 succeeds."""
+    attempt = _attempt()
+    note("start", n=item.n, attempt=attempt)
+    if attempt == 1:
+        time.sleep(120)
+    if attempt == 2:
+        raise RuntimeError("second attempt fails")
+    return attempt
