@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--prefetch",
         type=_positive_int,
-        default=8,
-        help="tasks handed to an idle executor at once (default: %(default)s)",
+        default=16,
+        help="tasks an executor holds at most: a batch when idle, topped up when half done; "
+        "lower it for long tasks, raise it for many tiny ones (default: %(default)s)",
     )
     w.add_argument(
         "--grace-period",

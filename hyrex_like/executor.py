@@ -50,11 +50,42 @@ class Job:
     parent_id: uuid.UUID | None
     root_id: uuid.UUID | None
 
+    def wire(self) -> tuple[Any, ...]:
+        """The job as sent to an executor: a plain tuple, ids as bytes (cheap to pickle)."""
+        return (
+            self.task_id.bytes,
+            self.task_name,
+            self.queue,
+            self.priority,
+            self.args,
+            self.attempt,
+            self.max_retries,
+            self.timeout,
+            self.parent_id.bytes if self.parent_id else None,
+            self.root_id.bytes if self.root_id else None,
+        )
 
-# Result messages (tuples, pickled by multiprocessing):
+    @classmethod
+    def from_wire(cls, w: tuple[Any, ...]) -> Job:
+        return cls(
+            uuid.UUID(bytes=w[0]),
+            w[1],
+            w[2],
+            w[3],
+            w[4],
+            w[5],
+            w[6],
+            w[7],
+            uuid.UUID(bytes=w[8]) if w[8] else None,
+            uuid.UUID(bytes=w[9]) if w[9] else None,
+        )
+
+
+# Result messages: lists of tuples, task ids as 16 bytes:
 #   ("ok",   task_id, attempt, started, finished, result_json)
 #   ("err",  task_id, attempt, started, finished, type, message, traceback, retryable)
 #   ("skip", task_id, attempt)                  not started: the worker is draining
+# and once, at start: ("ready", pid).
 OK, ERR, SKIP = "ok", "err", "skip"
 
 
@@ -143,6 +174,7 @@ class Executor:
         self.log = log.bind(worker_id=str(worker_id))
         self.loop = asyncio.new_event_loop()
 
+
     def serve(self) -> None:
         conn = self.conn
         while True:
@@ -152,19 +184,28 @@ class Executor:
                 return  # the parent is gone
             if batch is None:
                 return
-            for job in batch:
+            for wire in batch:
+                job = Job.from_wire(wire)
                 if self.draining.is_set():
-                    conn.send((SKIP, job.task_id, job.attempt))
-                    continue
-                conn.send(self.run(job))
+                    result = (SKIP, wire[0], job.attempt)
+                else:
+                    result = self.run(job)
+                # Each result leaves before the next job starts: holding results to send them
+                # in groups would lose them, and re-run their tasks, if the next job crashed
+                # this process.
+                try:
+                    conn.send([result])
+                except OSError:
+                    return  # the parent is gone
 
     def run(self, job: Job) -> tuple[Any, ...]:
+        key = job.task_id.bytes
         definition = self.registry.get_task(job.task_name)
         started = time.time()
         if definition is None:  # claims filter by name, so only a changed app gets here
             return (
                 ERR,
-                job.task_id,
+                key,
                 job.attempt,
                 started,
                 time.time(),
@@ -200,14 +241,14 @@ class Executor:
             except PayloadNotSerializable:
                 retryable = False
                 raise
-            return (OK, job.task_id, job.attempt, started, time.time(), result)
+            return (OK, key, job.attempt, started, time.time(), result)
         except (Exception, SystemExit) as exc:
             finished = time.time()
             tb = traceback.format_exc()[-_MAX_TRACEBACK:]
             self._on_error(definition, exc, job)
             return (
                 ERR,
-                job.task_id,
+                key,
                 job.attempt,
                 started,
                 finished,

@@ -37,7 +37,7 @@ WITH picked AS (
     WHERE t.id = picked.id
     RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count, t.max_retries,
               t.timeout_seconds, t.parent_id, t.root_id
-), runs AS (
+), opened AS (
     INSERT INTO task_run (task_id, attempt_number, status, worker_id)
     SELECT id, attempt_count, 'running', %(worker_id)s FROM claimed
 )
@@ -47,16 +47,17 @@ FROM claimed
 ORDER BY priority DESC
 
 -- finish_runs --
--- One round trip per batch of finished attempts. The guards (task still running, same attempt,
--- same worker) make a late write from a worker whose tasks were rescued a no-op.
+-- One round trip per batch of finished attempts. The guards (same attempt, same worker) make a
+-- late write from a worker whose tasks were rescued, or a write repeated after a dropped
+-- connection, a no-op.
 WITH input AS (
-    SELECT *
-    FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[], %(statuses)s::text[],
-                %(retryable)s::boolean[], %(results)s::text[]::jsonb[], %(error_types)s::text[],
-                %(error_messages)s::text[], %(tracebacks)s::text[],
-                %(started_at)s::timestamptz[], %(finished_at)s::timestamptz[])
-         AS i(task_id, attempt, run_status, retryable, result, error_type, error_message, tb,
-              started_at, finished_at)
+    SELECT i.task_id, i.attempt, i.status AS run_status, i.retryable, i.result, i.error_type,
+           i.error_message, i.traceback AS tb, to_timestamp(i.started) AS started_at,
+           to_timestamp(i.finished) AS finished_at
+    FROM jsonb_to_recordset(%(rows)s::jsonb)
+         AS i(task_id uuid, attempt integer, status text, retryable boolean, result jsonb,
+              error_type text, error_message text, traceback text, started double precision,
+              finished double precision)
 ), runs AS (
     UPDATE task_run AS r
     SET status = i.run_status, started_at = coalesce(i.started_at, r.started_at),
@@ -65,40 +66,43 @@ WITH input AS (
     FROM input AS i
     WHERE r.task_id = i.task_id AND r.attempt_number = i.attempt AND r.status = 'running'
     RETURNING r.task_id
-), counted AS (
+), outcome AS (
     -- Only the task's own failures use up retries: an attempt interrupted by a shutdown, or
     -- lost with its whole worker, is requeued without counting.
-    SELECT t.id, t.max_retries, t.backoff_seconds, i.*,
-           t.failure_count + CASE WHEN i.run_status IN ('failed', 'timed_out', 'lost')
-                                  THEN 1 ELSE 0 END AS failures
-    FROM task AS t
-    JOIN input AS i ON i.task_id = t.id
-    WHERE t.status = 'running' AND t.attempt_count = i.attempt AND t.worker_id = %(worker_id)s
-), decided AS (
-    SELECT c.*,
-           CASE WHEN c.run_status = 'completed' THEN 'completed'
-                WHEN c.run_status = 'interrupted' THEN 'queued'
-                WHEN c.retryable AND c.failures <= c.max_retries THEN 'queued'
-                ELSE 'failed' END AS next_status,
-           CASE WHEN c.run_status <> 'interrupted' AND c.retryable
-                     AND c.failures <= c.max_retries
-                THEN now() + make_interval(secs => coalesce(c.backoff_seconds[c.failures], 0))
-                ELSE now() END AS next_run_after
-    FROM counted AS c
+    SELECT i.*,
+           CASE WHEN i.run_status IN ('failed', 'timed_out', 'lost') THEN 1 ELSE 0 END AS failed
+    FROM input AS i
+), updated AS (
+    UPDATE task AS t
+    SET failure_count = t.failure_count + o.failed,
+        status = CASE WHEN o.run_status = 'completed' THEN 'completed'
+                      WHEN o.run_status = 'interrupted' THEN 'queued'
+                      WHEN o.retryable AND t.failure_count + o.failed <= t.max_retries THEN 'queued'
+                      ELSE 'failed' END,
+        run_after = CASE WHEN o.failed = 1 AND o.retryable
+                              AND t.failure_count + o.failed <= t.max_retries
+                         THEN now() + make_interval(
+                                  secs => coalesce(t.backoff_seconds[t.failure_count + o.failed], 0))
+                         ELSE now() END,
+        worker_id = NULL,
+        result = CASE WHEN o.run_status = 'completed' THEN o.result ELSE t.result END,
+        last_error = CASE WHEN o.run_status = 'completed' THEN t.last_error
+                          ELSE jsonb_build_object('type', o.error_type, 'message', o.error_message,
+                                                  'attempt', o.attempt) END,
+        finished_at = CASE WHEN o.run_status = 'completed'
+                                OR (o.run_status <> 'interrupted'
+                                    AND NOT (o.retryable
+                                             AND t.failure_count + o.failed <= t.max_retries))
+                           THEN o.finished_at END
+    FROM outcome AS o
+    -- worker_id is set only while a task is running (every way out of running clears it), so it
+    -- and the attempt are the whole guard. Leaving "status = 'running'" out also keeps the planner
+    -- on the primary key (one lookup per row) instead of the partial running-tasks index.
+    WHERE t.id = o.task_id AND t.attempt_count = o.attempt AND t.worker_id = %(worker_id)s
+    RETURNING t.id, t.status, t.run_after, t.attempt_count
 )
-UPDATE task AS t
-SET status = d.next_status,
-    run_after = d.next_run_after,
-    failure_count = d.failures,
-    worker_id = NULL,
-    result = CASE WHEN d.next_status = 'completed' THEN d.result ELSE t.result END,
-    last_error = CASE WHEN d.run_status = 'completed' THEN t.last_error
-                      ELSE jsonb_build_object('type', d.error_type, 'message', d.error_message,
-                                              'attempt', d.attempt) END,
-    finished_at = CASE WHEN d.next_status IN ('completed', 'failed') THEN d.finished_at END
-FROM decided AS d
-WHERE t.id = d.id
-RETURNING t.id, t.status, t.run_after, t.attempt_count
+-- Completed tasks need nothing more from the worker: return only retries and failures.
+SELECT id, status, run_after, attempt_count FROM updated WHERE status <> 'completed'
 
 -- give_back_tasks --
 -- Claimed but never started (shutdown, or an executor died before reaching them): undo the

@@ -150,3 +150,20 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_crashing_task_does_not_cost_its_batch_neighbours_their_results(
+    wapp, app_worker, out_dir
+):
+    # One executor gets both in one batch: the first finishes, then the second kills the
+    # process. The first's result must already be with the parent: recorded once, not re-run.
+    quick = [wapp.record.send({"n": n}) for n in (1, 2, 3)]
+    crasher = wapp.exit_first.send({"n": 4})
+    w = app_worker("--processes", "1", "--prefetch", "8")
+    assert done(crasher, 30).status == "completed"
+    assert [r.status for r in crasher.task_runs] == ["lost", "completed"]
+    for handle in quick:
+        assert done(handle, 30).status == "completed"
+        assert [r.status for r in handle.task_runs] == ["completed"]
+    assert len(read_events(out_dir, "record")) == 3
+    assert w.stop() == 0
