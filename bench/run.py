@@ -72,7 +72,9 @@ TUNED_CANDIDATES = [
     },
 ]
 WORKLOADS = ("send", "send_many", "drain_default", "drain_tuned", "drain_retry", "latency")
-PEERS = Path(os.environ.get("BENCH_PEERS_RESULTS", "/work/shared/peers/results"))
+# the planning repo's shared/ sits beside this checkout
+_SHARED_PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers" / "results"
+PEERS = Path(os.environ.get("BENCH_PEERS_RESULTS", str(_SHARED_PEERS)))
 
 
 class Sizes:

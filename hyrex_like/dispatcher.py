@@ -43,7 +43,7 @@ from .errors import (
     TaskTimeout,
     WorkerError,
 )
-from .executor import ERR, OK, SKIP, Job, executor_main
+from .executor import ERR, OK, SKIP, Job, call_on_error, executor_main
 from .registry import HyrexRegistry
 from .store import ClaimedRow, FinishedRow, WorkerQueries
 
@@ -357,15 +357,7 @@ class Dispatcher:
                         db.close()
                         raise
             WorkerQueries.listen(listen, store.channel)
-            WorkerQueries.register(
-                db,
-                self.worker_id,
-                socket.gethostname(),
-                os.getpid(),
-                self.queues,
-                self.task_names,
-                self.options.processes,
-            )
+            self._register(db)
             # A claim whose reply was lost with the old connection left tasks marked as ours.
             known = self._known_task_ids()
             returned = WorkerQueries.give_back_unknown(db, self.worker_id, known)
@@ -387,6 +379,17 @@ class Dispatcher:
         self._db, self._listen = db, listen
         self._claim_wanted = True
         return db
+
+    def _register(self, db: psycopg.Connection[Any]) -> None:
+        WorkerQueries.register(
+            db,
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.task_names,
+            self.options.processes,
+        )
 
     def _ensure_db(self) -> psycopg.Connection[Any] | None:
         if self._db is not None and not self._db.closed:
@@ -754,21 +757,8 @@ class Dispatcher:
 
     def _call_on_error(self, job: Job, exc: HyrexLikeError) -> None:
         definition = self.registry.get_task(job.task_name)
-        callback = definition.config.on_error if definition else None
-        if callback is None:
-            return
-        try:
-            outcome = callback(exc)
-            if asyncio.iscoroutine(outcome):
-                asyncio.run(outcome)
-        except (Exception, SystemExit) as cb_exc:  # user code must not stop the worker
-            self.log.error(
-                "on_error_failed",
-                task_id=str(job.task_id),
-                task_name=job.task_name,
-                attempt=job.attempt,
-                error=_describe(cb_exc),
-            )
+        if definition is not None:
+            call_on_error(definition, exc, job, asyncio.run, self.log)
 
     def _stop_executors(self) -> None:
         for ex in self._executors:
@@ -895,15 +885,7 @@ class Dispatcher:
                 # Another worker declared us lost (we were away too long) and requeued our
                 # tasks; our late results will be ignored. Carry on as a fresh registration.
                 self.log.warning("worker_declared_lost_reregistering")
-                WorkerQueries.register(
-                    db,
-                    self.worker_id,
-                    socket.gethostname(),
-                    os.getpid(),
-                    self.queues,
-                    self.task_names,
-                    self.options.processes,
-                )
+                self._register(db)
             workers, tasks = WorkerQueries.rescue(db, self.options.stale_after)
         except _DB_ERRORS as exc:
             self._db_lost(exc)

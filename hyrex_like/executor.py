@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
@@ -174,7 +175,6 @@ class Executor:
         self.log = log.bind(worker_id=str(worker_id))
         self.loop = asyncio.new_event_loop()
 
-
     def serve(self) -> None:
         conn = self.conn
         while True:
@@ -261,21 +261,36 @@ class Executor:
             _reset_context(token)
 
     def _on_error(self, definition: TaskDefinition[Any, Any], exc: BaseException, job: Job) -> None:
-        callback = definition.config.on_error
-        if callback is None:
-            return
-        try:
-            outcome = callback(exc)  # type: ignore[arg-type]
-            if asyncio.iscoroutine(outcome):
-                self.loop.run_until_complete(outcome)
-        except (Exception, SystemExit) as cb_exc:  # user code must not end the executor
-            self.log.error(
-                "on_error_failed",
-                task_id=str(job.task_id),
-                task_name=job.task_name,
-                attempt=job.attempt,
-                error=f"{type(cb_exc).__name__}: {cb_exc}",
-            )
+        call_on_error(definition, exc, job, self.loop.run_until_complete, self.log)
+
+
+def call_on_error(
+    definition: TaskDefinition[Any, Any],
+    exc: BaseException,
+    job: Job,
+    run_coroutine: Callable[[Any], Any],
+    logger: Any,
+) -> None:
+    """Call the task's ``on_error`` (sync or async); whatever it raises is logged, never fatal.
+
+    The executor calls it for exceptions raised by the task; the dispatcher for attempts it
+    ended itself (timeout, executor lost).
+    """
+    callback = definition.config.on_error
+    if callback is None:
+        return
+    try:
+        outcome = callback(exc)  # type: ignore[arg-type]
+        if asyncio.iscoroutine(outcome):
+            run_coroutine(outcome)
+    except (Exception, SystemExit) as cb_exc:  # user code must not stop the worker
+        logger.error(
+            "on_error_failed",
+            task_id=str(job.task_id),
+            task_name=job.task_name,
+            attempt=job.attempt,
+            error=f"{type(cb_exc).__name__}: {cb_exc}",
+        )
 
 
 def _load(definition: TaskDefinition[Any, Any], args: str) -> Any:

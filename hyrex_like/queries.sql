@@ -205,11 +205,6 @@ SELECT task_id, attempt_number, status, worker_id, started_at, finished_at, resu
        error_message, traceback
 FROM task_run WHERE task_id = %(id)s ORDER BY attempt_number
 
--- next_run_after --
-SELECT min(run_after) FROM task
-WHERE status = 'queued' AND task_name = ANY(%(task_names)s::text[])
-  AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
-
 -- schema_version --
 SELECT max(version) FROM schema_migrations
 
