@@ -307,7 +307,7 @@ FROM hyrex_like.task WHERE status = 'completed'
 
 def explain_claim(url: str, limit: int) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the worker's claim statement, rolled back."""
-    from hyrex_like.store import q
+    from hyrex_like.store import WORKER_PLANNER_OPTIONS, q
 
     params = {
         "worker_id": uuid.uuid4(),
@@ -316,7 +316,7 @@ def explain_claim(url: str, limit: int) -> str:
         "limit": limit,
         "now": None,
     }
-    with psycopg.connect(url, options="-c search_path=hyrex_like") as c:
+    with psycopg.connect(url, options="-c search_path=hyrex_like " + WORKER_PLANNER_OPTIONS) as c:
         cur = psycopg.ClientCursor(c)
         rows = cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + q("claim_tasks"), params).fetchall()
         c.rollback()
@@ -326,14 +326,13 @@ def explain_claim(url: str, limit: int) -> str:
 def explain_finish(url: str, limit: int) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the worker's finish statement for ``limit`` claimed tasks,
     all inside one rolled-back transaction."""
-    from datetime import UTC, datetime
-
-    from hyrex_like.store import FinishedRow, WorkerQueries, q
+    from hyrex_like.store import WORKER_PLANNER_OPTIONS, FinishedRow, WorkerQueries, _RawJson, q
 
     wid = uuid.uuid4()
-    with psycopg.connect(url, options="-c search_path=hyrex_like") as c:
+    # the worker's own session settings (see hyrex_like.store.WORKER_PLANNER_OPTIONS)
+    with psycopg.connect(url, options="-c search_path=hyrex_like " + WORKER_PLANNER_OPTIONS) as c:
         rows = WorkerQueries.claim(c, wid, ["noop"], [], limit)
-        now = datetime.now(UTC)
+        now = time.time()
         done = [
             FinishedRow(
                 r.id, r.task_name, r.attempt, "completed", True, "null", None, None, None, now, now
@@ -342,16 +341,7 @@ def explain_finish(url: str, limit: int) -> str:
         ]
         params = {
             "worker_id": wid,
-            "task_ids": [r.task_id for r in done],
-            "attempts": [r.attempt for r in done],
-            "statuses": [r.status for r in done],
-            "retryable": [r.retryable for r in done],
-            "results": [r.result for r in done],
-            "error_types": [None] * len(done),
-            "error_messages": [None] * len(done),
-            "tracebacks": [None] * len(done),
-            "started_at": [r.started_at for r in done],
-            "finished_at": [r.finished_at for r in done],
+            "rows": _RawJson("[" + ",".join(r.json() for r in done) + "]"),
         }
         cur = psycopg.ClientCursor(c)
         plan = cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + q("finish_runs"), params).fetchall()

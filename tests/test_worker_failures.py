@@ -167,3 +167,16 @@ def test_a_crashing_task_does_not_cost_its_batch_neighbours_their_results(
         assert [r.status for r in handle.task_runs] == ["completed"]
     assert len(read_events(out_dir, "record")) == 3
     assert w.stop() == 0
+
+
+def test_an_error_message_with_a_nul_is_recorded_and_the_worker_goes_on(wapp, app_worker):
+    bad = wapp.nul_error.send({"n": 1})
+    w = app_worker("--processes", "1")
+    assert done(bad, 30).status == "failed"
+    [run] = bad.task_runs
+    assert run.error_type == "ValueError"
+    assert run.error_message == "bad byte \\x00 in record 1"
+    after = wapp.record.send({"n": 2})
+    assert done(after, 30).status == "completed"
+    assert w.proc.poll() is None
+    assert w.stop() == 0

@@ -240,3 +240,9 @@ def long_then_flaky(item: Item) -> int:
     if attempt == 2:
         raise RuntimeError("second attempt fails")
     return attempt
+
+
+@hy.task
+def nul_error(item: Item) -> None:
+    """Raises an exception whose message holds a NUL (PostgreSQL text cannot store one)."""
+    raise ValueError(f"bad byte \x00 in record {item.n}")
