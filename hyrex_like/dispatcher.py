@@ -238,44 +238,29 @@ class Dispatcher:
 
     def _shutdown(self) -> int:
         """After the grace period: requeue what still runs, write everything, stop executors."""
-        for ex in self._executors:
-            if ex.assigned:
-                self._kill(ex)
-                head = ex.assigned.popleft()
-                self._record(
-                    head,
-                    "interrupted",
-                    True,
-                    None,
-                    "WorkerShutdown",
-                    "the worker shut down before this attempt finished",
-                    None,
-                )
-                self._giveback.extend(ex.assigned)
-                ex.assigned.clear()
+        self._interrupt_executors("the worker shut down before this attempt finished")
         self._stop_executors()
         deadline = time.monotonic() + max(10.0, self.options.grace_period)
         written = self._final_flush(deadline=deadline)
         self.log.info("worker_stopped", clean=written, **self.stats)
         return 0
 
-    def _forced_shutdown(self) -> int:
-        self.log.warning("worker_forced_stop")
+    def _interrupt_executors(self, why: str) -> None:
+        """Kill executors still busy: their running attempt is requeued as interrupted (not the
+        task's fault, so not counted as a failure), the jobs they had not started go back."""
         for ex in self._executors:
-            self._kill(ex)
             if ex.assigned:
+                self._kill(ex)
                 head = ex.assigned.popleft()
-                self._record(
-                    head,
-                    "interrupted",
-                    True,
-                    None,
-                    "WorkerShutdown",
-                    "the worker was stopped at once (second signal)",
-                    None,
-                )
+                self._record(head, "interrupted", True, None, "WorkerShutdown", why, None)
                 self._giveback.extend(ex.assigned)
                 ex.assigned.clear()
+
+    def _forced_shutdown(self) -> int:
+        self.log.warning("worker_forced_stop")
+        self._interrupt_executors("the worker was stopped at once (second signal)")
+        for ex in self._executors:
+            self._kill(ex)
         self._giveback.extend(self._ready)
         self._ready.clear()
         # One quick try; whatever is not written is requeued by other workers once our
