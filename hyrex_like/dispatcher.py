@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -410,33 +410,20 @@ class Dispatcher:
     # ---------------------------------------------------------------------------- claiming
 
     def _sync(self) -> None:
-        """Write finished attempts, then claim what fits."""
-        now = time.monotonic()
-        if now >= self._retry_at:
+        """Write what finished (and hand back what never started), then claim what fits."""
+        if time.monotonic() >= self._retry_at:
             self._claim_wanted = True
             self._retry_at = math.inf
+        self._flush()
         free = self.capacity - self._in_flight()
-        want = self._claim_wanted and not self._stopping and free > 0
-        if not (want or self._done or self._giveback):
-            return
-        if not want:
-            self._flush()
+        if not self._claim_wanted or self._stopping or free <= 0:
             return
         db = self._ensure_db()
         if db is None:
             return
-        rows = self._done
+        # Two statements, not one combined: measured, PostgreSQL runs the pair faster
+        # (prepared, each with its own plan) than one statement doing both.
         try:
-            if self._giveback:
-                items = [(j.task_id, j.attempt) for j in self._giveback]
-                WorkerQueries.give_back(db, self.worker_id, items)
-                self._giveback.clear()
-            # Two statements, not one combined: measured, PostgreSQL runs the pair faster
-            # (prepared, each with its own plan) than one statement doing both.
-            if rows:
-                returned = self._write_finished(db, rows)
-                self._done = []
-                self._after_write(rows, returned)
             claimed = WorkerQueries.claim(db, self.worker_id, self.task_names, self.queues, free)
         except _DB_ERRORS as exc:
             self._db_lost(exc)
@@ -884,16 +871,3 @@ class Dispatcher:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def run_worker(
-    registry: HyrexRegistry,
-    app: str,
-    options: WorkerOptions | None = None,
-    on_started: Callable[[Dispatcher], None] | None = None,
-) -> int:
-    """Build a dispatcher and run it (the CLI's entry point)."""
-    dispatcher = Dispatcher(registry, app, options)
-    if on_started is not None:
-        on_started(dispatcher)
-    return dispatcher.run()

@@ -205,6 +205,23 @@ SELECT task_id, attempt_number, status, worker_id, started_at, finished_at, resu
        error_message, traceback
 FROM task_run WHERE task_id = %(id)s ORDER BY attempt_number
 
+-- migrations_table_exists --
+SELECT to_regclass('schema_migrations') IS NOT NULL
+
+-- lock_migrations --
+-- One migrator at a time, across every schema and process (released at commit).
+SELECT pg_advisory_xact_lock(%(key)s)
+
+-- create_migrations_table --
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- record_migration --
+INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s)
+
 -- schema_version --
 SELECT max(version) FROM schema_migrations
 

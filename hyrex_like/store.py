@@ -355,10 +355,9 @@ class Store:
             self.check_schema()
         self._schema_checked = True
 
-    def check_schema(self, conn: psycopg.Connection[Any] | None = None) -> None:
-        own = conn is None
-        c = conn or self.connect()
-        try:
+    def check_schema(self) -> None:
+        """Raise SchemaNotReady unless the schema is at this library's version."""
+        with self.connect() as c:
             try:
                 row = c.execute(q("schema_version")).fetchone()
             except psycopg.errors.UndefinedTable:
@@ -366,11 +365,7 @@ class Store:
                     f"schema {self.schema!r} has no hyrex-like tables: run "
                     f"`hyrex-like init-db` (HYREX_LIKE_SCHEMA={self.schema})"
                 ) from None
-            version = row[0] if row else None
-            self._check_version(version)
-        finally:
-            if own:
-                c.close()
+            self._check_version(row[0] if row else None)
 
     def _check_version(self, version: int | None) -> None:
         latest = latest_version()
@@ -398,7 +393,7 @@ class Store:
         with self.connect(autocommit=False) as conn:
             # Fast path, without the lock or any DDL: a current schema needs one read, so every
             # process start stays cheap and a role without CREATE rights can still start.
-            row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+            row = conn.execute(q("migrations_table_exists")).fetchone()
             if row and row[0]:
                 row = conn.execute(q("schema_version")).fetchone()
                 if row and row[0] is not None and row[0] >= latest:
@@ -410,14 +405,10 @@ class Store:
             ident = sql.Identifier(self.schema)
             # The advisory lock serialises concurrent migrators; the loser then sees the
             # winner's work and applies nothing.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_VERSION_LOCK,))
+            conn.execute(q("lock_migrations"), {"key": SCHEMA_VERSION_LOCK})
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            conn.execute(q("create_migrations_table"))
+            row = conn.execute(q("schema_version")).fetchone()
             current = row[0] if row and row[0] is not None else 0
             if current > latest:
                 conn.rollback()
@@ -426,10 +417,7 @@ class Store:
                 if mig.version <= current:
                     continue
                 conn.execute(mig.text)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (mig.version, mig.name),
-                )
+                conn.execute(q("record_migration"), {"version": mig.version, "name": mig.name})
                 applied.append(mig.version)
             conn.commit()
         if applied:
