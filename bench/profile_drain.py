@@ -78,18 +78,21 @@ def parse(path: Path) -> dict[str, Counter[str]]:
     return out
 
 
-def _role(proc: str) -> str:
+def _role(proc: str, parent_pid: int) -> str:
+    # py-spy names a process "process <pid>:<command line>"; a forked executor's command line
+    # is its parent's, so tell them apart by pid.
     if "resource_tracker" in proc:
         return "resource_tracker (idle helper)"
-    if "multiprocessing" in proc or "spawn_main" in proc:
-        return "executor"
-    return "parent"
+    pid = re.match(r"process (\d+)", proc)
+    if pid and int(pid.group(1)) == parent_pid:
+        return "parent"
+    return "executor"
 
 
-def summarize(stacks: dict[str, Counter[str]]) -> dict[str, Any]:
+def summarize(stacks: dict[str, Counter[str]], parent_pid: int) -> dict[str, Any]:
     roles: dict[str, dict[str, Any]] = {}
     for proc, counter in stacks.items():
-        role = _role(proc)
+        role = _role(proc, parent_pid)
         r = roles.setdefault(
             role,
             {
@@ -190,7 +193,7 @@ def run(sizes: Any, cfg: dict[str, Any], out_dir: Path, stamp: str) -> dict[str,
         ws.stop()
     if spy.returncode != 0 and not raw_path.exists():
         raise RuntimeError(f"py-spy failed: {spy.stderr[-2000:]}")
-    summary = summarize(parse(raw_path))
+    summary = summarize(parse(raw_path), ws.workers[0].pid)
     done = done1 - done0
     res = {
         "command": " ".join(cmd),

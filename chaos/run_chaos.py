@@ -313,10 +313,10 @@ class Workers:
         out = []
         for child in children:
             try:
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+                comm = Path(f"/proc/{child}/comm").read_text().strip()
             except OSError:
                 continue
-            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+            if comm == "hyrex-executor":  # the name every executor gives itself
                 out.append(int(child))
         return out
 

@@ -17,12 +17,15 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
+import queue
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -89,6 +92,51 @@ class _Executor:
 _TOP_UP_BYTES = 16_384  # a top-up batch stays well under a pipe buffer (64 KiB on Linux)
 
 
+@dataclass
+class _Round:
+    """One database round: what it was given, and what came of it."""
+
+    db: psycopg.Connection[Any]
+    giveback: list[Job]
+    finished: list[FinishedRow]
+    claim: int
+    gave_back: bool = False
+    returned: list[tuple[uuid.UUID, str, datetime, int]] | None = None  # None: not written
+    claimed: list[ClaimedRow] | None = None
+    error: BaseException | None = None
+
+
+class _DbThread:
+    """A daemon thread that runs one call at a time for the loop and wakes it when done.
+
+    Daemon, not a pool: a round blocked on a vanished server must not hold up the exit.
+    """
+
+    def __init__(self, wake: Callable[[], None], name: str) -> None:
+        self._wake = wake
+        self._name = name
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
+        self._calls = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        future: Future[Any] = Future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, fn, args = self._calls.get()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the loop, which decides
+                future.set_exception(exc)
+            self._wake()
+
+
 class _ForcedExit(BaseException):
     """Raised by the second SIGTERM/SIGINT to leave whatever the loop is blocked in."""
 
@@ -111,8 +159,17 @@ class Dispatcher:
         self._ready: deque[Job] = deque()
         self._done: list[FinishedRow] = []
         self._giveback: list[Job] = []
+        # Three connections: writes (and upkeep), claims, LISTEN. Writes and claims each run on
+        # a thread of their own, so the loop never waits on a round trip and a claim never
+        # waits behind a write.
         self._db: psycopg.Connection[Any] | None = None
+        self._claim_db: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
+        self._writer = _DbThread(self._wake, "hyrex-like-writer")
+        self._claimer = _DbThread(self._wake, "hyrex-like-claimer")
+        self._writing: Future[_Round] | None = None
+        self._writing_size = 0  # tasks in the write in flight
+        self._claiming: Future[_Round] | None = None
         self._db_failures = 0
         self._connection_lost = False
         self._next_db_attempt = 0.0
@@ -151,7 +208,12 @@ class Dispatcher:
         self._install_signals()
         try:
             try:
-                self._start()
+                try:
+                    self._start()
+                except BaseException:
+                    for ex in self._executors:
+                        self._kill(ex)
+                    raise
                 while not self._finished():
                     self._step()
                 return self._shutdown()
@@ -170,6 +232,10 @@ class Dispatcher:
     def _start(self) -> None:
         store = self.registry.store
         deadline = time.monotonic() + self.options.startup_timeout
+        # Executors first: they start while the parent checks the schema and connects.
+        fork = self._can_fork()
+        for index in range(self.options.processes):
+            self._executors.append(self._spawn(index, fork=fork))
         self._ensure_schema(deadline)
         while self._connect() is None:
             if time.monotonic() >= deadline:
@@ -178,8 +244,6 @@ class Dispatcher:
                     f"after {self.options.startup_timeout:g}s"
                 )
             time.sleep(max(0.0, min(self._next_db_attempt, deadline) - time.monotonic()))
-        for index in range(self.options.processes):
-            self._executors.append(self._spawn(index))
         self.log.info(
             "worker_started",
             app=self.app,
@@ -275,8 +339,8 @@ class Dispatcher:
 
     def _final_flush(self, deadline: float) -> bool:
         while True:
-            self._flush()
-            if not self._done and not self._giveback:
+            self._flush(timeout=max(0.0, deadline - time.monotonic()))
+            if not self._done and not self._giveback and self._writing is None:
                 break
             if time.monotonic() >= deadline:
                 self.log.error(
@@ -335,12 +399,15 @@ class Dispatcher:
                 reraise=True,
             ):
                 with attempt:
-                    db = store.connect(worker=True)
+                    conns = []
                     try:
-                        listen = store.connect(worker=True)
+                        for _ in range(3):
+                            conns.append(store.connect(worker=True))
                     except BaseException:
-                        db.close()
+                        for conn in conns:
+                            conn.close()
                         raise
+            db, claim_db, listen = conns
             WorkerQueries.listen(listen, store.channel)
             self._register(db)
             # A claim whose reply was lost with the old connection left tasks marked as ours.
@@ -349,6 +416,8 @@ class Dispatcher:
         except ConfigurationError:
             raise
         except (*_DB_ERRORS, OSError) as exc:
+            for conn in conns:
+                conn.close()
             self._db_failures += 1
             delay = min(0.1 * 2 ** min(self._db_failures, 6), 5.0)
             self._next_db_attempt = time.monotonic() + delay
@@ -361,7 +430,7 @@ class Dispatcher:
             )
         self._db_failures = 0
         self._connection_lost = False
-        self._db, self._listen = db, listen
+        self._db, self._claim_db, self._listen = db, claim_db, listen
         self._claim_wanted = True
         return db
 
@@ -389,13 +458,14 @@ class Dispatcher:
         self._next_db_attempt = time.monotonic() + 0.05
 
     def _close_db(self) -> None:
-        for conn in (self._db, self._listen):
+        self._settle(timeout=5.0)  # never close a connection under a round
+        for conn in (self._db, self._claim_db, self._listen):
             if conn is not None:
                 try:
                     conn.close()
                 except Exception:
                     pass
-        self._db = self._listen = None
+        self._db = self._claim_db = self._listen = None
 
     def _known_task_ids(self) -> list[uuid.UUID]:
         ids = [j.task_id for j in self._ready] + [j.task_id for j in self._giveback]
@@ -405,30 +475,105 @@ class Dispatcher:
         return ids
 
     def _in_flight(self) -> int:
-        return len(self._ready) + sum(len(ex.assigned) for ex in self._executors)
+        """Tasks this worker holds as running in the database: claimed and not yet started,
+        running, and finished or handed back but not yet written."""
+        return (
+            len(self._ready)
+            + sum(len(ex.assigned) for ex in self._executors)
+            + len(self._done)
+            + len(self._giveback)
+            + self._writing_size
+        )
 
     # ---------------------------------------------------------------------------- claiming
 
     def _sync(self) -> None:
-        """Write what finished (and hand back what never started), then claim what fits."""
+        """Take in the database rounds that ended; start the next write (what finished, what
+        goes back unstarted) and the next claim, each on its own thread and connection.
+
+        One write and one claim are in flight at most. Meanwhile the loop goes on collecting
+        results and feeding executors, so each round's batch grows with the load.
+        """
+        self._settle(timeout=0.0)
         if time.monotonic() >= self._retry_at:
             self._claim_wanted = True
             self._retry_at = math.inf
-        self._flush()
+        if self._writing is None and (self._done or self._giveback):
+            db = self._ensure_db()
+            if db is not None:
+                job = _Round(db, self._giveback, self._done, 0)
+                self._giveback, self._done = [], []
+                self._writing_size = len(job.giveback) + len(job.finished)
+                self._writing = self._writer.submit(self._run_round, job)
+        if self._claiming is None:
+            claim = self._claim_size()
+            if claim and self._ensure_db() is not None and self._claim_db is not None:
+                self._claiming = self._claimer.submit(
+                    self._run_round, _Round(self._claim_db, [], [], claim)
+                )
+
+    def _claim_size(self) -> int:
+        """How many tasks to claim now (0: not now).
+
+        Small claims cost a round trip each: while executors have plenty queued, wait until a
+        quarter of the capacity is free; claim whatever fits when they are about to run dry.
+        """
         free = self.capacity - self._in_flight()
         if not self._claim_wanted or self._stopping or free <= 0:
-            return
-        db = self._ensure_db()
-        if db is None:
-            return
-        # Two statements, not one combined: measured, PostgreSQL runs the pair faster
-        # (prepared, each with its own plan) than one statement doing both.
+            return 0
+        unstarted = len(self._ready) + sum(max(0, len(ex.assigned) - 1) for ex in self._executors)
+        if free * 4 >= self.capacity or unstarted < self.options.processes * 2:
+            return free
+        return 0
+
+    def _run_round(self, job: _Round) -> _Round:
+        """On the database thread: the statements of one round, in order, each recorded as
+        done only once it succeeded (what did not is retried by a later round)."""
         try:
-            claimed = WorkerQueries.claim(db, self.worker_id, self.task_names, self.queues, free)
+            if job.giveback:
+                items = [(j.task_id, j.attempt) for j in job.giveback]
+                WorkerQueries.give_back(job.db, self.worker_id, items)
+                job.gave_back = True
+            if job.finished:
+                job.returned = self._write_finished(job.db, job.finished)
+            if job.claim:
+                job.claimed = WorkerQueries.claim(
+                    job.db, self.worker_id, self.task_names, self.queues, job.claim
+                )
         except _DB_ERRORS as exc:
-            self._db_lost(exc)
-            return
-        self._take(claimed, free)
+            job.error = exc
+        return job
+
+    def _settle(self, timeout: float | None = None) -> bool:
+        """Take in the rounds in flight that ended, waiting up to ``timeout`` for them (None:
+        as long as they take). False if one is still running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for name in ("_writing", "_claiming"):
+            future: Future[_Round] | None = getattr(self, name)
+            if future is None:
+                continue
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                job = future.result(left)
+            except TimeoutError:
+                continue
+            setattr(self, name, None)
+            if name == "_writing":
+                self._writing_size = 0
+            self._apply(job)
+        return self._writing is None and self._claiming is None
+
+    def _apply(self, job: _Round) -> None:
+        if job.giveback and not job.gave_back:
+            self._giveback = job.giveback + self._giveback
+        if job.returned is None:
+            self._done = job.finished + self._done
+        elif job.finished:
+            self._after_write(job.finished, job.returned)
+        if job.claimed is not None:
+            self._take(job.claimed, job.claim)
+        if job.error is not None:
+            self._db_lost(job.error)
 
     def _take(self, rows: list[ClaimedRow], asked: int) -> None:
         self._claim_wanted = len(rows) == asked  # a full batch means more may be waiting
@@ -541,11 +686,12 @@ class Dispatcher:
         deadlines = [self._next_heartbeat, self._retry_at]
         if not self._stopping:
             deadlines.append(self._next_poll)
-            if self._claim_wanted and self._in_flight() < self.capacity:
-                deadlines.append(self._next_db_attempt if self._db is None else now)
         else:
             deadlines.append(self._grace_deadline)
-        if self._done or self._giveback:
+        # (a round in flight wakes the loop when it ends)
+        if (self._writing is None and (self._done or self._giveback)) or (
+            self._claiming is None and self._claim_size()
+        ):
             deadlines.append(now if self._db is not None else self._next_db_attempt)
         for ex in self._executors:
             if ex.assigned and ex.head_started is not None and ex.assigned[0].timeout:
@@ -622,24 +768,45 @@ class Dispatcher:
 
     # ---------------------------------------------------------------------------- executors
 
-    def _spawn(self, index: int) -> _Executor:
-        parent_conn, child_conn = self._mp.Pipe(duplex=True)
+    def _can_fork(self) -> bool:
+        """Fork the first executors, rather than spawn them, when that is safe.
+
+        A spawned executor is a fresh interpreter that imports the library and the app again
+        (~0.25 s); a forked one starts at once. Forking is safe only before the parent holds a
+        connection or a second thread, so it is used for the executors started with the
+        worker and nowhere else: replacements (after a crash or a timeout) are spawned.
+        """
+        return (
+            "fork" in mp.get_all_start_methods()
+            and threading.active_count() == 1
+            and self.registry.store.idle()
+        )
+
+    def _spawn(self, index: int, *, fork: bool = False) -> _Executor:
+        ctx = mp.get_context("fork") if fork else self._mp
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
         settings = self.registry.settings.model_copy(
             update={"database_url": self.registry.store.url(), "auto_migrate": False}
         )
-        process = self._mp.Process(
-            target=executor_main,
-            args=(
-                self.app,
-                settings,
-                child_conn,
-                self._draining,
-                self.options.log_level,
-                self.options.log_format,
-                self.worker_id,
-            ),
-            name=f"hyrex-like-executor-{index}",
-            daemon=True,
+        args: tuple[Any, ...] = (
+            self.app,
+            settings,
+            child_conn,
+            self._draining,
+            self.options.log_level,
+            self.options.log_format,
+            self.worker_id,
+        )
+        if fork:
+            # A forked child inherits every descriptor: close the parent's ends of the other
+            # executors' pipes, so each pipe's far end closes when the parent's does.
+            inherited = [ex.conn for ex in self._executors] + [parent_conn]
+            target: Any = _forked_executor
+            args = (inherited, *args)
+        else:
+            target = executor_main
+        process = ctx.Process(
+            target=target, args=args, name=f"hyrex-like-executor-{index}", daemon=True
         )
         process.start()
         child_conn.close()
@@ -748,24 +915,18 @@ class Dispatcher:
 
     # ---------------------------------------------------------------------------- writing
 
-    def _flush(self) -> None:
+    def _flush(self, timeout: float) -> None:
+        """Write what finished and hand back what never started, now (used on the way out)."""
+        if not self._settle(timeout):
+            return
         if not self._done and not self._giveback:
             return
         db = self._ensure_db()
         if db is None:
             return
-        try:
-            if self._giveback:
-                items = [(j.task_id, j.attempt) for j in self._giveback]
-                WorkerQueries.give_back(db, self.worker_id, items)
-                self._giveback.clear()
-            if self._done:
-                rows = self._done
-                returned = self._write_finished(db, rows)
-                self._done = []
-                self._after_write(rows, returned)
-        except _DB_ERRORS as exc:
-            self._db_lost(exc)
+        job = self._run_round(_Round(db, self._giveback, self._done, 0))
+        self._giveback, self._done = [], []
+        self._apply(job)
 
     def _write_finished(
         self, db: psycopg.Connection[Any], rows: list[FinishedRow]
@@ -848,6 +1009,8 @@ class Dispatcher:
             self._next_poll = now + self.options.poll_interval
         if now < self._next_heartbeat:
             return
+        if not self._settle(timeout=5.0):
+            return  # a connection is busy with a slow round: beat on a later turn
         self._next_heartbeat = now + self.options.heartbeat_interval
         db = self._ensure_db()
         if db is None:
@@ -866,6 +1029,12 @@ class Dispatcher:
             self.stats["rescued"] += tasks
             self._claim_wanted = True
             self.log.warning("lost_tasks_requeued", workers=workers, tasks=tasks)
+
+
+def _forked_executor(inherited: list[mpc.Connection], *args: Any) -> None:
+    for conn in inherited:
+        conn.close()
+    executor_main(*args)
 
 
 def _describe(exc: BaseException) -> str:

@@ -124,12 +124,18 @@ def load_registry(app: str) -> HyrexRegistry:
     return found[0]
 
 
+PROCESS_NAME = b"hyrex-executor"
+"""What ``ps -o comm``, ``top`` and ``/proc/<pid>/comm`` show for an executor (Linux)."""
+
+
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL us if the dispatcher dies, so no task runs unsupervised."""
+    """Ask Linux to SIGKILL us if the dispatcher dies, so no task runs unsupervised, and name
+    the process (a forked executor's command line is its parent's)."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            libc.prctl(15, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)  # PR_SET_NAME
         except (OSError, AttributeError):  # pragma: no cover
             pass
 

@@ -47,31 +47,22 @@ FROM claimed
 ORDER BY priority DESC
 
 -- finish_runs --
--- One round trip per batch of finished attempts. The guards (same attempt, same worker) make a
+-- One round trip per batch of finished attempts. The guard (same attempt, same worker) makes a
 -- late write from a worker whose tasks were rescued, or a write repeated after a dropped
--- connection, a no-op.
+-- connection, a no-op; the run rows closed are those of the task rows that passed it (a
+-- rescued or given-back attempt's run row is closed or gone with the same statement that
+-- cleared the task's worker_id).
 WITH input AS (
     SELECT i.task_id, i.attempt, i.status AS run_status, i.retryable, i.result, i.error_type,
            i.error_message, i.traceback AS tb, to_timestamp(i.started) AS started_at,
-           to_timestamp(i.finished) AS finished_at
+           to_timestamp(i.finished) AS finished_at,
+           -- Only the task's own failures use up retries: an attempt interrupted by a
+           -- shutdown, or lost with its whole worker, is requeued without counting.
+           CASE WHEN i.status IN ('failed', 'timed_out', 'lost') THEN 1 ELSE 0 END AS failed
     FROM jsonb_to_recordset(%(rows)s::jsonb)
          AS i(task_id uuid, attempt integer, status text, retryable boolean, result jsonb,
               error_type text, error_message text, traceback text, started double precision,
               finished double precision)
-), runs AS (
-    UPDATE task_run AS r
-    SET status = i.run_status, started_at = coalesce(i.started_at, r.started_at),
-        finished_at = i.finished_at, result = i.result,
-        error_type = i.error_type, error_message = i.error_message, traceback = i.tb
-    FROM input AS i
-    WHERE r.task_id = i.task_id AND r.attempt_number = i.attempt AND r.status = 'running'
-    RETURNING r.task_id
-), outcome AS (
-    -- Only the task's own failures use up retries: an attempt interrupted by a shutdown, or
-    -- lost with its whole worker, is requeued without counting.
-    SELECT i.*,
-           CASE WHEN i.run_status IN ('failed', 'timed_out', 'lost') THEN 1 ELSE 0 END AS failed
-    FROM input AS i
 ), updated AS (
     UPDATE task AS t
     SET failure_count = t.failure_count + o.failed,
@@ -94,12 +85,23 @@ WITH input AS (
                                     AND NOT (o.retryable
                                              AND t.failure_count + o.failed <= t.max_retries))
                            THEN o.finished_at END
-    FROM outcome AS o
+    FROM input AS o
     -- worker_id is set only while a task is running (every way out of running clears it), so it
     -- and the attempt are the whole guard. Leaving "status = 'running'" out also keeps the planner
     -- on the primary key (one lookup per row) instead of the partial running-tasks index.
     WHERE t.id = o.task_id AND t.attempt_count = o.attempt AND t.worker_id = %(worker_id)s
-    RETURNING t.id, t.status, t.run_after, t.attempt_count
+    RETURNING t.id, t.status, t.run_after, t.attempt_count, o.run_status, o.started_at,
+              o.finished_at, o.result AS run_result, o.error_type, o.error_message, o.tb
+), runs AS (
+    -- Driven by the rows that passed the guard, one unique-index lookup each. (A filter on the
+    -- run's own status here would let the planner, on a fresh table, guess that few rows match
+    -- and scan them all against the whole batch.)
+    UPDATE task_run AS r
+    SET status = u.run_status, started_at = coalesce(u.started_at, r.started_at),
+        finished_at = u.finished_at, result = u.run_result,
+        error_type = u.error_type, error_message = u.error_message, traceback = u.tb
+    FROM updated AS u
+    WHERE r.task_id = u.id AND r.attempt_number = u.attempt_count
 )
 -- Completed tasks need nothing more from the worker: return only retries and failures.
 SELECT id, status, run_after, attempt_count FROM updated WHERE status <> 'completed'
@@ -119,7 +121,7 @@ WITH input AS (
 ), dropped AS (
     DELETE FROM task_run AS r
     USING undone AS u
-    WHERE r.task_id = u.id AND r.attempt_number = u.attempt AND r.status = 'running'
+    WHERE r.task_id = u.id AND r.attempt_number = u.attempt
 )
 SELECT count(*) AS n, pg_notify('hyrex_like_' || current_schema(), '') FROM undone
 
@@ -135,7 +137,7 @@ WITH undone AS (
 ), dropped AS (
     DELETE FROM task_run AS r
     USING undone AS u
-    WHERE r.task_id = u.id AND r.attempt_number = u.attempt AND r.status = 'running'
+    WHERE r.task_id = u.id AND r.attempt_number = u.attempt
 )
 SELECT count(*) AS n FROM undone
 
@@ -188,7 +190,7 @@ WITH dead AS (
     SET status = 'lost', finished_at = now(), error_type = 'WorkerLost',
         error_message = 'the worker running this attempt stopped heartbeating'
     FROM requeued AS q
-    WHERE r.task_id = q.id AND r.attempt_number = q.attempt_count AND r.status = 'running'
+    WHERE r.task_id = q.id AND r.attempt_number = q.attempt_count
 )
 SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued) AS tasks,
        CASE WHEN (SELECT count(*) FROM requeued) > 0

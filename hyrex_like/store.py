@@ -333,6 +333,10 @@ class Store:
                 await apool.close()
         return self._apool
 
+    def idle(self) -> bool:
+        """True while no pool is open (nothing a forked process could share by accident)."""
+        return self._pool is None and self._apool is None
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

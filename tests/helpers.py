@@ -73,10 +73,10 @@ class Worker:
         out = []
         for pid in pids:
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
             except FileNotFoundError:
                 continue
-            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+            if comm == "hyrex-executor":  # the name every executor gives itself
                 out.append(pid)
         return out
 
