@@ -17,6 +17,7 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -87,6 +88,52 @@ class _Executor:
     # sizes of the batches sent and not fully answered: the first is running, the rest wait
     # unread in the pipe
     batches: deque[int] = field(default_factory=deque)
+    inbox: bytearray = field(default_factory=bytearray)  # bytes read, not yet a whole message
+    _sock: socket.socket | None = None
+
+    def read_messages(self) -> list[Any]:
+        """Every message the executor has sent so far, without blocking: one read for all of
+        them (``recv`` per message cost a poll and two reads each)."""
+        if self._sock is None:
+            # The pipe is a socketpair: a socket view of its descriptor can read without
+            # blocking (MSG_DONTWAIT) while sends keep the blocking descriptor.
+            self._sock = socket.socket(fileno=os.dup(self.conn.fileno()))
+        while True:
+            try:
+                chunk = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break  # the executor is gone; _reap deals with it
+            self.inbox += chunk
+            if len(chunk) < 1 << 20:
+                break
+        out = []
+        view = self.inbox
+        pos = 0
+        # multiprocessing's framing: a signed 4-byte big-endian length (-1: an 8-byte length
+        # follows), then a pickle.
+        while len(view) - pos >= 4:
+            size = int.from_bytes(view[pos : pos + 4], "big", signed=True)
+            start = pos + 4
+            if size == -1:
+                if len(view) - pos < 12:
+                    break
+                size = int.from_bytes(view[pos + 4 : pos + 12], "big")
+                start = pos + 12
+            if len(view) - start < size:
+                break
+            out.append(pickle.loads(view[start : start + size]))
+            pos = start + size
+        if pos:
+            del self.inbox[:pos]
+        return out
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.conn.close()
 
 
 _TOP_UP_BYTES = 16_384  # a top-up batch stays well under a pipe buffer (64 KiB on Linux)
@@ -706,8 +753,7 @@ class Dispatcher:
 
     def _drain_pipe(self, ex: _Executor) -> None:
         try:
-            while ex.conn.poll():
-                msg = ex.conn.recv()
+            for msg in ex.read_messages():
                 if isinstance(msg, list):
                     for result in msg:
                         self._on_result(ex, result)
@@ -800,7 +846,7 @@ class Dispatcher:
         if fork:
             # A forked child inherits every descriptor: close the parent's ends of the other
             # executors' pipes, so each pipe's far end closes when the parent's does.
-            inherited = [ex.conn for ex in self._executors] + [parent_conn]
+            inherited: list[Any] = [*self._executors, parent_conn]
             target: Any = _forked_executor
             args = (inherited, *args)
         else:
@@ -819,7 +865,7 @@ class Dispatcher:
             except ProcessLookupError:
                 pass
         ex.process.join(5)
-        ex.conn.close()
+        ex.close()
 
     def _reap(self) -> None:
         """Replace dead executors; their running attempt is lost, the rest go to others."""
@@ -853,7 +899,7 @@ class Dispatcher:
                 )
                 self._call_on_error(head, ExecutorLost(why))
                 self._requeue_local(ex.assigned)
-            ex.conn.close()
+            ex.close()
             self.stats["executor_restarts"] += 1
             self._executors[i] = self._spawn(ex.index)
             self.log.info("executor_restarted", executor=ex.index, exit_code=code)
@@ -911,7 +957,7 @@ class Dispatcher:
             if ex.process.is_alive():
                 self._kill(ex)
             else:
-                ex.conn.close()
+                ex.close()
 
     # ---------------------------------------------------------------------------- writing
 
@@ -1031,9 +1077,9 @@ class Dispatcher:
             self.log.warning("lost_tasks_requeued", workers=workers, tasks=tasks)
 
 
-def _forked_executor(inherited: list[mpc.Connection], *args: Any) -> None:
-    for conn in inherited:
-        conn.close()
+def _forked_executor(inherited: list[Any], *args: Any) -> None:
+    for item in inherited:  # _Executor or Connection: the child's copies only
+        item.close()
     executor_main(*args)
 
 

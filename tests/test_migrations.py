@@ -7,14 +7,18 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from hyrex_like import ConfigurationError, HyrexRegistry, SchemaNotReady, Settings
-from hyrex_like.store import SCHEMA_VERSION_LOCK, latest_version
+from hyrex_like.store import SCHEMA_VERSION_LOCK, latest_version, migrations
 
 from .helpers import ROOT, query, wait_until
+
+ALL = list(range(1, latest_version() + 1))  # every migration, in order
 
 
 def tables(database_url: str, schema: str) -> set[str]:
@@ -89,7 +93,7 @@ def test_registry_creation_does_not_connect(database_url, schema):
 def test_init_db_cli_creates_the_schema(database_url, schema):
     proc = init_db(database_url, schema)
     assert proc.returncode == 0, proc.stderr
-    assert "applied migrations [1]" in proc.stdout
+    assert f"applied migrations {ALL}" in proc.stdout
     assert {"task", "task_run", "worker"} <= tables(database_url, schema)
 
 
@@ -98,7 +102,7 @@ def test_init_db_cli_is_idempotent(database_url, schema):
     again = init_db(database_url, schema)
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stdout
-    assert migration_rows(database_url, schema) == [(1, 1)]
+    assert migration_rows(database_url, schema) == [(v, 1) for v in ALL]
 
 
 def test_init_db_cli_never_prints_the_password(database_url, schema):
@@ -118,9 +122,9 @@ def test_init_db_cli_bad_schema_name_fails_with_usage_error(database_url):
 
 
 def test_migrate_twice_in_process_applies_nothing_the_second_time(registry, database_url, schema):
-    assert registry.migrate() == [1]
+    assert registry.migrate() == ALL
     assert registry.migrate() == []
-    assert migration_rows(database_url, schema) == [(1, 1)]
+    assert migration_rows(database_url, schema) == [(v, 1) for v in ALL]
 
 
 def test_concurrent_migrators_apply_each_version_once(database_url, schema):
@@ -154,8 +158,8 @@ def test_concurrent_migrators_apply_each_version_once(database_url, schema):
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in procs] == [0] * 6, [o[1] for o in outs]
-    assert sorted(o[0].strip().splitlines()[-1] for o in outs) == ["[1]"] + ["[]"] * 5
-    assert migration_rows(database_url, schema) == [(1, 1)]
+    assert sorted(o[0].strip().splitlines()[-1] for o in outs) == [str(ALL)] + ["[]"] * 5
+    assert migration_rows(database_url, schema) == [(v, 1) for v in ALL]
 
 
 def test_task_status_is_checked_by_the_database(registry, database_url, schema):
@@ -301,3 +305,42 @@ def test_malformed_url_is_a_configuration_error(schema):
     with pytest.raises(ConfigurationError, match="invalid database URL") as info:
         echo.send(1)
     assert "hunter" not in str(info.value)
+
+
+def test_upgrade_from_version_1_keeps_tasks_and_runs(database_url, schema):
+    """A schema created by 0.1 (version 1) with work in it upgrades in place: run rows keep
+    their attempts, and are then keyed by (task_id, attempt_number)."""
+    first = migrations()[0]
+    assert first.version == 1
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        c.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        c.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        c.execute(first.text)
+        c.execute("INSERT INTO schema_migrations (version, name) VALUES (1, %s)", [first.name])
+        c.execute(
+            "INSERT INTO task (id, task_name, queue, args, status, attempt_count)"
+            " VALUES ('00000000-0000-7000-8000-000000000001', 'old', 'default', '{}', 'failed', 2)"
+        )
+        c.execute(
+            "INSERT INTO task_run (task_id, attempt_number, status) VALUES"
+            " ('00000000-0000-7000-8000-000000000001', 1, 'failed'),"
+            " ('00000000-0000-7000-8000-000000000001', 2, 'failed')"
+        )
+    registry = HyrexRegistry(database_url, schema=schema)
+    try:
+        assert registry.migrate() == ALL[1:]
+        _, runs = registry.store.get_task(uuid.UUID("00000000-0000-7000-8000-000000000001"))
+    finally:
+        registry.close()
+    assert [r.attempt_number for r in runs] == [1, 2]
+    key = query(
+        database_url,
+        schema,
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'task_run'::regclass AND contype = 'p'",
+    )
+    assert key == [("PRIMARY KEY (task_id, attempt_number)",)]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hyrex_like.store import latest_version
+
 from .helpers import ROOT, query
 
 pytestmark = pytest.mark.slow
@@ -84,7 +86,9 @@ def test_fresh_venv_install_of_the_wheel_can_init_db(wheel, tmp_path, database_u
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert query(database_url, schema, "SELECT version FROM schema_migrations") == [(1,)]
+    # every migration shipped inside the wheel was applied
+    versions = query(database_url, schema, "SELECT version FROM schema_migrations ORDER BY 1")
+    assert versions == [(v,) for v in range(1, latest_version() + 1)]
     script = subprocess.run(
         [
             str(venv / "bin" / "hyrex-like"),
