@@ -46,11 +46,6 @@ DEFAULT = {
 _QUIET = ["--log-level", "warning"]  # no per-task INFO line (as the peers' tuned runs)
 TUNED_CANDIDATES = [
     {
-        "label": "1 worker, --processes 2 --prefetch 128 --log-level warning",
-        "workers": 1,
-        "args": ["--processes", "2", "--prefetch", "128", *_QUIET],
-    },
-    {
         "label": "1 worker, --processes 2 --prefetch 512 --log-level warning",
         "workers": 1,
         "args": ["--processes", "2", "--prefetch", "512", *_QUIET],
@@ -61,14 +56,19 @@ TUNED_CANDIDATES = [
         "args": ["--processes", "2", "--prefetch", "1024", *_QUIET],
     },
     {
-        "label": "2 workers, --processes 1 --prefetch 256 --log-level warning each",
-        "workers": 2,
-        "args": ["--processes", "1", "--prefetch", "256", *_QUIET],
+        "label": "1 worker, --processes 2 --prefetch 2048 --log-level warning",
+        "workers": 1,
+        "args": ["--processes", "2", "--prefetch", "2048", *_QUIET],
     },
     {
-        "label": "2 workers, --processes 2 --prefetch 256 --log-level warning each",
+        "label": "2 workers, --processes 1 --prefetch 1024 --log-level warning each",
         "workers": 2,
-        "args": ["--processes", "2", "--prefetch", "256", *_QUIET],
+        "args": ["--processes", "1", "--prefetch", "1024", *_QUIET],
+    },
+    {
+        "label": "2 workers, --processes 2 --prefetch 512 --log-level warning each",
+        "workers": 2,
+        "args": ["--processes", "2", "--prefetch", "512", *_QUIET],
     },
 ]
 WORKLOADS = ("send", "send_many", "drain_default", "drain_tuned", "drain_retry", "latency")

@@ -32,7 +32,7 @@ from .errors import (
     TaskNotFound,
     TaskWaitTimeout,
 )
-from .store import NewTask, RunRow, Store, TaskRow, new_task_id
+from .store import NewTask, RunRow, Store, TaskRow, new_task_ids
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -327,24 +327,32 @@ class TaskSender(Generic[T, R]):
         return TaskSender(self.definition, _config(self.definition.name, self.config, options))
 
     def _new_task(self, payload: Any, schedule: list[float]) -> NewTask:
+        return self._new_tasks([payload], schedule)[0]
+
+    def _new_tasks(self, payloads: Iterable[Any], schedule: list[float]) -> list[NewTask]:
+        """Validate every payload (raising before anything is written), then build the rows."""
         d = self.definition
-        args_json = d.dump_payload(payload)
+        args = [d.dump_payload(p) for p in payloads]
         ctx = get_hyrex_context()
         parent_id = ctx.task_id if ctx else None
         root_id = (ctx.root_id or ctx.task_id) if ctx else None
-        return NewTask(
-            id=new_task_id(),
-            task_name=d.name,
-            queue=self.config.queue,
-            priority=self.config.priority,
-            args_json=args_json,
-            max_retries=self.config.max_retries,
-            timeout_seconds=self.config.timeout_seconds,
-            backoff_seconds=schedule,
-            run_after=None,
-            parent_id=parent_id,
-            root_id=root_id,
-        )
+        c = self.config
+        return [
+            NewTask(
+                task_id,
+                d.name,
+                c.queue,
+                c.priority,
+                args_json,
+                c.max_retries,
+                c.timeout_seconds,
+                schedule,
+                None,
+                parent_id,
+                root_id,
+            )
+            for task_id, args_json in zip(new_task_ids(len(args)), args, strict=True)
+        ]
 
     def send(
         self,
@@ -375,8 +383,7 @@ class TaskSender(Generic[T, R]):
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[TaskHandle[R]]:
         """Validate every payload, then write all rows in one COPY (all or none)."""
-        schedule = self.config.backoff_schedule()
-        tasks = [self._new_task(p, schedule) for p in payloads]
+        tasks = self._new_tasks(payloads, self.config.backoff_schedule())
         store = self.definition.registry.store
         store.insert_tasks(tasks, conn)
         return [TaskHandle(t.id, t.task_name, store) for t in tasks]
