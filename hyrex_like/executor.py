@@ -27,7 +27,7 @@ import pydantic
 import structlog
 
 from .config import Settings
-from .context import HyrexContext, _reset_context, _set_context
+from .context import HyrexContext, _LazyContext, _reset_context, _set_context
 from .errors import PayloadNotSerializable, WorkerError
 from .registry import HyrexRegistry, TaskDefinition
 
@@ -220,18 +220,7 @@ class Executor:
                 None,
                 False,
             )
-        ctx = HyrexContext.model_construct(
-            task_id=job.task_id,
-            task_name=job.task_name,
-            attempt_number=job.attempt,
-            max_retries=job.max_retries,
-            queue=job.queue,
-            priority=job.priority,
-            parent_id=job.parent_id,
-            root_id=job.root_id,
-            worker_id=self.worker_id,
-        )
-        token = _set_context(ctx)
+        token = _set_context(_LazyContext(lambda: self._context(job)))
         retryable = True
         try:
             try:
@@ -265,6 +254,19 @@ class Executor:
             )
         finally:
             _reset_context(token)
+
+    def _context(self, job: Job) -> HyrexContext:
+        return HyrexContext.model_construct(
+            task_id=job.task_id,
+            task_name=job.task_name,
+            attempt_number=job.attempt,
+            max_retries=job.max_retries,
+            queue=job.queue,
+            priority=job.priority,
+            parent_id=job.parent_id,
+            root_id=job.root_id,
+            worker_id=self.worker_id,
+        )
 
     def _on_error(self, definition: TaskDefinition[Any, Any], exc: BaseException, job: Job) -> None:
         call_on_error(definition, exc, job, self.loop.run_until_complete, self.log)

@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 import psycopg
 import structlog
@@ -580,8 +580,7 @@ def _check_url(url: str) -> None:
 # errors propagate so the dispatcher can tell a dropped connection from a bad row.
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedRow:
+class ClaimedRow(NamedTuple):
     id: uuid.UUID
     task_name: str
     queue: str
@@ -594,8 +593,7 @@ class ClaimedRow:
     root_id: uuid.UUID | None
 
 
-@dataclass(frozen=True, slots=True)
-class FinishedRow:
+class FinishedRow(NamedTuple):
     """The outcome of one attempt, to be written by `finish_runs`."""
 
     task_id: uuid.UUID
@@ -665,7 +663,7 @@ class WorkerQueries:
             },
             prepare=True,
         )
-        return [ClaimedRow(*row) for row in cur.fetchall()]
+        return [ClaimedRow._make(row) for row in cur.fetchall()]
 
     @staticmethod
     def finish(
