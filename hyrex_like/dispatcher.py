@@ -216,7 +216,7 @@ class Dispatcher:
         self._writer = _DbThread(self._wake, "hyrex-like-writer")
         self._claimer = _DbThread(self._wake, "hyrex-like-claimer")
         self._writing: Future[_Round] | None = None
-        self._writing_size = 0  # tasks in the write in flight
+        self._write_job: _Round | None = None  # what the write in flight carries
         self._claiming: Future[_Round] | None = None
         self._db_failures = 0
         self._connection_lost = False
@@ -518,6 +518,9 @@ class Dispatcher:
     def _known_task_ids(self) -> list[uuid.UUID]:
         ids = [j.task_id for j in self._ready] + [j.task_id for j in self._giveback]
         ids += [r.task_id for r in self._done]
+        if self._write_job is not None:  # a write that may still land (or be retried)
+            ids += [r.task_id for r in self._write_job.finished]
+            ids += [j.task_id for j in self._write_job.giveback]
         for ex in self._executors:
             ids += [j.task_id for j in ex.assigned]
         return ids
@@ -530,7 +533,11 @@ class Dispatcher:
             + sum(len(ex.assigned) for ex in self._executors)
             + len(self._done)
             + len(self._giveback)
-            + self._writing_size
+            + (
+                len(self._write_job.giveback) + len(self._write_job.finished)
+                if self._write_job
+                else 0
+            )
         )
 
     # ---------------------------------------------------------------------------- claiming
@@ -551,7 +558,7 @@ class Dispatcher:
             if db is not None:
                 job = _Round(db, self._giveback, self._done, 0)
                 self._giveback, self._done = [], []
-                self._writing_size = len(job.giveback) + len(job.finished)
+                self._write_job = job
                 self._writing = self._writer.submit(self._run_round, job)
         if self._claiming is None:
             claim = self._claim_size()
@@ -609,7 +616,7 @@ class Dispatcher:
                 continue
             setattr(self, name, None)
             if name == "_writing":
-                self._writing_size = 0
+                self._write_job = None
             self._apply(job)
         return self._writing is None and self._claiming is None
 
