@@ -47,7 +47,7 @@ from .errors import (
     TaskTimeout,
     WorkerError,
 )
-from .executor import ERR, OK, SKIP, Job, call_on_error, executor_main
+from .executor import ERR, OK, SKIP, Job, call_on_error, executor_main, set_os_thread_name
 from .registry import HyrexRegistry
 from .store import ClaimedRow, FinishedRow, WorkerQueries
 
@@ -176,6 +176,7 @@ class _DbThread:
         return future
 
     def _serve(self) -> None:
+        set_os_thread_name(self._name.encode())
         while True:
             future, fn, args = self._calls.get()
             try:
@@ -213,8 +214,8 @@ class Dispatcher:
         self._db: psycopg.Connection[Any] | None = None
         self._claim_db: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
-        self._writer = _DbThread(self._wake, "hyrex-like-writer")
-        self._claimer = _DbThread(self._wake, "hyrex-like-claimer")
+        self._writer = _DbThread(self._wake, "hyrex-writer")
+        self._claimer = _DbThread(self._wake, "hyrex-claimer")
         self._writing: Future[_Round] | None = None
         self._write_job: _Round | None = None  # what the write in flight carries
         self._claiming: Future[_Round] | None = None
@@ -699,7 +700,9 @@ class Dispatcher:
             ex.assigned.extend(batch)
             ex.batches.append(len(batch))
             try:
-                ex.conn.send([job.wire() for job in batch])
+                ex.conn.send_bytes(
+                    pickle.dumps([job.wire() for job in batch], pickle.HIGHEST_PROTOCOL)
+                )
             except OSError:
                 pass  # the executor died; _reap hands its jobs on
             if self._debug:
