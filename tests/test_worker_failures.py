@@ -180,3 +180,32 @@ def test_an_error_message_with_a_nul_is_recorded_and_the_worker_goes_on(wapp, ap
     assert done(after, 30).status == "completed"
     assert w.proc.poll() is None
     assert w.stop() == 0
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def test_first_executors_are_forked_and_replacements_spawned(wapp, app_worker):
+    """The executors started with the worker are forked from it (no second import of the app),
+    which is safe only before it opens a connection or a thread; a replacement after a crash
+    is a fresh spawned interpreter. Every executor names itself, and so do the dispatcher's
+    database threads."""
+    w = app_worker("--processes", "2")
+    first = wait_until(lambda: len(w.executor_pids()) == 2 and w.executor_pids(), 30)
+    for pid in first:
+        assert _cmdline(pid) == _cmdline(w.proc.pid), "a forked executor shares its cmdline"
+    assert done(wapp.record.send({"n": 1}), 30).status == "completed"  # DB threads are up
+    threads = set()
+    for tid in os.listdir(f"/proc/{w.proc.pid}/task"):
+        with open(f"/proc/{w.proc.pid}/task/{tid}/comm") as f:
+            threads.add(f.read().strip())
+    assert {"hyrex-writer", "hyrex-claimer"} <= threads
+    os.kill(first[0], signal.SIGKILL)
+    new = wait_until(
+        lambda: [p for p in w.executor_pids() if p not in first] or None, 30, what="replacement"
+    )
+    assert b"multiprocessing" in _cmdline(new[0]), "a replacement is spawned, not forked"
+    assert done(wapp.record.send({"n": 2}), 30).status == "completed"
+    assert w.stop() == 0
