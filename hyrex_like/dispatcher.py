@@ -602,11 +602,13 @@ class Dispatcher:
             job.error = exc
         return job
 
-    def _settle(self, timeout: float | None = None) -> bool:
+    def _settle(
+        self, timeout: float | None = None, which: tuple[str, ...] = ("_writing", "_claiming")
+    ) -> bool:
         """Take in the rounds in flight that ended, waiting up to ``timeout`` for them (None:
         as long as they take). False if one is still running."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for name in ("_writing", "_claiming"):
+        for name in which:
             future: Future[_Round] | None = getattr(self, name)
             if future is None:
                 continue
@@ -619,7 +621,7 @@ class Dispatcher:
             if name == "_writing":
                 self._write_job = None
             self._apply(job)
-        return self._writing is None and self._claiming is None
+        return all(getattr(self, name) is None for name in which)
 
     def _apply(self, job: _Round) -> None:
         if job.giveback and not job.gave_back:
@@ -1068,8 +1070,11 @@ class Dispatcher:
             self._next_poll = now + self.options.poll_interval
         if now < self._next_heartbeat:
             return
-        if not self._settle(timeout=5.0):
-            return  # a connection is busy with a slow round: beat on a later turn
+        # Heartbeats share the writer's connection: wait for its round (usually tens of ms);
+        # one stuck on a dead connection must not stall the loop at every turn.
+        if not self._settle(timeout=0.5, which=("_writing",)):
+            self._next_heartbeat = now + 1.0
+            return
         self._next_heartbeat = now + self.options.heartbeat_interval
         db = self._ensure_db()
         if db is None:
