@@ -98,6 +98,9 @@ class _Executor:
             # The pipe is a socketpair: a socket view of its descriptor can read without
             # blocking (MSG_DONTWAIT) while sends keep the blocking descriptor.
             self._sock = socket.socket(fileno=os.dup(self.conn.fileno()))
+            # socket() applies socket.setdefaulttimeout(), i.e. O_NONBLOCK on the descriptor
+            # the pipe shares; sends to the executor must block.
+            self._sock.setblocking(True)
         while True:
             try:
                 chunk = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
@@ -148,6 +151,7 @@ class _Round:
     giveback: list[Job]
     finished: list[FinishedRow]
     claim: int
+    generation: int
     gave_back: bool = False
     returned: list[tuple[uuid.UUID, str, datetime, int]] | None = None  # None: not written
     claimed: list[ClaimedRow] | None = None
@@ -218,6 +222,8 @@ class Dispatcher:
         self._claimer = _DbThread(self._wake, "hyrex-claimer")
         self._writing: Future[_Round] | None = None
         self._write_job: _Round | None = None  # what the write in flight carries
+        self._claim_job: _Round | None = None
+        self._generation = 0  # bumped by every (re)connect; rounds carry the one they ran on
         self._claiming: Future[_Round] | None = None
         self._db_failures = 0
         self._connection_lost = False
@@ -337,7 +343,7 @@ class Dispatcher:
     def _finished(self) -> bool:
         if not self._stopping:
             return False
-        busy = any(ex.assigned for ex in self._executors)
+        busy = any(ex.assigned for ex in self._executors) or self._claiming is not None
         return not busy or time.monotonic() >= self._grace_deadline
 
     def _begin_stop(self) -> None:
@@ -370,6 +376,9 @@ class Dispatcher:
                 ex.assigned.clear()
 
     def _forced_shutdown(self) -> int:
+        # A third signal now ends the process at once, as a user pressing Ctrl-C again expects.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         self.log.warning("worker_forced_stop")
         self._interrupt_executors("the worker was stopped at once (second signal)")
         for ex in self._executors:
@@ -378,8 +387,6 @@ class Dispatcher:
         self._ready.clear()
         # One quick try; whatever is not written is requeued by other workers once our
         # heartbeat is stale.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             self._final_flush(deadline=time.monotonic() + 1.0)
         except Exception:  # pragma: no cover - best effort on the way out
@@ -389,7 +396,8 @@ class Dispatcher:
     def _final_flush(self, deadline: float) -> bool:
         while True:
             self._flush(timeout=max(0.0, deadline - time.monotonic()))
-            if not self._done and not self._giveback and self._writing is None:
+            idle = self._writing is None and self._claiming is None
+            if not self._done and not self._giveback and idle:
                 break
             if time.monotonic() >= deadline:
                 self.log.error(
@@ -480,6 +488,7 @@ class Dispatcher:
         self._db_failures = 0
         self._connection_lost = False
         self._db, self._claim_db, self._listen = db, claim_db, listen
+        self._generation += 1
         self._claim_wanted = True
         return db
 
@@ -497,6 +506,11 @@ class Dispatcher:
     def _ensure_db(self) -> psycopg.Connection[Any] | None:
         if self._db is not None and not self._db.closed:
             return self._db
+        if self._claiming is not None:
+            # Not before the claim in flight has returned: reconnecting hands back the running
+            # tasks we do not know we hold, and that claim's rows may be among them. (TCP
+            # keepalives bound how long a claim on a dead link can take.)
+            return None
         self._close_db()
         return self._connect()
 
@@ -507,13 +521,25 @@ class Dispatcher:
         self._next_db_attempt = time.monotonic() + 0.05
 
     def _close_db(self) -> None:
-        self._settle(timeout=5.0)  # never close a connection under a round
+        """Drop the connections. One a round is still using is closed by that round's thread
+        once the round returns (closing it under a statement in flight is not safe); the
+        round's outcome is still taken in, but its error no longer resets the new ones."""
+        self._settle(timeout=0.0)
+        busy = {
+            id(job.db): thread
+            for future, job, thread in (
+                (self._writing, self._write_job, self._writer),
+                (self._claiming, self._claim_job, self._claimer),
+            )
+            if future is not None and job is not None
+        }
         for conn in (self._db, self._claim_db, self._listen):
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:
-                    pass
+            if conn is None:
+                continue
+            if id(conn) in busy:
+                busy[id(conn)].submit(_close_quietly, conn)
+            else:
+                _close_quietly(conn)
         self._db = self._claim_db = self._listen = None
 
     def _known_task_ids(self) -> list[uuid.UUID]:
@@ -554,19 +580,19 @@ class Dispatcher:
         if time.monotonic() >= self._retry_at:
             self._claim_wanted = True
             self._retry_at = math.inf
-        if self._writing is None and (self._done or self._giveback):
+        beat_due = time.monotonic() >= self._next_heartbeat  # the writer's connection is needed
+        if self._writing is None and (self._done or self._giveback) and not beat_due:
             db = self._ensure_db()
             if db is not None:
-                job = _Round(db, self._giveback, self._done, 0)
+                job = _Round(db, self._giveback, self._done, 0, self._generation)
                 self._giveback, self._done = [], []
                 self._write_job = job
                 self._writing = self._writer.submit(self._run_round, job)
         if self._claiming is None:
             claim = self._claim_size()
             if claim and self._ensure_db() is not None and self._claim_db is not None:
-                self._claiming = self._claimer.submit(
-                    self._run_round, _Round(self._claim_db, [], [], claim)
-                )
+                self._claim_job = _Round(self._claim_db, [], [], claim, self._generation)
+                self._claiming = self._claimer.submit(self._run_round, self._claim_job)
 
     def _claim_size(self) -> int:
         """How many tasks to claim now (0: not now).
@@ -620,6 +646,8 @@ class Dispatcher:
             setattr(self, name, None)
             if name == "_writing":
                 self._write_job = None
+            else:
+                self._claim_job = None
             self._apply(job)
         return all(getattr(self, name) is None for name in which)
 
@@ -632,11 +660,14 @@ class Dispatcher:
             self._after_write(job.finished, job.returned)
         if job.claimed is not None:
             self._take(job.claimed, job.claim)
-        if job.error is not None:
+        # A write that failed on connections replaced since must not reset the new ones (its
+        # rows are back in _done). A claim never outlives its connections: see _ensure_db.
+        if job.error is not None and job.generation == self._generation:
             self._db_lost(job.error)
 
     def _take(self, rows: list[ClaimedRow], asked: int) -> None:
         self._claim_wanted = len(rows) == asked  # a full batch means more may be waiting
+        target = self._giveback if self._stopping else self._ready  # a claim that landed late
         for row in rows:
             job = Job(
                 row.id,
@@ -650,7 +681,7 @@ class Dispatcher:
                 row.parent_id,
                 row.root_id,
             )
-            self._ready.append(job)
+            target.append(job)
             if self._debug:
                 self.log.debug(
                     "task_claimed",
@@ -978,14 +1009,15 @@ class Dispatcher:
 
     def _flush(self, timeout: float) -> None:
         """Write what finished and hand back what never started, now (used on the way out)."""
-        if not self._settle(timeout):
+        self._settle(timeout=0.0, which=("_claiming",))  # its rows go back (see _take)
+        if not self._settle(timeout, which=("_writing",)):
             return
         if not self._done and not self._giveback:
             return
         db = self._ensure_db()
         if db is None:
             return
-        job = self._run_round(_Round(db, self._giveback, self._done, 0))
+        job = self._run_round(_Round(db, self._giveback, self._done, 0, self._generation))
         self._giveback, self._done = [], []
         self._apply(job)
 
@@ -1070,10 +1102,9 @@ class Dispatcher:
             self._next_poll = now + self.options.poll_interval
         if now < self._next_heartbeat:
             return
-        # Heartbeats share the writer's connection: wait for its round (usually tens of ms);
-        # one stuck on a dead connection must not stall the loop at every turn.
-        if not self._settle(timeout=0.5, which=("_writing",)):
-            self._next_heartbeat = now + 1.0
+        # Heartbeats share the writer's connection: once one is due, _sync starts no new write,
+        # so the one in flight (if any) is the last to wait for; the loop never blocks on it.
+        if not self._settle(timeout=0.0, which=("_writing",)):
             return
         self._next_heartbeat = now + self.options.heartbeat_interval
         db = self._ensure_db()
@@ -1095,7 +1126,17 @@ class Dispatcher:
             self.log.warning("lost_tasks_requeued", workers=workers, tasks=tasks)
 
 
+def _close_quietly(conn: psycopg.Connection[Any]) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
 def _forked_executor(inherited: list[Any], *args: Any) -> None:
+    # Until executor_main ignores them, a signal would run the parent's handler copy.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for item in inherited:  # _Executor or Connection: the child's copies only
         item.close()
     executor_main(*args)

@@ -289,6 +289,9 @@ class Store:
         kwargs = self.connect_kwargs() | overrides
         if worker:
             kwargs["options"] = f"{kwargs['options']} {WORKER_PLANNER_OPTIONS}"
+            # A worker's statements run on threads that must not hang on a link that died
+            # silently: TCP keepalives and a send timeout turn it into an error in ~30 s.
+            kwargs = WORKER_TCP_OPTIONS | kwargs
         _check_url(self.url())
         try:
             return psycopg.connect(self.url(), **kwargs)
@@ -626,8 +629,13 @@ class FinishedRow(NamedTuple):
 
 
 def _json_text(value: str | None) -> str:
-    # PostgreSQL text cannot hold NUL: an exception message with one is shown as "\x00".
-    return "null" if value is None else _json.dumps(value.replace("\x00", "\\x00"))
+    # PostgreSQL text cannot hold NUL: an exception message with one is shown as "\x00". Nor
+    # can JSON hold a lone surrogate (an exception message may): it becomes "?".
+    if value is None:
+        return "null"
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return _json.dumps(value.replace("\x00", "\\x00"))
 
 
 # Session settings of the worker's connections. Queue tables change size faster than
@@ -638,6 +646,15 @@ WORKER_PLANNER_OPTIONS = (
     "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off "
     "-c enable_mergejoin=off -c enable_material=off"
 )
+
+
+WORKER_TCP_OPTIONS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 class WorkerQueries:

@@ -182,6 +182,21 @@ def test_an_error_message_with_a_nul_is_recorded_and_the_worker_goes_on(wapp, ap
     assert w.stop() == 0
 
 
+def test_an_error_message_with_a_lone_surrogate_is_recorded_and_the_worker_goes_on(
+    wapp, app_worker
+):
+    bad = wapp.surrogate_error.send({"n": 1})
+    w = app_worker("--processes", "1")
+    assert done(bad, 30).status == "failed"
+    [run] = bad.task_runs
+    assert run.error_type == "ValueError"
+    assert run.error_message == "bad ? name 1"
+    after = wapp.record.send({"n": 2})
+    assert done(after, 30).status == "completed"
+    assert w.proc.poll() is None
+    assert w.stop() == 0
+
+
 def _cmdline(pid: int) -> bytes:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read()

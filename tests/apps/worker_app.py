@@ -246,3 +246,10 @@ def long_then_flaky(item: Item) -> int:
 def nul_error(item: Item) -> None:
     """Raises an exception whose message holds a NUL (PostgreSQL text cannot store one)."""
     raise ValueError(f"bad byte \x00 in record {item.n}")
+
+
+@hy.task
+def surrogate_error(item: Item) -> None:
+    """Raises an exception whose message holds a lone surrogate (not valid in JSON or UTF-8),
+    as decoding bytes with errors="surrogateescape" produces."""
+    raise ValueError(b"bad \xff name".decode("utf-8", "surrogateescape") + f" {item.n}")
