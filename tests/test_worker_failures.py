@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from .helpers import done, json_log, read_events, wait_until, worker_ids
 
 
@@ -169,28 +171,22 @@ def test_a_crashing_task_does_not_cost_its_batch_neighbours_their_results(
     assert w.stop() == 0
 
 
-def test_an_error_message_with_a_nul_is_recorded_and_the_worker_goes_on(wapp, app_worker):
-    bad = wapp.nul_error.send({"n": 1})
-    w = app_worker("--processes", "1")
-    assert done(bad, 30).status == "failed"
-    [run] = bad.task_runs
-    assert run.error_type == "ValueError"
-    assert run.error_message == "bad byte \\x00 in record 1"
-    after = wapp.record.send({"n": 2})
-    assert done(after, 30).status == "completed"
-    assert w.proc.poll() is None
-    assert w.stop() == 0
-
-
-def test_an_error_message_with_a_lone_surrogate_is_recorded_and_the_worker_goes_on(
-    wapp, app_worker
+@pytest.mark.parametrize(
+    ("task", "stored"),
+    [
+        ("nul_error", "bad byte \\x00 in record 1"),  # PostgreSQL text cannot hold a NUL
+        ("surrogate_error", "bad ? name 1"),  # nor JSON a lone surrogate
+    ],
+)
+def test_an_error_message_the_database_cannot_store_is_recorded_and_the_worker_goes_on(
+    wapp, app_worker, task, stored
 ):
-    bad = wapp.surrogate_error.send({"n": 1})
+    bad = getattr(wapp, task).send({"n": 1})
     w = app_worker("--processes", "1")
     assert done(bad, 30).status == "failed"
     [run] = bad.task_runs
     assert run.error_type == "ValueError"
-    assert run.error_message == "bad ? name 1"
+    assert run.error_message == stored
     after = wapp.record.send({"n": 2})
     assert done(after, 30).status == "completed"
     assert w.proc.poll() is None
