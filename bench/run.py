@@ -44,32 +44,22 @@ DEFAULT = {
     "args": [],
 }
 _QUIET = ["--log-level", "warning"]  # no per-task INFO line (as the peers' tuned runs)
+
+
+def _tuned(workers: int, processes: int, prefetch: int) -> dict[str, Any]:
+    each = " each" if workers > 1 else ""
+    return {
+        "label": f"{workers} worker{'s' if workers > 1 else ''}, --processes {processes} "
+        f"--prefetch {prefetch} --log-level warning{each}",
+        "workers": workers,
+        "args": ["--processes", str(processes), "--prefetch", str(prefetch), *_QUIET],
+    }
+
+
+# (workers, processes per worker, prefetch)
 TUNED_CANDIDATES = [
-    {
-        "label": "1 worker, --processes 2 --prefetch 512 --log-level warning",
-        "workers": 1,
-        "args": ["--processes", "2", "--prefetch", "512", *_QUIET],
-    },
-    {
-        "label": "1 worker, --processes 2 --prefetch 1024 --log-level warning",
-        "workers": 1,
-        "args": ["--processes", "2", "--prefetch", "1024", *_QUIET],
-    },
-    {
-        "label": "1 worker, --processes 2 --prefetch 2048 --log-level warning",
-        "workers": 1,
-        "args": ["--processes", "2", "--prefetch", "2048", *_QUIET],
-    },
-    {
-        "label": "2 workers, --processes 1 --prefetch 1024 --log-level warning each",
-        "workers": 2,
-        "args": ["--processes", "1", "--prefetch", "1024", *_QUIET],
-    },
-    {
-        "label": "2 workers, --processes 2 --prefetch 512 --log-level warning each",
-        "workers": 2,
-        "args": ["--processes", "2", "--prefetch", "512", *_QUIET],
-    },
+    _tuned(w, p, k)
+    for w, p, k in ((1, 2, 512), (1, 2, 1024), (1, 2, 2048), (2, 1, 1024), (2, 2, 512))
 ]
 WORKLOADS = ("send", "send_many", "drain_default", "drain_tuned", "drain_retry", "latency")
 # the planning repo's shared/ sits beside this checkout

@@ -156,6 +156,7 @@ class _Round:
     returned: list[tuple[uuid.UUID, str, datetime, int]] | None = None  # None: not written
     claimed: list[ClaimedRow] | None = None
     error: BaseException | None = None
+    future: Future[_Round] | None = None  # set while it runs on a database thread
 
 
 class _DbThread:
@@ -220,11 +221,10 @@ class Dispatcher:
         self._listen: psycopg.Connection[Any] | None = None
         self._writer = _DbThread(self._wake, "hyrex-writer")
         self._claimer = _DbThread(self._wake, "hyrex-claimer")
-        self._writing: Future[_Round] | None = None
-        self._write_job: _Round | None = None  # what the write in flight carries
-        self._claim_job: _Round | None = None
+        # the rounds in flight, at most one of each
+        self._writing: _Round | None = None
+        self._claiming: _Round | None = None
         self._generation = 0  # bumped by every (re)connect; rounds carry the one they ran on
-        self._claiming: Future[_Round] | None = None
         self._db_failures = 0
         self._connection_lost = False
         self._next_db_attempt = 0.0
@@ -527,11 +527,8 @@ class Dispatcher:
         self._settle(timeout=0.0)
         busy = {
             id(job.db): thread
-            for future, job, thread in (
-                (self._writing, self._write_job, self._writer),
-                (self._claiming, self._claim_job, self._claimer),
-            )
-            if future is not None and job is not None
+            for job, thread in ((self._writing, self._writer), (self._claiming, self._claimer))
+            if job is not None
         }
         for conn in (self._db, self._claim_db, self._listen):
             if conn is None:
@@ -545,9 +542,9 @@ class Dispatcher:
     def _known_task_ids(self) -> list[uuid.UUID]:
         ids = [j.task_id for j in self._ready] + [j.task_id for j in self._giveback]
         ids += [r.task_id for r in self._done]
-        if self._write_job is not None:  # a write that may still land (or be retried)
-            ids += [r.task_id for r in self._write_job.finished]
-            ids += [j.task_id for j in self._write_job.giveback]
+        if self._writing is not None:  # a write that may still land (or be retried)
+            ids += [r.task_id for r in self._writing.finished]
+            ids += [j.task_id for j in self._writing.giveback]
         for ex in self._executors:
             ids += [j.task_id for j in ex.assigned]
         return ids
@@ -560,11 +557,7 @@ class Dispatcher:
             + sum(len(ex.assigned) for ex in self._executors)
             + len(self._done)
             + len(self._giveback)
-            + (
-                len(self._write_job.giveback) + len(self._write_job.finished)
-                if self._write_job
-                else 0
-            )
+            + (len(self._writing.giveback) + len(self._writing.finished) if self._writing else 0)
         )
 
     # ---------------------------------------------------------------------------- claiming
@@ -584,15 +577,24 @@ class Dispatcher:
         if self._writing is None and (self._done or self._giveback) and not beat_due:
             db = self._ensure_db()
             if db is not None:
-                job = _Round(db, self._giveback, self._done, 0, self._generation)
+                self._writing = self._start_round(self._writer, db, self._giveback, self._done, 0)
                 self._giveback, self._done = [], []
-                self._write_job = job
-                self._writing = self._writer.submit(self._run_round, job)
         if self._claiming is None:
             claim = self._claim_size()
             if claim and self._ensure_db() is not None and self._claim_db is not None:
-                self._claim_job = _Round(self._claim_db, [], [], claim, self._generation)
-                self._claiming = self._claimer.submit(self._run_round, self._claim_job)
+                self._claiming = self._start_round(self._claimer, self._claim_db, [], [], claim)
+
+    def _start_round(
+        self,
+        thread: _DbThread,
+        db: psycopg.Connection[Any],
+        giveback: list[Job],
+        finished: list[FinishedRow],
+        claim: int,
+    ) -> _Round:
+        job = _Round(db, giveback, finished, claim, self._generation)
+        job.future = thread.submit(self._run_round, job)
+        return job
 
     def _claim_size(self) -> int:
         """How many tasks to claim now (0: not now).
@@ -628,28 +630,17 @@ class Dispatcher:
             job.error = exc
         return job
 
-    def _settle(
-        self, timeout: float | None = None, which: tuple[str, ...] = ("_writing", "_claiming")
-    ) -> bool:
-        """Take in the rounds in flight that ended, waiting up to ``timeout`` for them (None:
-        as long as they take). False if one is still running."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for name in which:
-            future: Future[_Round] | None = getattr(self, name)
-            if future is None:
-                continue
-            try:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                job = future.result(left)
-            except TimeoutError:
-                continue
-            setattr(self, name, None)
-            if name == "_writing":
-                self._write_job = None
-            else:
-                self._claim_job = None
+    def _settle(self, timeout: float, write: bool = True, claim: bool = True) -> bool:
+        """Take in the rounds in flight (the write, the claim or both) that have ended, waiting
+        up to ``timeout`` seconds for them. False if one is still running."""
+        deadline = time.monotonic() + timeout
+        if write and self._writing is not None and _wait_for(self._writing, deadline):
+            job, self._writing = self._writing, None
             self._apply(job)
-        return all(getattr(self, name) is None for name in which)
+        if claim and self._claiming is not None and _wait_for(self._claiming, deadline):
+            job, self._claiming = self._claiming, None
+            self._apply(job)
+        return not (write and self._writing) and not (claim and self._claiming)
 
     def _apply(self, job: _Round) -> None:
         if job.giveback and not job.gave_back:
@@ -1009,8 +1000,8 @@ class Dispatcher:
 
     def _flush(self, timeout: float) -> None:
         """Write what finished and hand back what never started, now (used on the way out)."""
-        self._settle(timeout=0.0, which=("_claiming",))  # its rows go back (see _take)
-        if not self._settle(timeout, which=("_writing",)):
+        self._settle(0.0, write=False)  # a claim's rows go back (see _take)
+        if not self._settle(timeout, claim=False):
             return
         if not self._done and not self._giveback:
             return
@@ -1104,7 +1095,7 @@ class Dispatcher:
             return
         # Heartbeats share the writer's connection: once one is due, _sync starts no new write,
         # so the one in flight (if any) is the last to wait for; the loop never blocks on it.
-        if not self._settle(timeout=0.0, which=("_writing",)):
+        if not self._settle(0.0, claim=False):
             return
         self._next_heartbeat = now + self.options.heartbeat_interval
         db = self._ensure_db()
@@ -1124,6 +1115,16 @@ class Dispatcher:
             self.stats["rescued"] += tasks
             self._claim_wanted = True
             self.log.warning("lost_tasks_requeued", workers=workers, tasks=tasks)
+
+
+def _wait_for(job: _Round, deadline: float) -> bool:
+    """True once ``job`` has run (its outcome is in it), waiting until ``deadline`` at most."""
+    assert job.future is not None
+    try:
+        job.future.result(max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        return False
+    return True
 
 
 def _close_quietly(conn: psycopg.Connection[Any]) -> None:

@@ -231,3 +231,23 @@ def test_an_interrupted_attempt_does_not_use_up_a_retry(
     ]
     assert handle.row.failure_count == 1
     assert second.stop() == 0
+
+
+def test_worker_connections_notice_a_dead_link_and_keep_to_index_plans(registry):
+    """The worker's statements run on threads that must not hang on a link that died silently
+    (TCP keepalives and a send timeout turn it into an error), and its planner settings hold."""
+    conn = registry.store.connect(worker=True)
+    try:
+        params = conn.info.get_parameters()
+        assert params["keepalives"] == "1"
+        assert params["tcp_user_timeout"] == "30000"
+        for show in ("SHOW enable_seqscan", "SHOW enable_hashjoin", "SHOW enable_mergejoin"):
+            assert conn.execute(show).fetchone() == ("off",)
+    finally:
+        conn.close()
+    plain = registry.store.connect()
+    try:
+        assert "keepalives" not in plain.info.get_parameters()
+        assert plain.execute("SHOW enable_seqscan").fetchone() == ("on",)
+    finally:
+        plain.close()
