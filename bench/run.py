@@ -316,7 +316,7 @@ def explain_claim(url: str, limit: int) -> str:
 def explain_finish(url: str, limit: int) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the worker's finish statement for ``limit`` claimed tasks,
     all inside one rolled-back transaction."""
-    from hyrex_like.store import WORKER_PLANNER_OPTIONS, FinishedRow, WorkerQueries, _RawJson, q
+    from hyrex_like.store import WORKER_PLANNER_OPTIONS, FinishedRow, WorkerQueries, q
 
     wid = uuid.uuid4()
     # the worker's own session settings (see hyrex_like.store.WORKER_PLANNER_OPTIONS)
@@ -329,10 +329,7 @@ def explain_finish(url: str, limit: int) -> str:
             )
             for r in rows
         ]
-        params = {
-            "worker_id": wid,
-            "rows": _RawJson("[" + ",".join(r.json() for r in done) + "]"),
-        }
+        params = WorkerQueries.finish_params(wid, done)
         cur = psycopg.ClientCursor(c)
         plan = cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + q("finish_runs"), params).fetchall()
         c.rollback()

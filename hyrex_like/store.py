@@ -26,7 +26,6 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .config import Settings, redact_dsn
@@ -216,13 +215,6 @@ class NewTask:
             self.parent_id,
             self.root_id,
         )
-
-
-class _RawJson(Jsonb):
-    """A Jsonb parameter whose text is already JSON (validated and dumped by Pydantic)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(None, dumps=lambda _obj: text)
 
 
 # --------------------------------------------------------------------------------- the store
@@ -683,16 +675,18 @@ class WorkerQueries:
         return [ClaimedRow._make(row) for row in cur.fetchall()]
 
     @staticmethod
+    def finish_params(worker_id: uuid.UUID, rows: Sequence[FinishedRow]) -> dict[str, Any]:
+        # One JSON document instead of ten arrays: psycopg escapes every element of a text
+        # array in Python, which cost more than the statement itself.
+        return {"worker_id": worker_id, "rows": "[" + ",".join(r.json() for r in rows) + "]"}
+
+    @staticmethod
     def finish(
         conn: psycopg.Connection[Any], worker_id: uuid.UUID, rows: Sequence[FinishedRow]
     ) -> list[tuple[uuid.UUID, str, datetime, int]]:
-        # One JSON document instead of ten arrays: psycopg escapes every element of a text
-        # array in Python, which cost more than the statement itself.
-        params = {
-            "worker_id": worker_id,
-            "rows": _RawJson("[" + ",".join(r.json() for r in rows) + "]"),
-        }
-        cur = conn.execute(q("finish_runs"), params, prepare=True)
+        cur = conn.execute(
+            q("finish_runs"), WorkerQueries.finish_params(worker_id, rows), prepare=True
+        )
         return [(row[0], row[1], row[2], row[3]) for row in cur.fetchall()]
 
     @staticmethod
