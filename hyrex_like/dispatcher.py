@@ -47,7 +47,16 @@ from .errors import (
     TaskTimeout,
     WorkerError,
 )
-from .executor import ERR, OK, SKIP, Job, call_on_error, executor_main, set_os_thread_name
+from .executor import (
+    DRAIN_SIGNAL,
+    ERR,
+    OK,
+    SKIP,
+    Job,
+    call_on_error,
+    executor_main,
+    set_os_thread_name,
+)
 from .registry import HyrexRegistry
 from .store import ClaimedRow, FinishedRow, WorkerQueries
 
@@ -208,7 +217,6 @@ class Dispatcher:
         self.queues = list(self.options.queues)
         self.capacity = self.options.processes * self.options.prefetch
         self._mp = mp.get_context("spawn")
-        self._draining = self._mp.Event()
         self._executors: list[_Executor] = []
         self._ready: deque[Job] = deque()
         self._done: list[FinishedRow] = []
@@ -348,7 +356,8 @@ class Dispatcher:
 
     def _begin_stop(self) -> None:
         self._stopping = True
-        self._draining.set()  # executors hand back what they have not started
+        for ex in self._executors:  # they hand back what they have not started
+            self._signal_drain(ex)
         self._giveback.extend(self._ready)
         self._ready.clear()
         self._grace_deadline = time.monotonic() + self.options.grace_period
@@ -875,7 +884,7 @@ class Dispatcher:
             self.app,
             settings,
             child_conn,
-            self._draining,
+            self._stopping,
             self.options.log_level,
             self.options.log_format,
             self.worker_id,
@@ -891,9 +900,23 @@ class Dispatcher:
         process = ctx.Process(
             target=target, args=args, name=f"hyrex-like-executor-{index}", daemon=True
         )
-        process.start()
+        # The child inherits the blocked signal and unblocks it once its handler is in place:
+        # a drain signal sent while it starts waits for it instead of killing it.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {DRAIN_SIGNAL})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_conn.close()
         return _Executor(index, process, parent_conn)
+
+    @staticmethod
+    def _signal_drain(ex: _Executor) -> None:
+        if ex.process.exitcode is None:
+            try:
+                os.kill(ex.process.pid, DRAIN_SIGNAL)
+            except ProcessLookupError:
+                pass  # it died; _reap deals with that
 
     def _kill(self, ex: _Executor) -> None:
         if ex.process.is_alive():

@@ -2,8 +2,9 @@
 
 It receives batches of jobs over a pipe, runs them one at a time (``async def`` tasks on an
 event loop it keeps), and sends one result message per job. It knows nothing of signals or the
-database: the parent owns both. Before each job it checks the shared ``draining`` flag, so on
-shutdown it hands back the jobs it has not started.
+database: the parent owns both. Before each job it checks its ``draining`` flag, which the
+parent raises with SIGUSR1 (`DRAIN_SIGNAL`) when it begins to stop, so on shutdown it hands back
+the jobs it has not started.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from typing import Any
 
 import pydantic
@@ -125,6 +125,27 @@ def load_registry(app: str) -> HyrexRegistry:
     return found[0]
 
 
+DRAIN_SIGNAL = signal.SIGUSR1
+"""Sent by the dispatcher to its executors when it begins to stop: start no further jobs.
+
+A signal and a flag, not a shared ``multiprocessing.Event``: checking a semaphore-backed event
+before every job cost ~1 us per task, and creating one started multiprocessing's resource
+tracker, a third interpreter, at every worker start. The dispatcher blocks the signal while it
+starts an executor, so it stays pending until `executor_main` has its handler in place."""
+
+_draining = False
+
+
+def _on_drain_signal(signum: int, frame: Any) -> None:
+    global _draining
+    _draining = True
+
+
+def draining() -> bool:
+    """True once this executor has been told to start no further jobs."""
+    return _draining
+
+
 PROCESS_NAME = b"hyrex-executor"
 """What ``ps -o comm``, ``top`` and ``/proc/<pid>/comm`` show for an executor (Linux)."""
 
@@ -155,24 +176,28 @@ def executor_main(
     app: str,
     settings: Settings,
     conn: Connection,
-    draining: Event,
+    draining: bool,
     log_level: str,
     log_format: str,
     worker_id: uuid.UUID,
 ) -> None:
     """Entry point of an executor process."""
+    global _draining
     _die_with_parent()
     # The parent decides when we stop; a Ctrl-C or a SIGTERM sent to the whole process group
     # must not kill a task halfway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _draining = _draining or draining
+    signal.signal(DRAIN_SIGNAL, _on_drain_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})  # a pending one arrives now
     from .logs import configure_logging
 
     configure_logging(log_level, log_format)
     registry = load_registry(app)
     registry.configure(**settings.model_dump())
     conn.send(("ready", os.getpid()))
-    Executor(registry, conn, draining, worker_id).serve()
+    Executor(registry, conn, worker_id).serve()
     # Nothing left to clean up but the pools a task may have opened; skipping the interpreter's
     # slow teardown makes a worker's shutdown (and every restart in tests) quicker.
     registry.close()
@@ -182,12 +207,9 @@ def executor_main(
 
 
 class Executor:
-    def __init__(
-        self, registry: HyrexRegistry, conn: Connection, draining: Event, worker_id: uuid.UUID
-    ) -> None:
+    def __init__(self, registry: HyrexRegistry, conn: Connection, worker_id: uuid.UUID) -> None:
         self.registry = registry
         self.conn = conn
-        self.draining = draining
         self.worker_id = worker_id
         self.log = log.bind(worker_id=str(worker_id))
         self.loop = asyncio.new_event_loop()
@@ -203,7 +225,7 @@ class Executor:
                 return
             for wire in batch:
                 job = Job.from_wire(wire)
-                if self.draining.is_set():
+                if _draining:
                     result = (SKIP, wire[0], job.attempt)
                 else:
                     result = self.run(job)

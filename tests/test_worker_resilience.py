@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import signal
 import time
+import uuid
 
 from .helpers import (
     backend_pids_of,
@@ -159,6 +160,28 @@ def test_sigterm_finishes_running_tasks_and_gives_back_unstarted_ones(
         else:
             assert (h.status, h.attempt_count, h.task_runs) == ("queued", 0, []), i
     assert query(database_url, schema, "SELECT status FROM worker") == [("stopped",)]
+
+
+def test_a_drain_signal_sent_while_an_executor_starts_waits_for_its_handler(wapp):
+    """Executors learn that the worker is stopping from SIGUSR1. Sent before an executor has
+    its handler in place (a spawned one imports for ~0.3 s first), it would kill it: the
+    dispatcher blocks the signal while it starts one, so it is delivered, and obeyed, later."""
+    from hyrex_like.dispatcher import Dispatcher, WorkerOptions
+    from hyrex_like.executor import Job
+
+    d = Dispatcher(wapp.hy, "tests.apps.worker_app:hy", WorkerOptions(processes=1))
+    ex = d._spawn(0)  # spawned, not forked: a fresh interpreter
+    try:
+        d._signal_drain(ex)  # at once: the child is still starting
+        assert ex.conn.poll(30), "the executor never became ready"
+        assert ex.conn.recv()[0] == "ready"
+        job = Job(uuid.uuid4(), "record", "default", 5, '{"n": 1}', 1, 0, None, None, None)
+        ex.conn.send([job.wire()])
+        assert ex.conn.poll(30)
+        assert ex.conn.recv() == [("skip", job.task_id.bytes, 1)]  # drained: not started
+        assert ex.process.exitcode is None
+    finally:
+        d._kill(ex)
 
 
 def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
