@@ -176,6 +176,7 @@ def test_a_crashing_task_does_not_cost_its_batch_neighbours_their_results(
     [
         ("nul_error", "bad byte \\x00 in record 1"),  # PostgreSQL text cannot hold a NUL
         ("surrogate_error", "bad ? name 1"),  # nor JSON a lone surrogate
+        ("tricky_error", 'he said "no", {a,b} \\ NULL\n\ttab é 1'),  # stored as raised
     ],
 )
 def test_an_error_message_the_database_cannot_store_is_recorded_and_the_worker_goes_on(
@@ -219,4 +220,14 @@ def test_first_executors_are_forked_and_replacements_spawned(wapp, app_worker):
     )
     assert b"multiprocessing" in _cmdline(new[0]), "a replacement is spawned, not forked"
     assert done(wapp.record.send({"n": 2}), 30).status == "completed"
+    assert w.stop() == 0
+
+
+def test_a_result_with_quotes_braces_and_backslashes_is_stored_as_returned(wapp, app_worker):
+    handle = wapp.tricky_result.send({"n": 7})
+    w = app_worker("--processes", "1")
+    assert done(handle, 30).status == "completed"
+    expected = {wapp.TRICKY: f"{wapp.TRICKY} 7"}
+    assert handle.result == expected
+    assert [r.result for r in handle.task_runs] == [expected]
     assert w.stop() == 0

@@ -253,3 +253,18 @@ def surrogate_error(item: Item) -> None:
     """Raises an exception whose message holds a lone surrogate (not valid in JSON or UTF-8),
     as decoding bytes with errors="surrogateescape" produces."""
     raise ValueError(b"bad \xff name".decode("utf-8", "surrogateescape") + f" {item.n}")
+
+
+TRICKY = 'he said "no", {a,b} \\ NULL\n\ttab é'
+
+
+@hy.task
+def tricky_error(item: Item) -> None:
+    """Raises with quotes, a backslash, braces, commas, the word NULL and non-ASCII text."""
+    raise ValueError(f"{TRICKY} {item.n}")
+
+
+@hy.task
+def tricky_result(item: Item) -> dict[str, str]:
+    """Returns the same awkward text, as a key and as a value."""
+    return {TRICKY: f"{TRICKY} {item.n}"}
