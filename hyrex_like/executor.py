@@ -1,10 +1,10 @@
 """The executor: a child process of the dispatcher that runs task code.
 
 It receives batches of jobs over a pipe, runs them one at a time (``async def`` tasks on an
-event loop it keeps), and sends one result message per job. It knows nothing of signals or the
-database: the parent owns both. Before each job it checks its ``draining`` flag, which the
-parent raises with SIGUSR1 (`DRAIN_SIGNAL`) when it begins to stop, so on shutdown it hands back
-the jobs it has not started.
+event loop it keeps), and sends one result message per job. It knows nothing of the database,
+and of signals only one: before each job it checks its ``draining`` flag, which the parent
+raises with SIGUSR1 (`DRAIN_SIGNAL`) when it begins to stop, so on shutdown it hands back the
+jobs it has not started. SIGINT and SIGTERM are ignored: the parent decides when it stops.
 """
 
 from __future__ import annotations
@@ -130,8 +130,10 @@ DRAIN_SIGNAL = signal.SIGUSR1
 
 A signal and a flag, not a shared ``multiprocessing.Event``: checking a semaphore-backed event
 before every job cost ~1 us per task, and creating one started multiprocessing's resource
-tracker, a third interpreter, at every worker start. The dispatcher blocks the signal while it
-starts an executor, so it stays pending until `executor_main` has its handler in place."""
+tracker (a third interpreter) at every worker start; now only a spawned replacement executor
+starts it. The dispatcher blocks the signal while it starts an executor, so it stays pending
+until `executor_main` has its handler in place. The handler restarts interrupted system calls
+(``siginterrupt(False)``), so native code inside a running task does not see EINTR."""
 
 _draining = False
 
@@ -141,9 +143,9 @@ def _on_drain_signal(signum: int, frame: Any) -> None:
     _draining = True
 
 
-def draining() -> bool:
-    """True once this executor has been told to start no further jobs."""
-    return _draining
+def _install_drain_handler() -> None:
+    signal.signal(DRAIN_SIGNAL, _on_drain_signal)
+    signal.siginterrupt(DRAIN_SIGNAL, False)
 
 
 PROCESS_NAME = b"hyrex-executor"
@@ -189,12 +191,22 @@ def executor_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _draining = _draining or draining
-    signal.signal(DRAIN_SIGNAL, _on_drain_signal)
+    _install_drain_handler()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})  # a pending one arrives now
     from .logs import configure_logging
 
     configure_logging(log_level, log_format)
     registry = load_registry(app)
+    if signal.getsignal(DRAIN_SIGNAL) is not _on_drain_signal:
+        # Importing the app replaced it: without it a stopping worker could not hand back the
+        # jobs an executor has not started (they would run, or be interrupted, instead).
+        log.warning(
+            "drain_signal_handler_replaced",
+            signal=DRAIN_SIGNAL.name,
+            detail="importing the app installed its own handler; hyrex-like needs this signal "
+            "to stop executors cleanly and has put its handler back",
+        )
+        _install_drain_handler()
     registry.configure(**settings.model_dump())
     conn.send(("ready", os.getpid()))
     Executor(registry, conn, worker_id).serve()

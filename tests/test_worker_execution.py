@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from .helpers import done, read_events, worker_ids
+from .helpers import done, query, read_events, worker_ids
 
 
 def test_async_task_runs_on_an_event_loop_in_the_executor(wapp, app_worker):
@@ -88,4 +88,26 @@ def test_context_inside_a_task_and_subtasks_sent_from_it_carry_parent_and_root(
     assert grandchild.root_id == top.id
     assert grandchild.result["root_id"] == str(top.id)
     assert grandchild.result["child"] is None
+    assert w.stop() == 0
+
+
+def test_a_task_returning_none_stores_sql_null_and_a_value_its_json(
+    wapp, app_worker, database_url, schema
+):
+    nothing = wapp.returns_none.send({"n": 1})
+    something = wapp.record.send({"n": 5})
+    w = app_worker("--processes", "1")
+    assert done(nothing, 30).status == "completed"
+    assert done(something, 30).status == "completed"
+    rows = query(
+        database_url,
+        schema,
+        "SELECT t.id, t.result IS NULL, r.result IS NULL, r.result "
+        "FROM task t JOIN task_run r ON r.task_id = t.id ORDER BY t.created_at",
+    )
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        (nothing.id, True, True),  # not the JSON value null
+        (something.id, False, False),
+    ]
+    assert rows[1][3] == 5 == something.result
     assert w.stop() == 0

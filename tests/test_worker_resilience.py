@@ -184,6 +184,34 @@ def test_a_drain_signal_sent_while_an_executor_starts_waits_for_its_handler(wapp
         d._kill(ex)
 
 
+def test_an_app_that_takes_over_the_drain_signal_does_not_keep_executors_from_draining(
+    registry,
+):
+    """The executor imports the app after it installs its SIGUSR1 handler; an app (or a library
+    it imports) that installs its own would leave the executor deaf to a stopping worker. The
+    executor puts its handler back, and says so."""
+    from hyrex_like.dispatcher import Dispatcher, WorkerOptions
+    from hyrex_like.executor import Job
+
+    from .apps import sigusr1_app
+
+    sigusr1_app.hy.configure(**registry.settings.model_dump())
+    d = Dispatcher(sigusr1_app.hy, "tests.apps.sigusr1_app:hy", WorkerOptions(processes=1))
+    ex = d._spawn(0)
+    try:
+        assert ex.conn.poll(30), "the executor never became ready"
+        assert ex.conn.recv()[0] == "ready"  # the app is imported by now
+        d._signal_drain(ex)
+        job = Job(uuid.uuid4(), "echo", "default", 5, "1", 1, 0, None, None, None)
+        ex.conn.send([job.wire()])
+        assert ex.conn.poll(30)
+        assert ex.conn.recv() == [("skip", job.task_id.bytes, 1)]  # drained, and alive
+        assert ex.process.exitcode is None
+    finally:
+        d._kill(ex)
+        sigusr1_app.hy.close()
+
+
 def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
     wapp, app_worker, out_dir, database_url, schema
 ):

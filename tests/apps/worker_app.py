@@ -268,3 +268,9 @@ def tricky_error(item: Item) -> None:
 def tricky_result(item: Item) -> dict[str, str]:
     """Returns the same awkward text, as a key and as a value."""
     return {TRICKY: f"{TRICKY} {item.n}"}
+
+
+@hy.task
+def returns_none(item: Item) -> None:
+    """Returns nothing: the result is stored as SQL NULL, not as a JSON null."""
+    return None
