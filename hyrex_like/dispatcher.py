@@ -149,6 +149,7 @@ class _Executor:
 
 
 _CLAIM_MAX = 1_000  # rows per claim statement
+_FIRST_CLAIM_MAX = 100  # until something was claimed: executors start on it ~15 ms sooner
 _TOP_UP_BYTES = 16_384  # a top-up batch stays well under a pipe buffer (64 KiB on Linux)
 
 
@@ -618,7 +619,7 @@ class Dispatcher:
         if free * 4 >= self.capacity or unstarted < self.options.processes * 2:
             # A claim is one statement: past ~1,000 rows it takes long enough (~20 ms here)
             # that idle executors wait for it; the next claim follows at once.
-            return min(free, _CLAIM_MAX)
+            return min(free, _CLAIM_MAX if self.stats["claimed"] else _FIRST_CLAIM_MAX)
         return 0
 
     def _run_round(self, job: _Round) -> _Round:
