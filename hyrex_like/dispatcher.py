@@ -240,6 +240,7 @@ class Dispatcher:
         self._claim_wanted = True
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
+        self._next_full_rescue = 0.0  # see WorkerQueries.rescue
         self._retry_at = math.inf
         self._stopping = False
         self._stop_requested = False
@@ -1131,7 +1132,10 @@ class Dispatcher:
                 # tasks; our late results will be ignored. Carry on as a fresh registration.
                 self.log.warning("worker_declared_lost_reregistering")
                 self._register(db)
-            workers, tasks = WorkerQueries.rescue(db, self.options.stale_after)
+            full = now >= self._next_full_rescue
+            workers, tasks = WorkerQueries.rescue(db, self.options.stale_after, full=full)
+            if full:
+                self._next_full_rescue = now + self.options.stale_after
         except _DB_ERRORS as exc:
             self._db_lost(exc)
             return

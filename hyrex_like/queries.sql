@@ -167,9 +167,10 @@ RETURNING id
 UPDATE worker SET status = 'stopped', stopped_at = now() WHERE id = %(id)s
 
 -- rescue_lost_tasks --
--- Requeue the running tasks of workers whose heartbeat is stale (or whose worker row is gone),
--- close their open runs as lost, and mark those workers lost. Such an attempt was not the
--- task's fault, so it is requeued whatever its retry budget.
+-- Requeue the running tasks of workers whose heartbeat is stale, close their open runs as
+-- lost, and mark those workers lost. Such an attempt was not the task's fault, so it is
+-- requeued whatever its retry budget. With %(full)s, also the running tasks of any worker that
+-- is not running (or has no row): those an earlier rescue skipped while they were locked.
 WITH dead AS (
     SELECT id FROM worker
     WHERE status = 'running'
@@ -180,12 +181,19 @@ WITH dead AS (
     FROM dead WHERE w.id = dead.id
     RETURNING w.id
 ), orphans AS (
+    -- one probe of the running-tasks index per dead worker: nearly free when none is dead
     SELECT t.id, t.attempt_count
     FROM task AS t
-    WHERE t.status = 'running'
-      AND (t.worker_id IN (SELECT id FROM dead)
-           OR NOT EXISTS (SELECT 1 FROM worker AS w
-                          WHERE w.id = t.worker_id AND w.status = 'running'))
+    WHERE t.status = 'running' AND t.worker_id IN (SELECT id FROM dead)
+    FOR UPDATE OF t SKIP LOCKED
+), strays AS (
+    -- Reads every running task, so the worker asks for it every stale_after seconds, not at
+    -- every heartbeat. (A dead worker is still 'running' in this snapshot: no overlap.)
+    SELECT t.id, t.attempt_count
+    FROM task AS t
+    WHERE %(full)s::boolean AND t.status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM worker AS w
+                      WHERE w.id = t.worker_id AND w.status = 'running')
     FOR UPDATE OF t SKIP LOCKED
 ), requeued AS (
     UPDATE task AS t
@@ -193,7 +201,7 @@ WITH dead AS (
         last_error = jsonb_build_object('type', 'WorkerLost',
                                         'message', 'the worker running this attempt stopped '
                                                    'heartbeating', 'attempt', o.attempt_count)
-    FROM orphans AS o
+    FROM (SELECT * FROM orphans UNION ALL SELECT * FROM strays) AS o
     WHERE t.id = o.id
     RETURNING t.id, t.attempt_count
 ), closed AS (

@@ -758,11 +758,21 @@ class WorkerQueries:
 
     @staticmethod
     def rescue(
-        conn: psycopg.Connection[Any], stale_seconds: float, now: datetime | None = None
+        conn: psycopg.Connection[Any],
+        stale_seconds: float,
+        now: datetime | None = None,
+        *,
+        full: bool = True,
     ) -> tuple[int, int]:
-        """Requeue tasks of workers with stale heartbeats: (workers marked lost, tasks)."""
+        """Requeue tasks of workers with stale heartbeats: (workers marked lost, tasks).
+
+        ``full`` also requeues running tasks whose worker is not running at all; that reads
+        every running task, so a worker asks for it only every ``stale_seconds``.
+        """
         row = conn.execute(
-            q("rescue_lost_tasks"), {"stale_seconds": stale_seconds, "now": now}, prepare=True
+            q("rescue_lost_tasks"),
+            {"stale_seconds": stale_seconds, "now": now, "full": full},
+            prepare=True,
         ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 

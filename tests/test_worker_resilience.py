@@ -7,6 +7,8 @@ import signal
 import time
 import uuid
 
+import psycopg
+
 from .helpers import (
     backend_pids_of,
     count,
@@ -133,6 +135,37 @@ def test_worker_started_while_the_database_is_down_waits_for_it(
     assert w.proc.poll() is None
     db_proxy.up()
     assert done(handle, 30).status == "completed"
+    assert w.stop() == 0
+
+
+def test_a_task_left_running_by_a_worker_that_is_gone_is_requeued_and_run(
+    wapp, app_worker, database_url, schema
+):
+    """Running, but its worker has no row (or is no longer running): an earlier rescue skipped
+    it while it was locked, say. Not found through a stale heartbeat, it is found by the full
+    rescue a worker makes every --stale-after seconds, after its first one at start."""
+    w = app_worker("--processes", "1", "--stale-after", "1", "--heartbeat-interval", "0.2")
+    assert done(wapp.record.send({"n": 1}), 30).status == "completed"  # the worker is up
+    ghost = uuid.uuid4()
+    # sent and marked as a vanished worker's claim leaves it (running, attempt 1, a run open)
+    # in one transaction, so the live worker never sees it queued
+    with psycopg.connect(database_url) as conn:
+        handle = wapp.record.send({"n": 2}, conn=conn)
+        conn.execute(
+            f"UPDATE {schema}.task SET status = 'running', attempt_count = 1, worker_id = %s "
+            "WHERE id = %s",
+            [ghost, handle.id],
+        )
+        conn.execute(
+            f"INSERT INTO {schema}.task_run (task_id, attempt_number, status, worker_id) "
+            "VALUES (%s, 1, 'running', %s)",
+            [handle.id, ghost],
+        )
+    assert done(handle, 30).status == "completed"
+    assert [(r.attempt_number, r.status) for r in handle.task_runs] == [
+        (1, "lost"),
+        (2, "completed"),
+    ]
     assert w.stop() == 0
 
 
