@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import importlib
 import os
 import pickle
@@ -82,6 +83,9 @@ class Job:
             uuid.UUID(bytes=w[9]) if w[9] else None,
         )
 
+
+# Positions in `Job.wire` the executor reads without building the Job.
+_W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
 
 # Result messages: lists of tuples, task ids as 16 bytes:
 #   ("ok",   task_id, attempt, started, finished, result_json)
@@ -157,8 +161,7 @@ def _die_with_parent() -> None:
     the process (a forked executor's command line is its parent's)."""
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            _libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):  # pragma: no cover
             pass
     set_os_thread_name(PROCESS_NAME)
@@ -168,10 +171,14 @@ def set_os_thread_name(name: bytes) -> None:
     """Name the calling thread for ps, top -H and /proc (Linux; 15 bytes at most)."""
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
+            _libc().prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
         except (OSError, AttributeError):  # pragma: no cover
             pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def executor_main(
@@ -237,7 +244,7 @@ class Executor:
                 return
             for wire in batch:
                 if _draining:
-                    result = (SKIP, wire[0], wire[5])
+                    result = (SKIP, wire[_W_KEY], wire[_W_ATTEMPT])
                 else:
                     result = self.run(wire)
                 # Each result leaves before the next job starts: holding results to send them
@@ -253,7 +260,7 @@ class Executor:
     def run(self, wire: tuple[Any, ...]) -> tuple[Any, ...]:
         """Run one job, given as sent (`Job.wire`): the `Job` itself, with its UUIDs, is built
         only if the task asks for its context or fails (~1 us saved per tiny task)."""
-        key, task_name, attempt = wire[0], wire[1], wire[5]
+        key, task_name, attempt = wire[_W_KEY], wire[_W_NAME], wire[_W_ATTEMPT]
         definition = self.registry.get_task(task_name)
         started = time.time()
         if definition is None:  # claims filter by name, so only a changed app gets here
@@ -272,7 +279,7 @@ class Executor:
         retryable = True
         try:
             try:
-                payload = _load(definition, wire[4])
+                payload = _load(definition, wire[_W_ARGS])
             except pydantic.ValidationError:
                 retryable = False  # the stored args will not validate next time either
                 raise

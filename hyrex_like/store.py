@@ -194,7 +194,7 @@ class NewTask:
             "args": self.args_json,
             "max_retries": self.max_retries,
             "timeout_seconds": self.timeout_seconds,
-            "backoff_seconds": "{" + ",".join(map(repr, self.backoff_seconds)) + "}",
+            "backoff_seconds": _array_literal(map(repr, self.backoff_seconds)),
             "run_after": self.run_after.isoformat() if self.run_after is not None else None,
             "parent_id": str(self.parent_id) if self.parent_id is not None else None,
             "root_id": str(self.root_id) if self.root_id is not None else None,
@@ -603,6 +603,11 @@ class FinishedRow(NamedTuple):
     finished_at: float
 
 
+def _array_literal(elements: Iterable[str]) -> str:
+    """A PostgreSQL array literal of elements that need no quoting (numbers, UUIDs, words)."""
+    return "{" + ",".join(elements) + "}"
+
+
 def _array_text(values: Iterable[str | None]) -> str:
     """A PostgreSQL array literal of text elements (cast in SQL to the element type).
 
@@ -620,7 +625,7 @@ def _array_text(values: Iterable[str | None]) -> str:
         if "\x00" in value:
             value = value.replace("\x00", "\\x00")
         out.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
-    return "{" + ",".join(out) + "}"
+    return _array_literal(out)
 
 
 # Session settings of the worker's connections. Queue tables change size faster than
@@ -677,20 +682,19 @@ class WorkerQueries:
         """
         return {
             "worker_id": worker_id,
-            "task_ids": "{" + ",".join([str(r.task_id) for r in rows]) + "}",
-            "attempts": "{" + ",".join([str(r.attempt) for r in rows]) + "}",
-            # status is one of a fixed set of words, no quoting needed
-            "statuses": "{" + ",".join([r.status for r in rows]) + "}",
-            "retryable": "{" + ",".join(["t" if r.retryable else "f" for r in rows]) + "}",
+            "task_ids": _array_literal([str(r.task_id) for r in rows]),
+            "attempts": _array_literal([str(r.attempt) for r in rows]),
+            "statuses": _array_literal([r.status for r in rows]),  # a fixed set of words
+            "retryable": _array_literal(["t" if r.retryable else "f" for r in rows]),
             "results": _array_text(None if r.result == "null" else r.result for r in rows),
             "error_types": _array_text(r.error_type for r in rows),
             "error_messages": _array_text(r.error_message for r in rows),
             "tracebacks": _array_text(r.traceback for r in rows),
             # finite floats: repr is a valid float8 literal
-            "started": "{"
-            + ",".join(["NULL" if r.started_at is None else repr(r.started_at) for r in rows])
-            + "}",
-            "finished": "{" + ",".join([repr(r.finished_at) for r in rows]) + "}",
+            "started": _array_literal(
+                ["NULL" if r.started_at is None else repr(r.started_at) for r in rows]
+            ),
+            "finished": _array_literal([repr(r.finished_at) for r in rows]),
         }
 
     @staticmethod

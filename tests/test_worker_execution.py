@@ -111,3 +111,15 @@ def test_a_task_returning_none_stores_sql_null_and_a_value_its_json(
     ]
     assert rows[1][3] == 5 == something.result
     assert w.stop() == 0
+
+
+def test_the_executor_reads_a_job_s_fields_where_job_wire_puts_them():
+    from hyrex_like import executor as e
+
+    job = e.Job(uuid.uuid4(), "name", "q", 5, '{"n": 1}', 3, 0, None, None, None)
+    wire = job.wire()
+    assert wire[e._W_KEY] == job.task_id.bytes
+    assert wire[e._W_NAME] == job.task_name
+    assert wire[e._W_ARGS] == job.args
+    assert wire[e._W_ATTEMPT] == job.attempt
+    assert e.Job.from_wire(wire) == job
