@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,16 @@ def _wrap_query(name: str) -> None:
     setattr(WorkerQueries, name, staticmethod(wrapped))
 
 
-_send = Connection.send
+_dispatch = D.Dispatcher._dispatch
 
 
-def _counting_send(self: Connection, obj: Any) -> None:
-    if isinstance(obj, list):
-        rows_per["jobs per pipe message to an executor"][len(obj)] += 1
-    _send(self, obj)
+def _counting_dispatch(self: D.Dispatcher) -> None:
+    """Counts the jobs in each batch the loop sends to an executor (a batch is one message)."""
+    before = [len(ex.batches) for ex in self._executors]
+    _dispatch(self)
+    for ex, n in zip(self._executors, before, strict=False):
+        for size in list(ex.batches)[n:]:
+            rows_per["jobs per pipe message to an executor"][size] += 1
 
 
 class TracingDispatcher(D.Dispatcher):
@@ -70,7 +72,7 @@ class TracingDispatcher(D.Dispatcher):
 
 
 for _step_name in (
-    "_claim",
+    "_sync",
     "_dispatch",
     "_wait",
     "_collect",
@@ -80,10 +82,10 @@ for _step_name in (
     "_maintain",
 ):
 
-    def _timed(self: Any, _n: str = _step_name, **kw: Any) -> Any:
+    def _timed(self: Any, *args: Any, _n: str = _step_name, **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return getattr(D.Dispatcher, _n)(self)
+            return getattr(D.Dispatcher, _n)(self, *args, **kw)
         finally:
             time_in[f"step {_n}"] += time.perf_counter() - t0
 
@@ -110,7 +112,7 @@ def main() -> int:
     R.prefill(url, args.n)
     _wrap_query("claim")
     _wrap_query("finish")
-    Connection.send = _counting_send  # type: ignore[method-assign]
+    D.Dispatcher._dispatch = _counting_dispatch  # type: ignore[method-assign]
     hy.configure(database_url=url)
     options = D.WorkerOptions(processes=args.processes, prefetch=args.prefetch, log_level="warning")
     disp = TracingDispatcher(hy, "bench_app:hy", options)

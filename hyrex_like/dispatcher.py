@@ -1,7 +1,7 @@
 """The worker: one parent process that claims tasks and N executor processes that run them.
 
 The parent owns the database connections, the signals and the executors. Its loop is short and
-its steps are named methods (`_claim`, `_dispatch`, `_collect`, `_enforce_timeouts`, `_flush`,
+its steps are named methods (`_sync`, `_dispatch`, `_collect`, `_enforce_timeouts`, `_flush`,
 `_maintain`); each step does what it can without blocking on the others, so a slow task, a dead
 executor or a dead database never stops the loop.
 
@@ -89,7 +89,7 @@ class WorkerOptions(BaseModel):
 @dataclass
 class _Executor:
     index: int
-    process: Any  # multiprocessing.context.SpawnProcess
+    process: Any  # a multiprocessing Process (forked or spawned)
     conn: mpc.Connection
     assigned: deque[Job] = field(default_factory=deque)
     head_started: float | None = None
@@ -455,7 +455,7 @@ class Dispatcher:
     # ---------------------------------------------------------------------------- database
 
     def _connect(self) -> psycopg.Connection[Any] | None:
-        """(Re)connect both connections, with tenacity retrying inside a short window."""
+        """(Re)connect the three connections, with tenacity retrying inside a short window."""
         if time.monotonic() < self._next_db_attempt:
             return None
         store = self.registry.store
@@ -778,7 +778,9 @@ class Dispatcher:
         now = time.monotonic()
         if self._stop_requested and not self._stopping:
             return 0.0
-        deadlines = [self._next_heartbeat, self._retry_at]
+        # A due heartbeat waits for the write in flight (it needs that connection), whose end
+        # wakes the loop: counting it here would spin the loop until then.
+        deadlines = [self._retry_at if self._writing else min(self._next_heartbeat, self._retry_at)]
         if not self._stopping:
             deadlines.append(self._next_poll)
         else:

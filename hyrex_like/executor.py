@@ -198,15 +198,18 @@ def executor_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _draining = _draining or draining
+    # A forked executor inherits what importing the app in the parent installed.
+    inherited = signal.getsignal(DRAIN_SIGNAL)
     _install_drain_handler()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})  # a pending one arrives now
     from .logs import configure_logging
 
     configure_logging(log_level, log_format)
     registry = load_registry(app)
-    if signal.getsignal(DRAIN_SIGNAL) is not _on_drain_signal:
-        # Importing the app replaced it: without it a stopping worker could not hand back the
-        # jobs an executor has not started (they would run, or be interrupted, instead).
+    replaced = signal.getsignal(DRAIN_SIGNAL) is not _on_drain_signal
+    if replaced or callable(inherited):
+        # Importing the app installed its own: without ours a stopping worker could not hand
+        # back the jobs an executor has not started (they would run, or be interrupted).
         log.warning(
             "drain_signal_handler_replaced",
             signal=DRAIN_SIGNAL.name,

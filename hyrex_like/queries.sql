@@ -200,14 +200,15 @@ WITH dead AS (
     SET status = 'queued', worker_id = NULL, run_after = now(),
         last_error = jsonb_build_object('type', 'WorkerLost',
                                         'message', 'the worker running this attempt stopped '
-                                                   'heartbeating', 'attempt', o.attempt_count)
+                                                   'heartbeating or is gone', 'attempt',
+                                        o.attempt_count)
     FROM (SELECT * FROM orphans UNION ALL SELECT * FROM strays) AS o
     WHERE t.id = o.id
     RETURNING t.id, t.attempt_count
 ), closed AS (
     UPDATE task_run AS r
     SET status = 'lost', finished_at = now(), error_type = 'WorkerLost',
-        error_message = 'the worker running this attempt stopped heartbeating'
+        error_message = 'the worker running this attempt stopped heartbeating or is gone'
     FROM requeued AS q
     WHERE r.task_id = q.id AND r.attempt_number = q.attempt_count
 )

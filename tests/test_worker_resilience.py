@@ -218,7 +218,7 @@ def test_a_drain_signal_sent_while_an_executor_starts_waits_for_its_handler(wapp
 
 
 def test_an_app_that_takes_over_the_drain_signal_does_not_keep_executors_from_draining(
-    registry,
+    registry, capfd
 ):
     """The executor imports the app after it installs its SIGUSR1 handler; an app (or a library
     it imports) that installs its own would leave the executor deaf to a stopping worker. The
@@ -240,9 +240,19 @@ def test_an_app_that_takes_over_the_drain_signal_does_not_keep_executors_from_dr
         assert ex.conn.poll(30)
         assert ex.conn.recv() == [("skip", job.task_id.bytes, 1)]  # drained, and alive
         assert ex.process.exitcode is None
+        out, err = capfd.readouterr()
+        assert "drain_signal_handler_replaced" in out + err
     finally:
         d._kill(ex)
         sigusr1_app.hy.close()
+
+
+def test_a_forked_executor_also_says_the_app_took_over_the_drain_signal(worker):
+    """Forked from a parent that imported the app, the executor inherits the app's handler:
+    it puts its own in place and says so, as a spawned one does."""
+    w = worker("sigusr1_app:hy", "--processes", "1")
+    wait_until(lambda: "drain_signal_handler_replaced" in w.log(), 30, what="the warning")
+    assert w.stop() == 0
 
 
 def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
