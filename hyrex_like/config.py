@@ -37,6 +37,10 @@ class Settings(BaseModel):
     """Create or upgrade the schema on first use."""
     pool_max_size: int = Field(default=4, ge=1)
     connect_timeout: float = Field(default=5.0, gt=0)
+    wake_interval: float = Field(default=0.005, ge=0, le=1)
+    """Least time (s) between two wake-ups (NOTIFY) that a process sends for the tasks it sent.
+    A wake-up goes out at once after a quiet spell; sends closer together than this share one.
+    0 sends one per commit (more work for the database and the sender at high rates)."""
 
     @field_validator("schema_name")
     @classmethod
@@ -59,6 +63,7 @@ class Settings(BaseModel):
             ("embedded_dir", environ.get(ENV_PREFIX + "EMBEDDED_DIR")),
             ("max_payload_bytes", environ.get(ENV_PREFIX + "MAX_PAYLOAD_BYTES")),
             ("auto_migrate", environ.get(ENV_PREFIX + "AUTO_MIGRATE")),
+            ("wake_interval", environ.get(ENV_PREFIX + "WAKE_INTERVAL")),
         ):
             if raw not in (None, ""):
                 values[key] = raw

@@ -11,6 +11,10 @@ VALUES (%(id)s::uuid, %(task_name)s, %(queue)s, %(priority)s, %(args)s::jsonb, %
         %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
         coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid)
 
+-- notify_workers --
+-- Wakes idle workers of this schema (their LISTEN channel); sent after tasks are inserted.
+SELECT pg_notify(%(channel)s, '')
+
 -- copy_tasks --
 COPY task (id, task_name, queue, priority, args, max_retries, timeout_seconds, backoff_seconds,
            run_after, parent_id, root_id)

@@ -22,8 +22,9 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from .config import Settings
-from .context import get_hyrex_context
+from .context import HyrexContext, get_hyrex_context
 from .errors import (
+    ConfigurationError,
     DuplicateTaskName,
     InvalidTaskOption,
     PayloadNotSerializable,
@@ -32,7 +33,7 @@ from .errors import (
     TaskNotFound,
     TaskWaitTimeout,
 )
-from .store import NewTask, RunRow, Store, TaskRow, new_task_ids
+from .store import NewTask, RunRow, Store, TaskRow, new_task_id, new_task_ids
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,6 +55,12 @@ def check_name(kind: str, value: object) -> str:
         raise InvalidTaskOption(f"{kind} is {len(value)} characters long; the limit is {_NAME_MAX}")
     if _CONTROL.search(value):
         raise InvalidTaskOption(f"{kind} {value!r} contains a control character (such as NUL)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTaskOption(
+            f"{kind} {value!r} is not valid Unicode text (it holds a lone surrogate)"
+        ) from None
     return value
 
 
@@ -327,32 +334,38 @@ class TaskSender(Generic[T, R]):
         return TaskSender(self.definition, _config(self.definition.name, self.config, options))
 
     def _new_task(self, payload: Any, schedule: list[float]) -> NewTask:
-        return self._new_tasks([payload], schedule)[0]
+        """`_new_tasks` for one payload, without the lists: `send`'s hot path."""
+        args_json = self.definition.dump_payload(payload)
+        return self._row(new_task_id(), args_json, schedule, get_hyrex_context())
 
     def _new_tasks(self, payloads: Iterable[Any], schedule: list[float]) -> list[NewTask]:
         """Validate every payload (raising before anything is written), then build the rows."""
         d = self.definition
         args = [d.dump_payload(p) for p in payloads]
         ctx = get_hyrex_context()
-        parent_id = ctx.task_id if ctx else None
-        root_id = (ctx.root_id or ctx.task_id) if ctx else None
-        c = self.config
         return [
-            NewTask(
-                task_id,
-                d.name,
-                c.queue,
-                c.priority,
-                args_json,
-                c.max_retries,
-                c.timeout_seconds,
-                schedule,
-                None,
-                parent_id,
-                root_id,
-            )
+            self._row(task_id, args_json, schedule, ctx)
             for task_id, args_json in zip(new_task_ids(len(args)), args, strict=True)
         ]
+
+    def _row(
+        self, task_id: uuid.UUID, args_json: str, schedule: list[float], ctx: HyrexContext | None
+    ) -> NewTask:
+        """The row for one task; sent from inside a task, it records that task as its parent."""
+        c = self.config
+        return NewTask(
+            task_id,
+            self.definition.name,
+            c.queue,
+            c.priority,
+            args_json,
+            c.max_retries,
+            c.timeout_seconds,
+            schedule,
+            None,
+            ctx.task_id if ctx else None,
+            (ctx.root_id or ctx.task_id) if ctx else None,
+        )
 
     def send(
         self,
@@ -695,7 +708,10 @@ class HyrexRegistry:
         """Replace some settings (the CLI does this for --database-url); closes open pools."""
         self.store.close()
         update = {k: v for k, v in overrides.items() if v is not None}
-        self.settings = Settings.model_validate(self.settings.model_dump() | update)
+        try:
+            self.settings = Settings.model_validate(self.settings.model_dump() | update)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid hyrex-like settings: {exc}") from exc
         self.store = Store(self.settings)
 
     def migrate(self) -> list[int]:

@@ -212,6 +212,7 @@ def test_hostile_and_unicode_names_are_stored_verbatim(registry, database_url, s
         ("   ", "must not be empty"),
         ("x" * 256, "256 characters long; the limit is 255"),
         ("nul\x00inside", "control character"),
+        ("lone\udc80surrogate", "not valid Unicode text"),
     ],
 )
 def test_bad_queue_and_task_names_are_rejected_before_writing(

@@ -208,7 +208,7 @@ def test_claim_index_is_partial_over_queued_rows(registry, database_url, schema)
     assert len(rows) == 1
     indexdef = rows[0][0]
     assert "(priority DESC, run_after, id)" in indexdef
-    assert "WHERE (status = 'queued'::text)" in indexdef
+    assert "WHERE ((status)::text = 'queued'::text)" in indexdef  # status is a domain over text
 
 
 def test_schema_newer_than_library_is_refused(registry, database_url, schema):
@@ -344,3 +344,84 @@ def test_upgrade_from_version_1_keeps_tasks_and_runs(database_url, schema):
         " WHERE conrelid = 'task_run'::regclass AND contype = 'p'",
     )
     assert key == [("PRIMARY KEY (task_id, attempt_number)",)]
+
+
+def test_upgrade_from_version_2_moves_the_task_checks_to_domains_in_place(database_url, schema):
+    """Version 3 swaps the task table's CHECKs for domains and drops the insert trigger without
+    rewriting the table; every rule the CHECKs made still holds."""
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        c.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        c.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for mig in migrations()[:2]:
+            c.execute(mig.text)
+            c.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                [mig.version, mig.name],
+            )
+        c.execute(
+            "INSERT INTO task (id, task_name, queue, args, priority, status, max_retries,"
+            " timeout_seconds, attempt_count, failure_count) VALUES"
+            " ('00000000-0000-7000-8000-000000000002', 'old', 'q', '{}', 10, 'failed', 3, 1.5,"
+            " 2, 2)"
+        )
+        [(filenode,)] = c.execute("SELECT pg_relation_filenode('task')").fetchall()
+    registry = HyrexRegistry(database_url, schema=schema)
+    try:
+        assert registry.migrate() == [3]
+        row, _ = registry.store.get_task(uuid.UUID("00000000-0000-7000-8000-000000000002"))
+    finally:
+        registry.close()
+    assert row is not None
+    assert (row.task_name, row.queue, row.priority, row.status, row.max_retries) == (
+        "old",
+        "q",
+        10,
+        "failed",
+        3,
+    )
+    assert (row.timeout_seconds, row.attempt_count, row.failure_count) == (1.5, 2, 2)
+    assert query(database_url, schema, "SELECT pg_relation_filenode('task')") == [(filenode,)]
+    assert (
+        query(
+            database_url,
+            schema,
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'task'::regclass AND contype = 'c'",
+        )
+        == []
+    )
+    assert (
+        query(
+            database_url, schema, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'task'::regclass"
+        )
+        == []
+    )
+    bad_inserts = {
+        "empty task name": "task_name => ''",
+        "long task name": "task_name => repeat('x', 256)",
+        "empty queue": "queue => ''",
+        "priority 0": "priority => 0",
+        "priority 11": "priority => 11",
+        "unknown status": "status => 'bogus'",
+        "negative max_retries": "max_retries => -1",
+        "zero timeout": "timeout_seconds => 0",
+        "negative attempt_count": "attempt_count => -1",
+        "negative failure_count": "failure_count => -1",
+    }
+    with psycopg.connect(database_url, options=f"-c search_path={schema}") as conn:
+        for what, assignment in bad_inserts.items():
+            column, value = assignment.split(" => ")
+            values = {"task_name": "'t'", "queue": "'q'", column: value}
+            stmt = (
+                f"INSERT INTO task (id, args, {', '.join(values)}) "
+                f"VALUES (gen_random_uuid(), '{{}}', {', '.join(values.values())})"
+            )
+            with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+                conn.execute(stmt)  # type: ignore[arg-type]
+                pytest.fail(f"{what} was accepted")
+        # an UPDATE is checked too, on the columns it sets
+        with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+            conn.execute("UPDATE task SET attempt_count = attempt_count - 3")

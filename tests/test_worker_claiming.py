@@ -79,6 +79,23 @@ def test_idle_worker_starts_a_new_task_within_milliseconds_via_notify(
     assert w.stop() == 0
 
 
+def test_sends_sharing_a_wake_up_all_start_without_the_poll(wapp, app_worker):
+    # Sends closer together than the wake interval share one wake-up, which goes out when
+    # the interval is over: the tasks sent after the worker's last claim must not wait for
+    # the 30 s poll.
+    w = app_worker("--processes", "1", "--poll-interval", "30")
+    done(wapp.record.send({"n": 0}), 30)  # the worker is up and idle
+    handles = [wapp.record.send({"n": n}) for n in range(1, 51)]  # the default 5 ms interval
+    for handle in handles:
+        done(handle, 10)
+    wapp.hy.configure(wake_interval=1.0)
+    done(wapp.record.send({"n": 51}), 10)  # a quiet spell: its wake-up goes out at once
+    late = done(wapp.record.send({"n": 52}), 10)  # the worker is idle again by now
+    waited = (late.task_runs[0].started_at - late.row.created_at).total_seconds()
+    assert 0.3 < waited < 5, waited  # the shared wake-up, ~1 s after the previous one
+    assert w.stop() == 0
+
+
 def test_poll_picks_up_a_task_whose_run_after_has_come(wapp, app_worker, database_url, schema):
     handle = wapp.record.send({"n": 1})
     # Moving run_after sends no notification: only the poll can find the task when it is due.
