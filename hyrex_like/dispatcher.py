@@ -593,6 +593,9 @@ class Dispatcher:
         if self._claiming is None:
             claim = self._claim_size()
             if claim and self._ensure_db() is not None and self._claim_db is not None:
+                # Cleared now, not when the claim ends: a NOTIFY that arrives while it runs may
+                # be for a task its snapshot missed, and must bring another claim.
+                self._claim_wanted = False
                 self._claiming = self._start_round(self._claimer, self._claim_db, [], [], claim)
 
     def _start_round(
@@ -662,13 +665,16 @@ class Dispatcher:
             self._after_write(job.finished, job.returned)
         if job.claimed is not None:
             self._take(job.claimed, job.claim)
+        elif job.claim:
+            self._claim_wanted = True  # the claim failed: what it was for is still waiting
         # A write that failed on connections replaced since must not reset the new ones (its
         # rows are back in _done). A claim never outlives its connections: see _ensure_db.
         if job.error is not None and job.generation == self._generation:
             self._db_lost(job.error)
 
     def _take(self, rows: list[ClaimedRow], asked: int) -> None:
-        self._claim_wanted = len(rows) == asked  # a full batch means more may be waiting
+        if len(rows) == asked:  # a full batch means more may be waiting
+            self._claim_wanted = True
         target = self._giveback if self._stopping else self._ready  # a claim that landed late
         for row in rows:
             job = Job(

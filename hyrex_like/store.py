@@ -7,6 +7,7 @@ the schema lives in numbered migration files (top-level ``sql/``, shipped as ``h
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import threading
@@ -63,6 +64,11 @@ def queries() -> dict[str, LiteralString]:
 def q(name: str) -> LiteralString:
     """The statement called ``name`` in ``queries.sql``."""
     return queries()[name]
+
+
+@cache
+def _digest(statement: bytes) -> bytes:
+    return hashlib.sha1(statement).hexdigest()[:12].encode()
 
 
 @cache
@@ -279,19 +285,26 @@ class PooledConnection(psycopg.Connection[Any]):
             None if (v := params[k]) is None else (v if isinstance(v, str) else str(v)).encode()
             for k in order
         ]
-        key = b"hyrex_like_" + name.encode()
+        key = b"hyrex_like_" + name.encode() + b"_" + _digest(statement)
         with self.lock:
             pgconn = self.pgconn
             if key not in self._hl_statements:
-                self._check_result(pgconn.prepare(key, statement))
-                self._hl_statements = self._hl_statements | {key}
+                self._prepare(key, statement)
             result = pgconn.exec_prepared(key, values)
             if result.status != pq.ExecStatus.COMMAND_OK and (
                 result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
             ):  # the statement is gone (DISCARD ALL, a pooler): prepare it again, once
-                self._check_result(pgconn.prepare(key, statement))
+                self._prepare(key, statement)
                 result = pgconn.exec_prepared(key, values)
         self._check_result(result)
+
+    def _prepare(self, key: bytes, statement: bytes) -> None:
+        result = self.pgconn.prepare(key, statement)
+        # 42P05: a server connection shared through a pooler has it already. The name holds a
+        # digest of the text, so it is this very statement.
+        if result.error_field(pq.DiagnosticField.SQLSTATE) != b"42P05":
+            self._check_result(result)
+        self._hl_statements = self._hl_statements | {key}
 
     @staticmethod
     def _check_result(result: pq.abc.PGresult) -> None:
@@ -434,7 +447,9 @@ class Store:
                 if self._waker is None:
                     self._waker = Waker(
                         lambda: self.connect(
-                            connection_class=PooledConnection, application_name="hyrex-like-waker"
+                            connection_class=PooledConnection,
+                            application_name="hyrex-like-waker",
+                            **WORKER_TCP_OPTIONS,  # a dead link ends a NOTIFY in ~30 s
                         ),
                         self._notify,
                         self.settings.wake_interval,

@@ -15,6 +15,7 @@ fails is tried once more on a new connection, then left to the poll.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import weakref
@@ -55,7 +56,7 @@ class Waker:
             if self._closing:
                 return
             self._due = True
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="hyrex-like-waker", daemon=True
                 )
@@ -91,6 +92,11 @@ class Waker:
                 conn = self._send(conn)
                 next_at = time.monotonic() + self._min_interval
         finally:
+            with self._cond:
+                # Also on an unexpected end (which no wake-up may outlive): the next wake()
+                # starts a new thread, and a due flag left set would keep it from doing so.
+                self._thread = None
+                self._due = False
             if conn is not None:
                 conn.close()
 
@@ -114,8 +120,22 @@ class Waker:
                     )
         return None
 
+    def _after_fork(self) -> None:
+        # In a forked child the thread is gone, and its lock may have been held at the fork.
+        self._cond = threading.Condition(threading.Lock())
+        self._thread = None
+        self._due = False
+
 
 _live: weakref.WeakSet[Waker] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for waker in list(_live):
+        waker._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @atexit.register

@@ -16,8 +16,12 @@
 --    workers' poll.
 --
 -- The columns change type in place (the domains are created without constraints, so the types
--- are binary-compatible and the table is not rewritten); adding the constraints then reads
--- the table once to check the existing rows.
+-- are binary-compatible and the table is not rewritten); adding each domain constraint then
+-- reads the table to check the existing rows: five scans, under the ACCESS EXCLUSIVE lock the
+-- ALTER TABLE took, so on a large table sends and workers wait for them. Changing a column's
+-- type drops its statistics: the last statement gathers them again.
+-- During a rolling upgrade, processes still on the previous version send without waking
+-- workers (they relied on the trigger): their tasks are found by the poll.
 
 CREATE DOMAIN task_label AS text;
 CREATE DOMAIN task_priority AS smallint;
@@ -52,3 +56,5 @@ ALTER DOMAIN task_timeout ADD CONSTRAINT task_timeout_positive CHECK (VALUE > 0)
 
 DROP TRIGGER task_inserted ON task;
 DROP FUNCTION notify_task_inserted();
+
+ANALYZE task;

@@ -92,7 +92,7 @@ def test_sends_sharing_a_wake_up_all_start_without_the_poll(wapp, app_worker):
     done(wapp.record.send({"n": 51}), 10)  # a quiet spell: its wake-up goes out at once
     late = done(wapp.record.send({"n": 52}), 10)  # the worker is idle again by now
     waited = (late.task_runs[0].started_at - late.row.created_at).total_seconds()
-    assert 0.3 < waited < 5, waited  # the shared wake-up, ~1 s after the previous one
+    assert 0.1 < waited < 5, waited  # the shared wake-up, up to 1 s after the previous one
     assert w.stop() == 0
 
 
