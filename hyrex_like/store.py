@@ -66,15 +66,21 @@ def q(name: str) -> LiteralString:
     return queries()[name]
 
 
-@cache
-def _digest(statement: bytes) -> bytes:
-    return hashlib.sha1(statement).hexdigest()[:12].encode()
+class Numbered(NamedTuple):
+    """A named statement in the form `PooledConnection.run_prepared` takes."""
+
+    key: bytes
+    """Its prepared-statement name: the query name and a digest of the text, so a server
+    connection shared through a pooler never runs another version's statement by this name."""
+    statement: bytes
+    """The text with libpq's ``$1, $2...`` placeholders."""
+    order: tuple[str, ...]
+    """The parameter name each number stands for."""
 
 
 @cache
-def numbered(name: str) -> tuple[bytes, tuple[str, ...]]:
-    """The statement called ``name`` with libpq's ``$1, $2...`` placeholders, and the parameter
-    name each number stands for (`PooledConnection.run_prepared` takes this form)."""
+def numbered(name: str) -> Numbered:
+    """The statement called ``name`` as `Numbered` (built once per name)."""
     order: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -82,8 +88,9 @@ def numbered(name: str) -> tuple[bytes, tuple[str, ...]]:
             order.append(match.group(1))
         return f"${order.index(match.group(1)) + 1}"
 
-    text = re.sub(r"%\((\w+)\)s", number, q(name))
-    return text.encode(), tuple(order)
+    text = re.sub(r"%\((\w+)\)s", number, q(name)).encode()
+    digest = hashlib.sha1(text).hexdigest()[:12]
+    return Numbered(f"hyrex_like_{name}_{digest}".encode(), text, tuple(order))
 
 
 @dataclass(frozen=True)
@@ -280,12 +287,11 @@ class PooledConnection(psycopg.Connection[Any]):
         connection: no cursor and no adapters, ~30 us less per call than ``cursor.execute``,
         which is most of what `send` costs on top of the round trip. Values go as text:
         None, str, or anything whose ``str()`` PostgreSQL parses (int, float)."""
-        statement, order = numbered(name)
+        key, statement, order = numbered(name)
         values: Any = [  # libpq takes None as NULL (the stub says Sequence[Buffer])
             None if (v := params[k]) is None else (v if isinstance(v, str) else str(v)).encode()
             for k in order
         ]
-        key = b"hyrex_like_" + name.encode() + b"_" + _digest(statement)
         with self.lock:
             pgconn = self.pgconn
             if key not in self._hl_statements:

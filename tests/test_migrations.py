@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from hyrex_like import ConfigurationError, HyrexRegistry, SchemaNotReady, Settings
-from hyrex_like.store import SCHEMA_VERSION_LOCK, latest_version, migrations
+from hyrex_like.store import SCHEMA_VERSION_LOCK, latest_version, migrations, q
 
 from .helpers import ROOT, query, wait_until
 
@@ -307,20 +307,24 @@ def test_malformed_url_is_a_configuration_error(schema):
     assert "hunter" not in str(info.value)
 
 
+def _schema_at(database_url: str, schema: str, version: int) -> psycopg.Connection:
+    """A connection (autocommit, search_path set) to ``schema`` created at ``version``, as an
+    older release of the library left it."""
+    c = psycopg.connect(database_url, autocommit=True)
+    c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    c.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+    c.execute(q("create_migrations_table"))
+    for mig in migrations()[:version]:
+        assert mig.version <= version
+        c.execute(mig.text)
+        c.execute(q("record_migration"), {"version": mig.version, "name": mig.name})
+    return c
+
+
 def test_upgrade_from_version_1_keeps_tasks_and_runs(database_url, schema):
     """A schema created by 0.1 (version 1) with work in it upgrades in place: run rows keep
     their attempts, and are then keyed by (task_id, attempt_number)."""
-    first = migrations()[0]
-    assert first.version == 1
-    with psycopg.connect(database_url, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        c.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
-        c.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        c.execute(first.text)
-        c.execute("INSERT INTO schema_migrations (version, name) VALUES (1, %s)", [first.name])
+    with _schema_at(database_url, schema, 1) as c:
         c.execute(
             "INSERT INTO task (id, task_name, queue, args, status, attempt_count)"
             " VALUES ('00000000-0000-7000-8000-000000000001', 'old', 'default', '{}', 'failed', 2)"
@@ -349,19 +353,7 @@ def test_upgrade_from_version_1_keeps_tasks_and_runs(database_url, schema):
 def test_upgrade_from_version_2_moves_the_task_checks_to_domains_in_place(database_url, schema):
     """Version 3 swaps the task table's CHECKs for domains and drops the insert trigger without
     rewriting the table; every rule the CHECKs made still holds."""
-    with psycopg.connect(database_url, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        c.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
-        c.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for mig in migrations()[:2]:
-            c.execute(mig.text)
-            c.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                [mig.version, mig.name],
-            )
+    with _schema_at(database_url, schema, 2) as c:
         c.execute(
             "INSERT INTO task (id, task_name, queue, args, priority, status, max_retries,"
             " timeout_seconds, attempt_count, failure_count) VALUES"
