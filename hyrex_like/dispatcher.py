@@ -33,7 +33,6 @@ from types import FrameType
 from typing import Any
 
 import psycopg
-import structlog
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,10 +56,11 @@ from .executor import (
     executor_main,
     set_os_thread_name,
 )
+from .logs import get_logger
 from .registry import HyrexRegistry
 from .store import ClaimedRow, FinishedRow, WorkerQueries
 
-log = structlog.get_logger("hyrex_like.worker")
+log = get_logger("hyrex_like.worker")
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError)
 

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import structlog
 
-log = structlog.get_logger("hyrex_like.waker")
+from .logs import get_logger
+
+log = get_logger("hyrex_like.waker")
 
 
 class Waker:
