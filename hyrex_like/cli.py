@@ -7,42 +7,94 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any
+
+import annotated_types
+import pydantic
 
 from .config import Settings, redact_dsn
-from .errors import HyrexLikeError
+from .dispatcher import WorkerOptions
+from .errors import HyrexLikeError, InvalidTaskOption
 from .logs import LEVELS, configure_logging
+from .registry import check_name
 
 EXIT_USAGE = 2
 
+# The worker's numeric options: flag -> field of WorkerOptions. Each flag parses with the
+# field's own bounds, so the CLI refuses exactly what the model does, in one line.
+_NUMERIC_FLAGS = {
+    "--processes": "processes",
+    "--prefetch": "prefetch",
+    "--grace-period": "grace_period",
+    "--stale-after": "stale_after",
+    "--heartbeat-interval": "heartbeat_interval",
+    "--poll-interval": "poll_interval",
+    "--startup-timeout": "startup_timeout",
+}
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
+def _bounded(name: str) -> Callable[[str], Any]:
+    """A parser for the flag behind ``WorkerOptions.<name>``: its type and its bounds."""
+    field = WorkerOptions.model_fields[name]
+    whole = field.annotation is int
+    low: float | None = None
+    low_strict = False
+    high: float | None = None
+    high_strict = False
+    for bound in field.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            low = float(bound.ge)  # type: ignore[arg-type]
+        elif isinstance(bound, annotated_types.Gt):
+            low, low_strict = float(bound.gt), True  # type: ignore[arg-type]
+        elif isinstance(bound, annotated_types.Le):
+            high = float(bound.le)  # type: ignore[arg-type]
+        elif isinstance(bound, annotated_types.Lt):
+            high, high_strict = float(bound.lt), True  # type: ignore[arg-type]
+    unit = "" if whole else " seconds"
 
-def _seconds(minimum: float, strict: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
+    def parse(text: str) -> Any:
+        value: float
         try:
-            value = float(text)
+            value = int(text) if whole else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = f"more than {minimum:g}" if strict else f"at least {minimum:g}"
-            raise argparse.ArgumentTypeError(f"must be {bound} seconds, got {text}")
+            expected = "a whole number" if whole else "seconds"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text}")
+        if low is not None and (value < low or (low_strict and value == low)):
+            word = "more than" if low_strict else "at least"
+            raise argparse.ArgumentTypeError(f"must be {word} {low:g}{unit}, got {text}")
+        if high is not None and (value > high or (high_strict and value == high)):
+            word = "less than" if high_strict else "at most"
+            raise argparse.ArgumentTypeError(f"must be {word} {high:g}{unit}, got {text}")
         return value
 
     return parse
+
+
+def _queue_name(text: str) -> str:
+    """A queue name as ``@hy.task(queue=...)`` accepts it (the same check, not a copy)."""
+    try:
+        return check_name("queue", text)
+    except InvalidTaskOption as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("hyrex-like")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        from . import __version__
+
+        return __version__
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyrex-like", description="Typed, durable background tasks on PostgreSQL."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -78,51 +130,52 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         dest="queues",
+        type=_queue_name,
         help="serve this queue (repeatable; default: every queue)",
     )
     w.add_argument(
         "--processes",
         "-p",
-        type=_positive_int,
+        type=_bounded("processes"),
         default=os.cpu_count() or 1,
         help="executor processes running task code (default: CPU count, %(default)s)",
     )
     w.add_argument(
         "--prefetch",
-        type=_positive_int,
+        type=_bounded("prefetch"),
         default=16,
         help="tasks an executor holds at most: a batch when idle, topped up when half done; "
         "lower it for long tasks, raise it for many tiny ones (default: %(default)s)",
     )
     w.add_argument(
         "--grace-period",
-        type=_seconds(0, strict=False),
+        type=_bounded("grace_period"),
         default=30.0,
         help="seconds running tasks get to finish after SIGTERM before they are "
         "requeued (default: %(default)s); a second signal stops at once",
     )
     w.add_argument(
         "--stale-after",
-        type=_seconds(0, strict=True),
+        type=_bounded("stale_after"),
         default=30.0,
         help="seconds without heartbeat after which another worker's running tasks "
         "are requeued (default: %(default)s)",
     )
     w.add_argument(
         "--heartbeat-interval",
-        type=_seconds(0, strict=True),
+        type=_bounded("heartbeat_interval"),
         default=2.0,
         help="seconds between heartbeats (default: %(default)s)",
     )
     w.add_argument(
         "--poll-interval",
-        type=_seconds(0, strict=True),
+        type=_bounded("poll_interval"),
         default=1.0,
         help="seconds between polls when no notification arrives (default: %(default)s)",
     )
     w.add_argument(
         "--startup-timeout",
-        type=_seconds(0, strict=False),
+        type=_bounded("startup_timeout"),
         default=15.0,
         help="seconds to keep trying to reach the database at start (default: %(default)s)",
     )
@@ -166,25 +219,40 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from .dispatcher import Dispatcher, WorkerOptions
+    from .dispatcher import Dispatcher
     from .executor import load_registry
 
+    try:
+        options = WorkerOptions(
+            queues=tuple(args.queues),
+            processes=args.processes,
+            prefetch=args.prefetch,
+            grace_period=args.grace_period,
+            stale_after=args.stale_after,
+            heartbeat_interval=args.heartbeat_interval,
+            poll_interval=args.poll_interval,
+            startup_timeout=args.startup_timeout,
+            log_level=args.log_level,
+            log_format=args.log_format,
+        )
+    except pydantic.ValidationError as exc:  # what the flags' own checks cannot see alone
+        print(f"hyrex-like run-worker: error: {_first_problem(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     sys.path.insert(0, os.getcwd())  # like `python -m`: apps in the working directory import
     registry = load_registry(args.app)
     registry.configure(database_url=args.database_url, schema_name=args.schema)
-    options = WorkerOptions(
-        queues=tuple(args.queues),
-        processes=args.processes,
-        prefetch=args.prefetch,
-        grace_period=args.grace_period,
-        stale_after=args.stale_after,
-        heartbeat_interval=args.heartbeat_interval,
-        poll_interval=args.poll_interval,
-        startup_timeout=args.startup_timeout,
-        log_level=args.log_level,
-        log_format=args.log_format,
-    )
     return Dispatcher(registry, args.app, options).run()
+
+
+def _first_problem(exc: pydantic.ValidationError) -> str:
+    """One line for the first error of ``WorkerOptions``, in terms of the flags."""
+    error = exc.errors()[0]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    for flag, name in _NUMERIC_FLAGS.items():
+        message = message.replace(name, flag)
+    loc = ".".join(str(part) for part in error["loc"])
+    flag = {v: k for k, v in _NUMERIC_FLAGS.items()}.get(loc, f"--{loc.replace('_', '-')}")
+    return f"argument {flag}: {message}" if loc else message
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 import tenacity
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import redact_dsn
 from .errors import (
@@ -56,8 +56,8 @@ from .executor import (
     executor_main,
     set_os_thread_name,
 )
-from .logs import get_logger
-from .registry import HyrexRegistry
+from .logs import LEVELS, get_logger
+from .registry import HyrexRegistry, check_name
 from .store import ClaimedRow, FinishedRow, WorkerQueries
 
 log = get_logger("hyrex_like.worker")
@@ -68,7 +68,7 @@ _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError)
 class WorkerOptions(BaseModel):
     """How a worker runs. The CLI maps its flags onto these."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     queues: tuple[str, ...] = ()
     """Queues to serve; empty means every queue."""
@@ -84,6 +84,36 @@ class WorkerOptions(BaseModel):
     """How long to keep trying to reach the database at start before giving up."""
     log_level: str = "info"
     log_format: str = "console"
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queues(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # what `@hy.task(queue=...)` accepts: a worker for any other name would serve nothing
+        return tuple(check_name("queue", q) for q in value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value not in LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {value!r}")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        if value not in ("console", "json"):
+            raise ValueError(f"log format must be 'console' or 'json', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> WorkerOptions:
+        if self.stale_after <= self.heartbeat_interval:
+            raise ValueError(
+                f"stale_after ({self.stale_after:g}s) must be more than heartbeat_interval "
+                f"({self.heartbeat_interval:g}s): other workers would declare this one lost "
+                "between two of its heartbeats and run its tasks a second time"
+            )
+        return self
 
 
 @dataclass

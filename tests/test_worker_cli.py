@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from importlib import metadata
+
+import pydantic
 import pytest
+
+from hyrex_like import cli
+from hyrex_like.dispatcher import WorkerOptions
 
 from .helpers import done, read_events, run_cli
 
@@ -63,7 +71,16 @@ def test_run_worker_bad_app_is_a_one_line_error_with_exit_code_2(
         ["--log-format", "xml"],
         ["--log-level", "loud"],
         ["--prefetch", "0"],
+        ["--processes", "100000"],
+        ["--prefetch", "10001"],
+        ["--grace-period", "inf"],
+        ["--poll-interval", "0"],
+        ["--stale-after", "1", "--heartbeat-interval", "2"],
+        ["--queue", ""],
+        ["--queue", "q" * 256],
+        ["--queue", "tab\there"],  # argv cannot hold a NUL; any control character is refused
     ],
+    ids=lambda a: " ".join(a)[:40],
 )
 def test_run_worker_bad_option_exits_2_without_traceback(database_url, schema, args):
     proc = run_cli(
@@ -71,7 +88,70 @@ def test_run_worker_bad_option_exits_2_without_traceback(database_url, schema, a
     )
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
-    assert args[0] in proc.stderr
+    # argparse's usage, then one line naming the option
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr
+    assert args[0] in errors[0]
+    assert "worker_started" not in proc.stderr
+
+
+def _model_accepts(field: str, value: float, others: dict[str, float]) -> bool:
+    try:
+        WorkerOptions(**{field: value, **others})
+    except pydantic.ValidationError:
+        return False
+    return True
+
+
+def _cli_accepts(flag: str, text: str) -> bool:
+    parser = cli._parser()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            parser.parse_args(["run-worker", "app:hy", flag, text])
+    except SystemExit:
+        return False
+    return True
+
+
+def test_every_numeric_worker_option_has_a_flag_with_the_models_bounds():
+    """The CLI refuses exactly what WorkerOptions refuses, value by value around each bound."""
+    fields = WorkerOptions.model_fields
+    numeric = {name for name, f in fields.items() if f.annotation in (int, float)}
+    assert set(cli._NUMERIC_FLAGS.values()) == numeric
+    # the heartbeat rule spans two options: keep the other one out of its way
+    others = {
+        "stale_after": {"heartbeat_interval": 1e-9},
+        "heartbeat_interval": {"stale_after": 1e12},
+    }
+    for flag, field in cli._NUMERIC_FLAGS.items():
+        whole = fields[field].annotation is int
+        bounds = [
+            float(getattr(b, attr))
+            for b in fields[field].metadata
+            for attr in ("ge", "gt", "le", "lt")
+            if hasattr(b, attr)
+        ]
+        assert bounds, field
+        candidates = {v + d for v in bounds for d in (-1, -0.5, 0, 0.5, 1)} | {1e9, -1e9}
+        for value in sorted(candidates):
+            if whole and value != int(value):
+                continue
+            text = str(int(value)) if whole else repr(value)
+            expected = _model_accepts(field, value, others.get(field, {}))
+            assert _cli_accepts(flag, text) == expected, (flag, text, expected)
+
+
+def test_worker_options_refuse_a_queue_name_a_task_could_not_have():
+    for bad in ("", " ", "q" * 256, "nul\x00here", "lone\ud800"):
+        with pytest.raises(pydantic.ValidationError, match="queue"):
+            WorkerOptions(queues=(bad,))
+    assert WorkerOptions(queues=("alpha", "é" * 255)).queues == ("alpha", "é" * 255)
+
+
+def test_version_prints_the_installed_version(database_url, schema):
+    proc = run_cli("--version", database_url=database_url, schema=schema)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"hyrex-like {metadata.version('hyrex-like')}"
 
 
 def test_run_worker_accepts_a_module_holding_one_registry(
