@@ -111,11 +111,12 @@ def load_registry(app: str) -> HyrexRegistry:
         ).replace("/", ".")
         names = [attr] if attr else []
         if not names and dotted.replace(".", "").replace("_", "").isalnum():
+            namespace: dict[str, Any] = {}
             try:
-                found = vars(importlib.import_module(dotted))
+                namespace = vars(importlib.import_module(dotted))
             except Exception:  # BaseException subclasses (SystemExit...) still propagate
-                found = {}
-            names = [k for k, v in found.items() if isinstance(v, HyrexRegistry)]
+                pass
+            names = [k for k, v in namespace.items() if isinstance(v, HyrexRegistry)]
         guesses = " or ".join(f"`{dotted}:{n}`" for n in names) or f"`{dotted}:<attribute>`"
         raise WorkerError(
             f"{app!r} is a file path; run-worker takes an import path, 'module:attribute' "
