@@ -17,6 +17,22 @@ from .errors import ConfigurationError
 
 ENV_PREFIX = "HYREX_LIKE_"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
+PROJECT_DIR_NAME = ".hyrex_like"
+
+
+def find_data_dir(start: Path) -> Path:
+    """The embedded PostgreSQL's data directory for a process started in ``start``.
+
+    Like git finding ``.git``: the nearest ``.hyrex_like/`` in ``start`` or a directory above
+    it, so every process of a project shares one database wherever it was started. The search
+    stops at the root of a git work tree (a directory holding ``.git``): a ``.hyrex_like/``
+    above a repository (say, in the home directory) is another project's. With none found, the
+    new one goes at that root, else in ``start``. The data is in ``<that>/pgdata``.
+    """
+    for directory in (start, *start.parents):
+        if (directory / PROJECT_DIR_NAME).is_dir() or (directory / ".git").exists():
+            return directory / PROJECT_DIR_NAME / "pgdata"
+    return start / PROJECT_DIR_NAME / "pgdata"
 
 
 class Settings(BaseModel):
@@ -30,7 +46,9 @@ class Settings(BaseModel):
     """PostgreSQL schema holding the tables; lets several apps (or tests) share a database."""
     allow_embedded: bool = True
     """With no database URL, start a private PostgreSQL (``HYREX_LIKE_NO_EMBEDDED=1`` forbids)."""
-    embedded_dir: Path = Field(default_factory=lambda: Path.cwd() / ".hyrex_like" / "pgdata")
+    embedded_dir: Path = Field(default_factory=lambda: find_data_dir(Path.cwd()))
+    """The embedded PostgreSQL's data directory (``HYREX_LIKE_DATA_DIR``; default: see
+    :func:`find_data_dir`)."""
     max_payload_bytes: int = Field(default=1_048_576, ge=1)
     """Largest accepted serialized payload, in bytes (default 1 MiB)."""
     auto_migrate: bool = True
@@ -60,7 +78,11 @@ class Settings(BaseModel):
         for key, raw in (
             ("database_url", environ.get(ENV_PREFIX + "DATABASE_URL")),
             ("schema_name", environ.get(ENV_PREFIX + "SCHEMA")),
-            ("embedded_dir", environ.get(ENV_PREFIX + "EMBEDDED_DIR")),
+            # HYREX_LIKE_EMBEDDED_DIR: the earlier name, still read (DATA_DIR wins)
+            (
+                "embedded_dir",
+                environ.get(ENV_PREFIX + "DATA_DIR") or environ.get(ENV_PREFIX + "EMBEDDED_DIR"),
+            ),
             ("max_payload_bytes", environ.get(ENV_PREFIX + "MAX_PAYLOAD_BYTES")),
             ("auto_migrate", environ.get(ENV_PREFIX + "AUTO_MIGRATE")),
             ("wake_interval", environ.get(ENV_PREFIX + "WAKE_INTERVAL")),

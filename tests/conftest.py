@@ -1,5 +1,10 @@
 """Fixtures: a real PostgreSQL (the configured URL, else the embedded one), a fresh schema per
-test, registries bound to it and real worker processes that are always cleaned up."""
+test, registries bound to it and real worker processes that are always cleaned up.
+
+On the embedded path (no ``HYREX_LIKE_DATABASE_URL``) the session also checks, when it ends,
+that none of its schemas (and no new ``hyrex_like`` schema) turned up on the machine's own
+PostgreSQL at 127.0.0.1:5432, a server that run was never given: see ``_local_server_watch``.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +20,31 @@ from psycopg import sql
 from hyrex_like import HyrexRegistry
 from hyrex_like.embedded import embedded_database_url
 
-from .helpers import ROOT, TcpProxy, Worker, start_worker
+from .helpers import LOCAL_SERVER, ROOT, TcpProxy, Worker, schemas_on_server, start_worker
+
+EMBEDDED_RUN = not os.environ.get("HYREX_LIKE_DATABASE_URL")
+TEST_DATA_DIR = ROOT / ".hyrex_like" / "test-pgdata"
+"""The tests' embedded data, apart from the project's own ``.hyrex_like/pgdata``."""
+
+_schemas_made: dict[str, str] = {}
+"""Every schema name the ``schema`` fixture handed out this session, with its test."""
 
 
 @pytest.fixture(scope="session")
 def database_url() -> str:
-    """``HYREX_LIKE_DATABASE_URL`` if set, else the embedded PostgreSQL (as the library does)."""
+    """``HYREX_LIKE_DATABASE_URL`` if set, else the embedded PostgreSQL (the library's own
+    start-or-join, so it listens on a private TCP port and stops when the last user exits)."""
     url = os.environ.get("HYREX_LIKE_DATABASE_URL")
     if url:
         return url
-    return embedded_database_url(ROOT / ".hyrex_like" / "test-pgdata")
+    return embedded_database_url(TEST_DATA_DIR)
 
 
 @pytest.fixture
-def schema(database_url: str) -> Iterator[str]:
+def schema(database_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A unique, empty PostgreSQL schema for one test; dropped afterwards."""
     name = "t_" + uuid.uuid4().hex[:16]
+    _schemas_made[name] = request.node.nodeid
     yield name
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
@@ -109,3 +123,52 @@ def db_proxy(database_url: str) -> Iterator[TcpProxy]:
     proxy = TcpProxy(database_url)
     yield proxy
     proxy.down()
+
+
+def _local_hyrex_schemas() -> set[tuple[str, str]] | None:
+    """``hyrex_like`` schemas on the local server, or ``None`` if it cannot be asked."""
+    try:
+        return set(schemas_on_server(LOCAL_SERVER, {"hyrex_like"}))
+    except psycopg.Error:
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_server_watch() -> Iterator[None]:
+    """On the embedded path, fail the session if its tests wrote to 127.0.0.1:5432.
+
+    The test schemas have random names only this session uses, so finding one there is proof;
+    a ``hyrex_like`` schema is flagged only if it appeared during the session (one may have
+    been there before, made by someone else). No local server: nothing to check.
+    """
+    before = _local_hyrex_schemas() if EMBEDDED_RUN else None
+    if EMBEDDED_RUN and before is None:
+        _watch_report.append("no PostgreSQL answers at 127.0.0.1:5432: nothing to check there")
+    yield
+    if before is None:
+        return
+    leaked = [
+        f"{db}.{name} (made for {_schemas_made[name]})"
+        for db, name in schemas_on_server(LOCAL_SERVER, set(_schemas_made))
+    ]
+    after = _local_hyrex_schemas() or set()
+    leaked += [f"{db}.{name} (appeared during the run)" for db, name in sorted(after - before)]
+    if leaked:
+        pytest.fail(
+            "the embedded test run wrote to the local PostgreSQL at 127.0.0.1:5432, which it "
+            "was never given; schemas found there: " + ", ".join(leaked),
+            pytrace=False,
+        )
+    _watch_report.append(
+        f"none of the {len(_schemas_made)} test schemas (and no new hyrex_like schema) is on "
+        "the local PostgreSQL at 127.0.0.1:5432"
+    )
+
+
+_watch_report: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say what the embedded run's check of the local server found (or why it did not run)."""
+    for line in _watch_report:
+        terminalreporter.write_line(f"embedded run: {line}")

@@ -241,9 +241,9 @@ class TcpProxy:
         import urllib.parse
 
         parts = urllib.parse.urlsplit(database_url)
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-            raise ValueError("TcpProxy needs a postgresql://host:port URL")
-        self._target = (parts.hostname, parts.port or 5432)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"TcpProxy needs a postgresql:// URL, not {database_url!r}")
+        self._target = server_address(database_url)
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -310,6 +310,52 @@ class TcpProxy:
                 s.close()
             except OSError:
                 pass
+
+
+def server_address(database_url: str) -> tuple[str, int]:
+    """The TCP host and port the URL names, both required.
+
+    libpq reads a missing host or port as its defaults (a local socket, 5432): a test must reach
+    the server it was given, never whatever else listens there.
+    """
+    from psycopg import conninfo
+
+    params = conninfo.conninfo_to_dict(database_url)
+    host, port = params.get("host"), params.get("port")
+    if not host or not port or str(host).startswith("/"):
+        raise ValueError(
+            f"this test needs a database URL naming a TCP host and port, got {database_url!r}"
+        )
+    return str(host), int(port)
+
+
+LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+"""The machine's own PostgreSQL, which an embedded test run must never write to."""
+
+
+def schemas_on_server(conninfo: str, names: set[str]) -> list[tuple[str, str]]:
+    """``(database, schema)`` for each schema in ``names`` found in any database of a server."""
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        databases = [
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"
+            ).fetchall()
+        ]
+    found = []
+    for database in databases:
+        try:
+            with psycopg.connect(make_conninfo(conninfo, dbname=database), autocommit=True) as c:
+                rows = c.execute(
+                    "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) ORDER BY 1",
+                    (sorted(names),),
+                ).fetchall()
+        except psycopg.OperationalError:
+            continue  # dropped meanwhile, or not ours to open
+        found += [(database, r[0]) for r in rows]
+    return found
 
 
 def done(handle: Any, timeout: float = 30.0) -> Any:

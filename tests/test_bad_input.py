@@ -511,7 +511,7 @@ def test_worker_waits_for_a_late_database_within_the_startup_timeout(
 
     app_registry(basic_app.hy).migrate()
     handle = basic_app.echo.send({"n": 41})
-    target = int(conninfo.conninfo_to_dict(database_url).get("port") or 5432)
+    target = int(conninfo.conninfo_to_dict(database_url)["port"])  # never a default port
     proxy = _LateProxy(target)
     late_url = conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
     try:

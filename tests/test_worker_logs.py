@@ -77,7 +77,7 @@ def test_console_log_at_info_level_shows_each_outcome(wapp, app_worker):
 
 def _with_password(url: str, password: str, **changes: str) -> str:
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres") or parts.password:
+    if parts.scheme not in ("postgresql", "postgres") or parts.password or not parts.port:
         pytest.skip("needs a postgresql:// URL without a password")
     user = parts.username or "postgres"
     host = changes.get("host", parts.hostname or "127.0.0.1")
