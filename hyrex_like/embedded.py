@@ -164,6 +164,8 @@ class EmbeddedServer:
         self.start_lock_path = data_dir.with_name(data_dir.name + ".start.lock")
         self.log_path = data_dir / "postgresql.log"
         self.url: str | None = None
+        self.created = False
+        """Whether this process made the data directory (initdb)."""
         self._fd: int | None = None
 
     # -- the life cycle --------------------------------------------------------------------
@@ -200,6 +202,7 @@ class EmbeddedServer:
         log.warning(
             "embedded_database_started" if started else "embedded_database_joined",
             data_dir=str(self.data_dir),
+            created=self.created,
             url=self.url,
             launcher=self.launcher.name,
             hint="set HYREX_LIKE_DATABASE_URL to use your own PostgreSQL, HYREX_LIKE_DATA_DIR "
@@ -284,6 +287,7 @@ class EmbeddedServer:
             _let_traverse(self.data_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(user)
+            self.created = True
         self._check_version(bin_dir)
         # The port is free when picked and taken when the server binds it; another program may
         # take it in between, so a failed start is tried again on another port.
@@ -333,7 +337,6 @@ class EmbeddedServer:
         finally:
             if scratch.exists():
                 shutil.rmtree(scratch, ignore_errors=True)
-        log.info("embedded_database_created", data_dir=str(self.data_dir))
 
     def _check_version(self, bin_dir: Path) -> None:
         data_version = (self.data_dir / "PG_VERSION").read_text().strip()

@@ -9,6 +9,8 @@ PostgreSQL at 127.0.0.1:5432, a server that run was never given: see ``_local_se
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +40,17 @@ def database_url() -> str:
     if url:
         return url
     return embedded_database_url(TEST_DATA_DIR)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A fresh working directory outside the project, removed afterwards with any embedded
+    data made in it (~40 MB each). Readable by others: as root, the server runs as another
+    user, which must reach its data directory."""
+    path = Path(tempfile.mkdtemp(prefix="hyrex-embedded-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

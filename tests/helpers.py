@@ -312,6 +312,14 @@ class TcpProxy:
                 pass
 
 
+def embedded_env(**extra: str) -> dict[str, str]:
+    """The environment for a process that uses the embedded default (no HYREX_LIKE_* set)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYREX_LIKE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
 def server_address(database_url: str) -> tuple[str, int]:
     """The TCP host and port the URL names, both required.
 

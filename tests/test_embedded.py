@@ -1,4 +1,4 @@
-"""The embedded default: with no database URL, a private PostgreSQL from the pgserver wheel, in
+"""The embedded default: with no database URL, a private PostgreSQL from a wheel, in
 ``<cwd>/.hyrex_like/``, shared by every process using that directory; forbidden by an env var.
 
 Each test runs real Python processes with ``HYREX_LIKE_DATABASE_URL`` unset, in a fresh
@@ -7,11 +7,8 @@ working directory, so each starts (or joins) a real server there.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -19,7 +16,7 @@ import pytest
 
 from hyrex_like import ConfigurationError, HyrexRegistry
 
-from .helpers import ROOT
+from .helpers import embedded_env
 
 pytestmark = pytest.mark.embedded
 
@@ -63,22 +60,6 @@ hy.close()
 """
 
 
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A fresh working directory, removed with its data dir afterwards (a pgdata is ~40 MB)."""
-    path = Path(tempfile.mkdtemp(prefix="hyrex-embedded-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
-
-
-def embedded_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYREX_LIKE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
-
-
 def read_line_starting(stream: IO[str], prefix: str) -> str:
     """The first line from a child's output starting with ``prefix`` (blocks until it comes)."""
     for line in stream:
@@ -106,15 +87,70 @@ def test_send_without_url_starts_embedded_server_under_cwd(workdir):
     assert (data / "PG_VERSION").is_file()
 
 
-def test_embedded_start_logs_a_warning(workdir):
+def test_embedded_start_logs_one_warning_saying_where_the_data_lives(workdir):
     proc = run(SEND, workdir, "1")
     assert proc.returncode == 0, proc.stderr
-    lines = [
-        ln for ln in (proc.stdout + proc.stderr).splitlines() if "embedded_database_starting" in ln
-    ]
-    assert len(lines) == 1
-    assert "warning" in lines[0]
-    assert "HYREX_LIKE_DATABASE_URL" in lines[0]
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "embedded_database_" in ln]
+    assert len(lines) == 1, lines
+    assert "embedded_database_started" in lines[0] and "warning" in lines[0]
+    assert f"data_dir={workdir / '.hyrex_like' / 'pgdata'}" in lines[0]
+    assert "HYREX_LIKE_DATABASE_URL" in lines[0] and "HYREX_LIKE_DATA_DIR" in lines[0]
+
+
+URL_AND_LISTEN = """
+from hyrex_like import HyrexRegistry
+hy = HyrexRegistry()
+url = hy.store.url()
+with hy.store.pool().connection() as c:
+    listen = c.execute("SHOW listen_addresses").fetchone()[0]
+    sockets = c.execute("SHOW unix_socket_directories").fetchone()[0]
+print("URL", url, flush=True)
+print("LISTEN", repr(listen), repr(sockets), flush=True)
+"""
+
+
+def test_embedded_url_names_a_private_tcp_port_on_localhost(workdir):
+    from psycopg import conninfo
+
+    proc = run(URL_AND_LISTEN, workdir)
+    assert proc.returncode == 0, proc.stderr
+    url = next(ln for ln in proc.stdout.splitlines() if ln.startswith("URL ")).split()[1]
+    params = conninfo.conninfo_to_dict(url)
+    assert params["host"] == "127.0.0.1"
+    assert int(params["port"]) not in (0, 5432)
+    assert "LISTEN '127.0.0.1' ''" in proc.stdout  # no other address, no socket
+
+
+IMPORTED = """
+import sys
+from hyrex_like import HyrexRegistry
+hy = HyrexRegistry()
+
+@hy.task
+def echo(n: int) -> int:
+    return n
+
+echo.send(1)
+print("MODULES", sorted(m for m in ("pgserver", "platformdirs") if m in sys.modules))
+"""
+
+
+def test_embedded_start_imports_no_platformdirs_and_warns_of_no_runtime_dir(workdir):
+    # pgserver's own manager reads the runtime directory through platformdirs when imported,
+    # which warns (RuntimeDirWarning) where XDG_RUNTIME_DIR is unset, as in containers and CI.
+    env = embedded_env()
+    env.pop("XDG_RUNTIME_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", "-c", IMPORTED],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "MODULES []" in proc.stdout
+    assert "Warning" not in proc.stderr and "XDG_RUNTIME_DIR" not in proc.stdout + proc.stderr
 
 
 def test_embedded_data_survives_the_process(workdir):
