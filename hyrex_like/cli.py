@@ -17,6 +17,7 @@ from .config import Settings, redact_dsn
 from .dispatcher import WorkerOptions
 from .errors import HyrexLikeError, InvalidTaskOption
 from .logs import LEVELS, configure_logging
+from .outages import URL_HINT, refusal
 from .registry import check_name
 
 EXIT_USAGE = 2
@@ -198,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_worker(args)
         return _migrate(args)
     except HyrexLikeError as exc:
-        print(f"hyrex-like: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the driver's text held
+        if "DATABASE_URL" not in message and refusal(exc) is not None:
+            message = f"{message}; {URL_HINT}"
+        print(f"hyrex-like: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

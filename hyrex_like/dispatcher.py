@@ -53,10 +53,13 @@ from .executor import (
     SKIP,
     Job,
     call_on_error,
+    executor_exited,
     executor_main,
+    kill_executor_group,
     set_os_thread_name,
 )
 from .logs import LEVELS, get_logger
+from .outages import URL_HINT, refusal
 from .registry import HyrexRegistry, check_name
 from .store import ClaimedRow, FinishedRow, WorkerQueries
 
@@ -314,6 +317,9 @@ class Dispatcher:
                 return self._shutdown()
             except _ForcedExit:
                 return self._forced_shutdown()
+            except ConfigurationError:
+                self._abandon()
+                raise
         finally:
             self._restore_signals()
             self._wake_r.close()
@@ -359,7 +365,14 @@ class Dispatcher:
                 return
             except SchemaNotReady:
                 raise  # a clear, fatal start-up error: waiting will not fix it
+            except ConfigurationError as exc:  # a malformed URL, no database allowed...
+                if "HYREX_LIKE_DATABASE_URL" in str(exc):
+                    raise
+                raise ConfigurationError(f"{exc}; {URL_HINT}") from None
             except (DatabaseError, psycopg.OperationalError) as exc:
+                why = refusal(exc)
+                if why is not None:
+                    raise self._refused(why) from None
                 if time.monotonic() + delay >= deadline:
                     raise DatabaseError(
                         f"cannot reach the database at {redact_dsn(self.registry.store.url())} "
@@ -368,6 +381,12 @@ class Dispatcher:
                 self.log.warning("database_unavailable", error=_describe(exc), retry_in=delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _refused(self, why: str) -> ConfigurationError:
+        """The error for a database that refuses this worker for good: one line, no password."""
+        url = self.registry.settings.database_url  # None: the embedded database
+        where = f"the database at {redact_dsn(url)}" if url else "the embedded database"
+        return ConfigurationError(f"{where} refused this worker: {why}; {URL_HINT}")
 
     def _step(self) -> None:
         if self._stop_requested and not self._stopping:
@@ -415,6 +434,21 @@ class Dispatcher:
                 self._record(head, "interrupted", True, None, "WorkerShutdown", why, None)
                 self._giveback.extend(ex.assigned)
                 ex.assigned.clear()
+
+    def _abandon(self) -> None:
+        """Stop without the database, which refuses us for good (`outages.refusal`): the tasks
+        this worker holds stay marked as running until another worker's rescuer requeues them
+        (its heartbeat is stale after --stale-after seconds)."""
+        held = self._known_task_ids()
+        for ex in self._executors:
+            self._kill(ex)
+        if held:
+            self.log.error(
+                "worker_abandoned_tasks",
+                tasks=len(held),
+                task_ids=[str(i) for i in held],
+                hint="other workers requeue these tasks once this worker's heartbeat is stale",
+            )
 
     def _forced_shutdown(self) -> int:
         # A third signal now ends the process at once, as a user pressing Ctrl-C again expects.
@@ -493,7 +527,9 @@ class Dispatcher:
             for attempt in tenacity.Retrying(
                 stop=tenacity.stop_after_delay(1.0),
                 wait=tenacity.wait_exponential_jitter(initial=0.05, max=0.5),
-                retry=tenacity.retry_if_exception_type(DatabaseError),
+                retry=tenacity.retry_if_exception(
+                    lambda exc: isinstance(exc, DatabaseError) and refusal(exc) is None
+                ),
                 reraise=True,
             ):
                 with attempt:
@@ -516,6 +552,9 @@ class Dispatcher:
         except (*_DB_ERRORS, OSError) as exc:
             for conn in conns:
                 conn.close()
+            why = refusal(exc)
+            if why is not None:  # a reconnect is refused for good: stop (see run)
+                raise self._refused(why) from None
             self._db_failures += 1
             delay = min(0.1 * 2 ** min(self._db_failures, 6), 5.0)
             self._next_db_attempt = time.monotonic() + delay
@@ -952,26 +991,24 @@ class Dispatcher:
 
     @staticmethod
     def _signal_drain(ex: _Executor) -> None:
-        if ex.process.exitcode is None:
+        if not executor_exited(ex.process):  # (not reaped here: _reap kills its group first)
             try:
                 os.kill(ex.process.pid, DRAIN_SIGNAL)
             except ProcessLookupError:
                 pass  # it died; _reap deals with that
 
     def _kill(self, ex: _Executor) -> None:
-        if ex.process.is_alive():
-            try:
-                os.kill(ex.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """Kill an executor with its process group (what its tasks started), then reap it."""
+        kill_executor_group(ex.process)
         ex.process.join(5)
         ex.close()
 
     def _reap(self) -> None:
         """Replace dead executors; their running attempt is lost, the rest go to others."""
         for i, ex in enumerate(self._executors):
-            if ex.process.exitcode is None:
+            if not executor_exited(ex.process):
                 continue
+            kill_executor_group(ex.process)  # what its tasks left running, before the reap
             self._drain_pipe(ex)  # results it sent before dying still count
             code = ex.process.exitcode
             if not ex.ready:
@@ -1051,13 +1088,15 @@ class Dispatcher:
                 ex.conn.send(None)
             except OSError:
                 pass
+        # Wait for them to exit without reaping them (a join would): the group of an exited
+        # executor, with whatever its tasks left running, is killed while its id is its own.
         deadline = time.monotonic() + 5.0
+        running = [ex.process.sentinel for ex in self._executors]
+        while running and time.monotonic() < deadline:
+            for sentinel in mpc.wait(running, max(0.0, deadline - time.monotonic())):
+                running.remove(sentinel)
         for ex in self._executors:
-            ex.process.join(max(0.0, deadline - time.monotonic()))
-            if ex.process.is_alive():
-                self._kill(ex)
-            else:
-                ex.close()
+            self._kill(ex)
 
     # ---------------------------------------------------------------------------- writing
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import collections
 import signal
 import time
+import urllib.parse
 import uuid
 
 import psycopg
+import pytest
 
 from .helpers import (
     backend_pids_of,
@@ -15,6 +17,7 @@ from .helpers import (
     done,
     query,
     read_events,
+    run_cli,
     terminate_backends,
     wait_until,
     worker_ids,
@@ -345,3 +348,138 @@ def test_worker_connections_notice_a_dead_link_and_keep_to_index_plans(registry)
         assert plain.execute("SHOW enable_seqscan").fetchone() == ("on",)
     finally:
         plain.close()
+
+
+# ------------------------------------------------------- refusals: stop at once, exit code 2
+
+PASSWORD = "s3cretpw"
+
+
+def _url_with(database_url: str, **changes: str) -> str:
+    parts = urllib.parse.urlsplit(database_url)
+    if parts.scheme not in ("postgresql", "postgres") or parts.password:
+        pytest.skip("needs a postgresql:// URL without a password")
+    user = changes.get("user", parts.username or "postgres")
+    host = parts.hostname or "127.0.0.1"
+    port = changes.get("port", str(parts.port or 5432))
+    query_ = changes.get("query", parts.query)
+    netloc = f"{user}:{PASSWORD}@{host}:{port}"
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, changes.get("path", parts.path), query_, "")
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"path": "/no_such_database_xyz"}, 'database "no_such_database_xyz" does not exist'),
+        ({"user": "no_such_role_xyz"}, 'role "no_such_role_xyz" does not exist'),
+        ({"port": "notaport"}, "port 'notaport' is not a number"),
+        ({"query": "sslmode=bogus"}, 'invalid sslmode value: "bogus"'),
+    ],
+    ids=["missing-database", "missing-role", "malformed-port", "malformed-option"],
+)
+def test_a_database_that_refuses_the_worker_for_good_stops_it_at_once_with_exit_code_2(
+    database_url, schema, changes, reason
+):
+    url = _url_with(database_url, **changes)
+    t0 = time.monotonic()
+    proc = run_cli(
+        "run-worker",
+        "worker_app:hy",
+        "--processes",
+        "1",
+        "--database-url",
+        url,
+        "--startup-timeout",
+        "30",  # a refusal must not wait for it
+        database_url=url,
+        schema=schema,
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert elapsed < 10, f"took {elapsed:.1f}s: the refusal was retried"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    [line] = lines
+    assert line.startswith("hyrex-like: error:"), line
+    assert reason in line
+    assert "--database-url" in line and "HYREX_LIKE_DATABASE_URL" in line
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert "database_unavailable" not in proc.stderr
+
+
+def test_refusal_is_judged_by_sqlstate_or_libpq_message_and_unknown_errors_are_waited_out():
+    """Pure logic: what counts as permanent (stop) and what as an outage (wait)."""
+    from hyrex_like.errors import ConfigurationError, DatabaseError
+    from hyrex_like.outages import refusal
+
+    def wrapped(exc: Exception) -> DatabaseError:
+        try:  # as the store raises it: its own error, the driver's in __context__
+            try:
+                raise exc
+            except Exception:
+                raise DatabaseError("cannot connect to postgresql://h/db: ...") from None
+        except DatabaseError as out:
+            return out
+
+    e = psycopg.errors.lookup
+    assert refusal(e("28P01")("password authentication failed")) is not None
+    assert refusal(e("28000")("no")) is not None
+    assert refusal(e("3D000")("no")) is not None
+    assert refusal(e("42501")("permission denied for schema x")) is not None
+    assert refusal(e("57P03")("the database system is starting up")) is None
+    assert refusal(e("53300")("sorry, too many clients already")) is None
+    assert refusal(e("57P01")("terminating connection due to administrator command")) is None
+    assert refusal(ConfigurationError("invalid database URL")) is not None
+    op = psycopg.OperationalError
+    fatal = 'connection to server at "h", port 5432 failed: FATAL:  '
+    assert refusal(wrapped(op(fatal + 'password authentication failed for user "u"'))) == (
+        'password authentication failed for user "u"'
+    )
+    assert refusal(wrapped(op(fatal + 'database "d" does not exist'))) is not None
+    assert refusal(wrapped(op(fatal + 'role "r" does not exist'))) is not None
+    assert refusal(wrapped(op(fatal + "no pg_hba.conf entry for host x, user u"))) is not None
+    for transient in (
+        fatal + "the database system is starting up",
+        fatal + "the database system is shutting down",
+        fatal + "sorry, too many clients already",
+        fatal + "remaining connection slots are reserved for roles with the SUPERUSER attribute",
+        'connection to server at "h", port 5432 failed: Connection refused',
+        "server closed the connection unexpectedly",
+        "failed to resolve host 'db': [Errno -3] Temporary failure in name resolution",
+        "something nobody has seen before",
+    ):
+        assert refusal(wrapped(op(transient))) is None, transient
+
+
+def test_a_worker_whose_reconnect_is_refused_for_good_stops_with_exit_code_2(
+    wapp, app_worker, database_url, schema
+):
+    """A role that may no longer log in: the worker stops instead of retrying forever."""
+    role = "hl_refused_" + uuid.uuid4().hex[:8]
+    handle = wapp.record.send({"n": 1})  # the schema exists before the worker starts
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} SUPERUSER LOGIN")
+    try:
+        url = _url_with(database_url, user=role)
+        w = app_worker(
+            "--processes", "1", "--database-url", url, env={"HYREX_LIKE_DATABASE_URL": url}
+        )
+        assert done(handle, 30).status == "completed"
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role} NOLOGIN")
+        pids = wait_until(lambda: backend_pids_of(database_url, w.pid), 20)
+        assert terminate_backends(database_url, pids) >= 1
+        assert w.proc.wait(30) == 2
+        text = w.log()
+        assert f'role "{role}" is not permitted to log in' in text
+        assert "HYREX_LIKE_DATABASE_URL" in text
+        assert PASSWORD not in text
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
