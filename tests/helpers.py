@@ -337,8 +337,12 @@ def server_address(database_url: str) -> tuple[str, int]:
     return str(host), int(port)
 
 
-LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
-"""The machine's own PostgreSQL, which an embedded test run must never write to."""
+LOCAL_SERVER = os.environ.get(
+    "HYREX_TEST_LOCAL_SERVER",
+    "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3",
+)
+"""The machine's own PostgreSQL, which an embedded test run must never write to (another
+address only for the test of the check itself)."""
 
 
 def schemas_on_server(conninfo: str, names: set[str]) -> list[tuple[str, str]]:
