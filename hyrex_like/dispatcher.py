@@ -234,6 +234,54 @@ class _DbThread:
             self._wake()
 
 
+_HANDLER_BACKLOG = 1_000  # on_error calls waiting for the handler thread, at most
+
+
+class _HandlerThread:
+    """One daemon thread for the on_error calls the parent makes (timeouts, lost executors),
+    so a slow handler never holds up dispatch. Bounded: past `_HANDLER_BACKLOG` waiting calls,
+    `submit` refuses. Daemon: a handler that never returns must not keep the worker alive."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, call: Callable[[], None]) -> bool:
+        with self._idle:
+            if self._pending >= _HANDLER_BACKLOG:
+                return False
+            self._pending += 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="hyrex-on-error", daemon=True)
+            self._thread.start()
+        self._calls.put(call)
+        return True
+
+    def drain(self, deadline: float) -> int:
+        """Wait until every call has returned, or ``deadline``; returns how many had not."""
+        with self._idle:
+            self._idle.wait_for(
+                lambda: self._pending == 0 or time.monotonic() >= deadline,
+                max(0.0, deadline - time.monotonic()),
+            )
+            return self._pending
+
+    def _serve(self) -> None:
+        set_os_thread_name(b"hyrex-on-error")
+        while True:
+            call = self._calls.get()
+            try:
+                call()
+            except BaseException as exc:  # call_on_error logs the handler's own errors
+                self._log.error("on_error_failed", error=f"{type(exc).__name__}: {exc}")
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+
 class _ForcedExit(BaseException):
     """Raised by the second SIGTERM/SIGINT to leave whatever the loop is blocked in."""
 
@@ -262,6 +310,7 @@ class Dispatcher:
         self._claim_db: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
         self._writer = _DbThread(self._wake, "hyrex-writer")
+        self._handlers = _HandlerThread(self.log)
         self._claimer = _DbThread(self._wake, "hyrex-claimer")
         # the rounds in flight, at most one of each
         self._writing: _Round | None = None
@@ -290,6 +339,8 @@ class Dispatcher:
             "claimed": 0,
             "completed": 0,
             "failed_attempts": 0,
+            "interrupted": 0,  # by the shutdown: requeued, not the task's fault
+            "given_back": 0,  # claimed, never started: handed back at shutdown
             "timed_out": 0,
             "lost": 0,
             "rescued": 0,
@@ -421,6 +472,8 @@ class Dispatcher:
         self._stop_executors()
         deadline = time.monotonic() + max(10.0, self.options.grace_period)
         written = self._final_flush(deadline=deadline)
+        # on_error calls still running get what is left of the grace period
+        self._drain_handlers(self._grace_deadline)
         self.log.info("worker_stopped", clean=written, **self.stats)
         return 0
 
@@ -432,6 +485,13 @@ class Dispatcher:
                 self._kill(ex)
                 head = ex.assigned.popleft()
                 self._record(head, "interrupted", True, None, "WorkerShutdown", why, None)
+                self.log.warning(
+                    "task_interrupted",
+                    task_id=str(head.task_id),
+                    task_name=head.task_name,
+                    attempt=head.attempt,
+                    reason=why,
+                )
                 self._giveback.extend(ex.assigned)
                 ex.assigned.clear()
 
@@ -466,6 +526,8 @@ class Dispatcher:
             self._final_flush(deadline=time.monotonic() + 1.0)
         except Exception:  # pragma: no cover - best effort on the way out
             pass
+        self._drain_handlers(time.monotonic())
+        self.log.info("worker_stopped", clean=False, **self.stats)
         return 1
 
     def _final_flush(self, deadline: float) -> bool:
@@ -728,6 +790,14 @@ class Dispatcher:
     def _apply(self, job: _Round) -> None:
         if job.giveback and not job.gave_back:
             self._giveback = job.giveback + self._giveback
+        elif job.giveback:  # only a stopping worker gives tasks back
+            self.stats["given_back"] += len(job.giveback)
+            self.log.info(
+                "tasks_given_back",
+                count=len(job.giveback),
+                task_ids=[str(j.task_id) for j in job.giveback],
+                reason="claimed but not started before the shutdown; queued again as they were",
+            )
         if job.returned is None:
             self._done = job.finished + self._done
         elif job.finished:
@@ -934,6 +1004,8 @@ class Dispatcher:
         )
         if status == "completed":
             self.stats["completed"] += 1
+        elif status == "interrupted":
+            self.stats["interrupted"] += 1
         else:
             self.stats["failed_attempts"] += 1
 
@@ -1078,9 +1150,31 @@ class Dispatcher:
             self._executors[i] = self._spawn(ex.index)
 
     def _call_on_error(self, job: Job, exc: HyrexLikeError) -> None:
+        """The task's on_error for an attempt the worker ended (timeout, executor lost), on the
+        handler thread: user code, however slow, must not hold up the loop."""
         definition = self.registry.get_task(job.task_name)
-        if definition is not None:
-            call_on_error(definition, exc, job, asyncio.run, self.log)
+        if definition is None or definition.config.on_error is None:
+            return
+        if not self._handlers.submit(
+            lambda: call_on_error(definition, exc, job, asyncio.run, self.log)
+        ):
+            self.log.error(
+                "on_error_skipped",
+                task_id=str(job.task_id),
+                task_name=job.task_name,
+                attempt=job.attempt,
+                reason=f"{_HANDLER_BACKLOG} on_error calls are already waiting for the handler "
+                "thread; a handler this slow needs fixing",
+            )
+
+    def _drain_handlers(self, deadline: float) -> None:
+        left = self._handlers.drain(deadline)
+        if left:
+            self.log.error(
+                "on_error_unfinished",
+                calls=left,
+                hint="on_error handlers still running when the worker stopped were cut short",
+            )
 
     def _stop_executors(self) -> None:
         for ex in self._executors:
@@ -1157,7 +1251,15 @@ class Dispatcher:
             if status == "queued":
                 delay = (run_after - now_wall).total_seconds()
                 self._retry_at = min(self._retry_at, time.monotonic() + max(0.0, delay))
-                if row is not None and row.status != "interrupted":
+                if row is not None and row.status == "interrupted":
+                    self.log.info(
+                        "task_requeued",
+                        task_id=str(task_id),
+                        task_name=row.task_name,
+                        attempt=row.attempt,
+                        reason="interrupted by the shutdown; this attempt does not count",
+                    )
+                elif row is not None:
                     self.log.warning(
                         "task_retry_scheduled",
                         task_id=str(task_id),

@@ -231,3 +231,25 @@ def test_a_result_with_quotes_braces_and_backslashes_is_stored_as_returned(wapp,
     assert handle.result == expected
     assert [r.result for r in handle.task_runs] == [expected]
     assert w.stop() == 0
+
+
+def test_a_slow_on_error_for_a_timeout_does_not_hold_up_dispatch(app_registry, worker, out_dir):
+    """The worker calls on_error itself for a timeout; a handler that sleeps 5 s runs on its
+    own thread while other tasks are dispatched, and is waited for at shutdown."""
+    from .apps import slow_handler_app as app
+
+    app_registry(app.hy)
+    stuck = app.stuck.send(1)  # times out after 0.5 s; its handler then sleeps 5 s
+    w = worker("slow_handler_app:hy", "--processes", "1", env={"HYREX_TEST_OUT": str(out_dir)})
+    [start] = wait_until(lambda: read_events(out_dir, "handler_start"), 30, what="the handler")
+    assert start["type"] == "TaskTimeout"
+    quick = [app.quick.send(i) for i in range(5)]
+    for handle in quick:
+        assert done(handle, 30).status == "completed"
+    assert done(stuck, 30).status == "failed"  # written without waiting for the handler
+    assert read_events(out_dir, "handler_end") == [], "dispatch waited for the handler"
+    finished = max(e["t"] for e in read_events(out_dir, "quick"))
+    assert finished - start["t"] < app.HANDLER_SECONDS - 1
+    # at shutdown, a handler still running gets the grace period to finish
+    assert w.stop() == 0
+    assert [e["type"] for e in read_events(out_dir, "handler_end")] == ["TaskTimeout"]

@@ -6,7 +6,7 @@ import urllib.parse
 
 import pytest
 
-from .helpers import done, json_log, run_cli, wait_until, worker_ids
+from .helpers import count, done, json_log, read_events, run_cli, wait_until, worker_ids
 
 STATE_EVENTS = {
     "task_claimed",
@@ -134,3 +134,28 @@ def test_worker_errors_never_print_the_database_password(database_url, schema, c
     assert "Traceback" not in proc.stderr
     assert "hyrex-like: error:" in proc.stderr
     assert PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_shutdown_counts_interrupted_attempts_apart_and_logs_each_requeued_task(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    running = wapp.nap.send({"n": 1, "seconds": 60})  # outlives the grace period
+    w = app_worker(
+        "--processes", "1", "--prefetch", "4", "--grace-period", "0.5", "--log-format", "json"
+    )
+    wait_until(lambda: read_events(out_dir, "start"), 30, what="the long task to start")
+    waiting = [wapp.record.send({"n": i}) for i in range(3)]  # claimed behind it, not started
+    wait_until(lambda: count(database_url, schema, "status = 'running'") == 4, 30)
+    assert w.stop() == 0
+    events = json_log(w)
+    [summary] = [e for e in events if e["event"] == "worker_stopped"]
+    assert (summary["interrupted"], summary["failed_attempts"], summary["given_back"]) == (1, 0, 3)
+    [interrupted] = [e for e in events if e["event"] == "task_interrupted"]
+    assert (interrupted["task_id"], interrupted["attempt"]) == (str(running.id), 1)
+    [requeued] = [e for e in events if e["event"] == "task_requeued"]
+    assert requeued["task_id"] == str(running.id)
+    given_back = [i for e in events if e["event"] == "tasks_given_back" for i in e["task_ids"]]
+    assert sorted(given_back) == sorted(str(h.id) for h in waiting)
+    assert not [e for e in events if e["event"] in ("task_failed", "task_retry_scheduled")]
+    for handle in (running, *waiting):
+        assert handle.refresh().status == "queued"
