@@ -159,3 +159,19 @@ def test_shutdown_counts_interrupted_attempts_apart_and_logs_each_requeued_task(
     assert not [e for e in events if e["event"] in ("task_failed", "task_retry_scheduled")]
     for handle in (running, *waiting):
         assert handle.refresh().status == "queued"
+
+
+def test_log_level_critical_is_accepted_and_silences_the_worker(
+    wapp, app_worker, database_url, schema
+):
+    ok = wapp.record.send({"n": 1})
+    failed = wapp.never_works.send({"n": 2})  # an error-level event, below critical
+    w = app_worker("--processes", "1", "--log-level", "critical")
+    assert done(ok, 30).status == "completed"
+    assert done(failed, 30).status == "failed"
+    assert w.stop() == 0
+    assert w.log() == ""
+    proc = run_cli("init-db", "--log-level", "critical", database_url=database_url, schema=schema)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("schema is up to date")
