@@ -62,7 +62,8 @@ def embedded_database_url(data_dir: Path, launcher: Launcher | None = None) -> s
     The calling process uses the server until it exits (or :func:`leave_embedded_database`);
     the last process to stop using it stops it.
     """
-    data_dir = Path(os.path.abspath(data_dir))
+    # Symlinks resolved: every process must name the same lock files and the same -D path.
+    data_dir = data_dir.resolve()
     with _lock:
         server = _servers.get(data_dir)
         if server is None:
@@ -76,7 +77,7 @@ def embedded_database_url(data_dir: Path, launcher: Launcher | None = None) -> s
 def leave_embedded_database(data_dir: Path) -> None:
     """Stop using the embedded server in ``data_dir`` now (as at exit); a no-op if not used."""
     with _lock:
-        server = _servers.pop(Path(os.path.abspath(data_dir)), None)
+        server = _servers.pop(data_dir.resolve(), None)
     if server is not None:
         server.leave()
 
@@ -130,6 +131,19 @@ class _Postmaster:
         except PermissionError:
             return True  # another user's process: alive
         return True
+
+    def runs_elsewhere(self, data_dir: Path) -> bool:
+        """Whether the pid is provably not a server of ``data_dir`` (Linux: its command line).
+
+        Where there is no ``/proc`` this cannot be told, and the answer is False.
+        """
+        try:
+            args = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            return Path("/proc/self").exists()  # gone meanwhile (or no /proc at all)
+        except PermissionError:
+            return False
+        return os.fsencode(data_dir) not in args
 
     def url(self) -> str:
         if self.listen:
@@ -269,6 +283,18 @@ class EmbeddedServer:
                 return None
             if postmaster.status == "ready" and postmaster.accepts():
                 return postmaster
+            if postmaster.runs_elsewhere(self.data_dir):
+                # A pid file left by a server that was never stopped (a reboot, a kill -9 of
+                # the postmaster) whose pid now belongs to another process: PostgreSQL itself
+                # would refuse to start while that process lives. It is not a server, so the
+                # file is stale (the start lock keeps our own starters away meanwhile).
+                log.warning(
+                    "embedded_database_stale_pid_file",
+                    data_dir=str(self.data_dir),
+                    pid=postmaster.pid,
+                )
+                (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+                return None
             # Starting or stopping (a process that was killed half way, or another tool):
             # wait for it to settle either way.
             if time.monotonic() >= deadline:

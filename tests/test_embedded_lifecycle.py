@@ -266,3 +266,27 @@ def test_a_non_empty_directory_without_postgresql_data_is_refused(workdir):
     with pytest.raises(ConfigurationError, match="HYREX_LIKE_DATA_DIR"):
         embedded_database_url(data_dir)
     assert (data_dir / "notes.txt").read_text() == "mine"
+
+
+def test_a_stale_pid_file_whose_pid_was_reused_does_not_block_the_start(workdir, processes):
+    """After a reboot (or a kill -9 of the postmaster) postmaster.pid stays behind, and its pid
+    may belong to an unrelated process by now: the next start must not wait on it or fail."""
+    data_dir = workdir / "pgdata"
+    go = workdir / "go"
+    go.touch()
+    first = start(processes, ["-c", HOLD, str(data_dir), "pgserver", str(go)], workdir,
+                  workdir / "first.log")  # fmt: skip
+    assert first.wait(90) == 0, (workdir / "first.log").read_text()
+    assert postmaster_pid(data_dir) is None  # made, started and stopped
+    unrelated = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    processes.append(unrelated)  # type: ignore[arg-type]
+    (data_dir / "postmaster.pid").write_text(
+        f"{unrelated.pid}\n{data_dir}\n1700000000\n{unrelated.pid % 20000 + 40000}\n\n"
+        "127.0.0.1\n  1234567         0\nready   \n"
+    )
+    again = start(processes, ["-c", HOLD, str(data_dir), "pgserver", str(go)], workdir,
+                  workdir / "again.log")  # fmt: skip
+    assert again.wait(90) == 0, (workdir / "again.log").read_text()
+    assert ready_line(workdir / "again.log")[3] == "2"  # the same data, started afresh
+    assert "embedded_database_stale_pid_file" in (workdir / "again.log").read_text()
+    assert pid_alive(unrelated.pid)  # left alone
