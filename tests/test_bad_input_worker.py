@@ -103,6 +103,24 @@ def test_an_exception_whose_str_raises_is_recorded_with_its_type_and_traceback(
     assert w.stop() == 0
 
 
+def test_an_unprintable_error_from_on_error_in_the_worker_process_is_logged_not_fatal(
+    happ, hworker, out_dir
+):
+    # timeouts (and lost executors) call on_error in the worker process, not an executor
+    handle = happ.hang_with_unprintable_on_error.send()
+    w = hworker("--log-format", "json")
+    assert _only_run(done(handle)).status == "timed_out"
+    assert [e["type"] for e in read_events(out_dir, "on_error")] == ["TaskTimeout"]
+    wait_until(
+        lambda: [e for e in _events(w) if e["event"] == "on_error_failed"], 10, what="the log"
+    )
+    [failed] = [e for e in _events(w) if e["event"] == "on_error_failed"]
+    assert failed["error"] == "Unprintable: <exception str() failed: ValueError: __str__ refuses>"
+    assert done(happ.pid.send()).status == "completed"
+    assert w.proc.poll() is None
+    assert w.stop() == 0
+
+
 # ------------------------------------------------------------- BaseException from task code
 
 

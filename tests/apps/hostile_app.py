@@ -215,3 +215,9 @@ def spawn_child(arg: Spawn) -> int:
 @hy.task(max_retries=0, timeout_seconds=1)
 def spawn_child_with_timeout(arg: Spawn) -> int:
     return _spawn(arg)
+
+
+@hy.task(max_retries=0, timeout_seconds=0.5, on_error=note_on_error)
+def hang_with_unprintable_on_error() -> None:
+    """Timed out by the worker process, which then calls the hostile on_error itself."""
+    time.sleep(600)
