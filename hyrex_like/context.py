@@ -1,12 +1,24 @@
-"""The context of the task attempt running in this process, read with `get_hyrex_context()`."""
+"""The context of the task attempt running in this process, read with `get_hyrex_context()`.
+
+Inside a worker it describes the attempt. In a direct call of a task (``process_file(ctx)``,
+handy in tests) it is a local context: ``is_local`` is True, the id is fresh and stored
+nowhere, the attempt is 1 and queue, priority and retries come from the task's config.
+Anywhere else there is no context: `get_hyrex_context()` raises `NoTaskContext`, and
+``get_hyrex_context(default=None)`` returns None.
+"""
 
 from __future__ import annotations
 
 import contextvars
 import uuid
 from collections.abc import Callable
+from typing import TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
+
+from .errors import NoTaskContext
+
+T = TypeVar("T")
 
 
 class HyrexContext(BaseModel):
@@ -23,6 +35,9 @@ class HyrexContext(BaseModel):
     parent_id: uuid.UUID | None = None
     root_id: uuid.UUID | None = None
     worker_id: uuid.UUID | None = None
+    is_local: bool = False
+    """True in a direct call of the task: no row, no worker; ``task_id`` is made up, and
+    ``parent_id``/``root_id`` are those a task sent from here records (the enclosing task's)."""
 
 
 class _LazyContext:
@@ -45,14 +60,48 @@ _Current = HyrexContext | _LazyContext | None
 _current: contextvars.ContextVar[_Current] = contextvars.ContextVar(
     "hyrex_like_context", default=None
 )
+_NO_DEFAULT: object = object()
 
 
-def get_hyrex_context() -> HyrexContext | None:
-    """Return the context of the running task attempt, or ``None`` outside a task."""
+@overload
+def get_hyrex_context() -> HyrexContext: ...
+@overload
+def get_hyrex_context(default: T) -> HyrexContext | T: ...
+def get_hyrex_context(default: object = _NO_DEFAULT) -> object:
+    """The context of the running task attempt (or of a direct call of a task).
+
+    Outside any task: raises `NoTaskContext`, or returns ``default`` if one is given
+    (``get_hyrex_context(default=None)`` for code that runs both inside and outside tasks).
+    """
+    value = _current.get()
+    if isinstance(value, _LazyContext):
+        return value.get()
+    if value is None:
+        if default is _NO_DEFAULT:
+            raise NoTaskContext(
+                "get_hyrex_context() was called outside a task: it works in a task run by a "
+                "worker or called directly (process_file(ctx)); use "
+                "get_hyrex_context(default=None) in code that also runs outside tasks"
+            )
+        return default
+    return value
+
+
+def _current_context() -> HyrexContext | None:
+    """The current context or None (the registry's own use: a send records its parent)."""
     value = _current.get()
     if isinstance(value, _LazyContext):
         return value.get()
     return value
+
+
+def _raw_context() -> _Current:
+    """The current value as set, a lazy one still unbuilt (cheap to capture)."""
+    return _current.get()
+
+
+def _resolve(value: _Current) -> HyrexContext | None:
+    return value.get() if isinstance(value, _LazyContext) else value
 
 
 def _set_context(ctx: _Current) -> contextvars.Token[_Current]:

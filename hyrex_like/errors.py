@@ -6,8 +6,12 @@
     │   └── DuplicateTaskName
     ├── InvalidTaskOption         (also ValueError) an option value is out of range
     ├── PayloadTooLarge           (also ValueError) a payload over the configured limit
-    ├── PayloadNotSerializable    (also ValueError) a payload Postgres cannot store as JSON
-    ├── TaskNotFound              no task row with that id
+    ├── PayloadNotSerializable    (also ValueError) a payload or result that cannot be stored
+    │                             as JSON (NUL, NaN/Infinity, a lone surrogate, too deep)
+    ├── InvalidTaskId             (also ValueError) `get_handle` got something that is no UUID
+    ├── TaskNotFound              (also LookupError) no task row with that id
+    ├── TaskNotCompleted          `handle.result` of a task that has not completed
+    ├── NoTaskContext             (also LookupError) `get_hyrex_context()` outside any task
     ├── TaskWaitTimeout           (also TimeoutError) `TaskHandle.wait` ran out of time
     ├── DatabaseError             the database failed; the driver error is in ``__cause__``
     │   └── SchemaNotReady        the schema is missing or newer than this library
@@ -16,8 +20,9 @@
         ├── TaskTimeout           the attempt ran past ``timeout_seconds``
         └── ExecutorLost          the executor process died during the attempt
 
-Pydantic's own ``ValidationError`` is raised unchanged for payloads that do not match the
-task's annotation: it already names the field and the problem.
+Pydantic's own ``ValidationError`` is raised for payloads that do not match the task's
+annotation (it names the field and the problem), with a note naming the task (and, for
+``send_many``, the item): ``except pydantic.ValidationError`` keeps working.
 """
 
 from __future__ import annotations
@@ -54,8 +59,24 @@ class PayloadNotSerializable(HyrexLikeError, ValueError):
     """The payload cannot be stored as JSON in PostgreSQL."""
 
 
+class InvalidTaskId(HyrexLikeError, ValueError):
+    """A task id must be a UUID."""
+
+
 class TaskNotFound(HyrexLikeError, LookupError):
     """No task with this id exists."""
+
+
+class TaskNotCompleted(HyrexLikeError):
+    """The task has no result: it has not completed (yet), or it failed or was canceled."""
+
+    def __init__(self, message: str | None = None, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NoTaskContext(HyrexLikeError, LookupError):
+    """`get_hyrex_context()` was called outside a task."""
 
 
 class TaskWaitTimeout(HyrexLikeError, TimeoutError):
@@ -94,11 +115,14 @@ __all__ = [
     "DatabaseError",
     "DuplicateTaskName",
     "HyrexLikeError",
+    "InvalidTaskId",
     "InvalidTaskOption",
+    "NoTaskContext",
     "PayloadNotSerializable",
     "PayloadTooLarge",
     "SchemaNotReady",
     "TaskDefinitionError",
+    "TaskNotCompleted",
     "TaskNotFound",
     "TaskWaitTimeout",
     "WorkerError",

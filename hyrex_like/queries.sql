@@ -87,7 +87,8 @@ WITH input AS MATERIALIZED (
                          ELSE now() END,
         worker_id = NULL,
         result = CASE WHEN o.run_status = 'completed' THEN o.result ELSE t.result END,
-        last_error = CASE WHEN o.run_status = 'completed' THEN t.last_error
+        -- a completed task has no last error (its runs keep every attempt's)
+        last_error = CASE WHEN o.run_status = 'completed' THEN NULL
                           ELSE jsonb_build_object('type', o.error_type, 'message', o.error_message,
                                                   'attempt', o.attempt) END,
         finished_at = CASE WHEN o.run_status = 'completed'

@@ -5,8 +5,8 @@ The registry never imports the dispatcher; the dispatcher consumes registries.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
+import json
 import math
 import re
 import time
@@ -14,22 +14,34 @@ import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Generic, TypeVar, overload
+from types import TracebackType
+from typing import Any, Generic, Never, TypedDict, TypeVar, overload
 
 import psycopg
 import pydantic
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic_core import SchemaSerializer
 
 from .config import Settings
-from .context import HyrexContext, get_hyrex_context
+from .context import (
+    HyrexContext,
+    _current_context,
+    _LazyContext,
+    _raw_context,
+    _reset_context,
+    _resolve,
+    _set_context,
+)
 from .errors import (
     ConfigurationError,
     DuplicateTaskName,
+    InvalidTaskId,
     InvalidTaskOption,
     PayloadNotSerializable,
     PayloadTooLarge,
     TaskDefinitionError,
+    TaskNotCompleted,
     TaskNotFound,
     TaskWaitTimeout,
 )
@@ -43,6 +55,14 @@ _NAME_MAX = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # An escaped NUL in JSON text (an even number of backslashes before it means it is literal).
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+MAX_NESTING_DEPTH = 201
+"""The deepest nesting of JSON arrays and objects a payload or a result may have: what
+pydantic's JSON parser, which loads payloads in the worker, reads (it refuses one level more).
+A send refuses anything deeper, so every task sent can be loaded."""
+
+_FFFD = "\ufffd".encode()  # what pydantic writes for a lone surrogate in a dict key
+_ANY_SERIALIZER = SchemaSerializer(pydantic_core.core_schema.any_schema())
 
 
 def check_name(kind: str, value: object) -> str:
@@ -155,6 +175,16 @@ _UNSET: Any = _Unset()
 # ------------------------------------------------------------------------------ handles
 
 
+class TaskError(TypedDict):
+    """A failed attempt, in one shape for ``handle.last_error`` and ``run.error``."""
+
+    type: str
+    """The exception's class name (or ``TaskTimeout``, ``ExecutorLost``, ``WorkerLost``)."""
+    message: str | None
+    attempt: int
+    """The attempt number that failed."""
+
+
 class TaskRun(BaseModel):
     """One attempt of a task, as recorded by the worker that ran it."""
 
@@ -166,16 +196,19 @@ class TaskRun(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     result: Any = None
+    """The attempt's result as stored (JSON); ``handle.result`` is the typed one."""
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None
 
     @property
-    def error(self) -> str | None:
-        """``"Type: message"`` for a failed attempt, else ``None``."""
+    def error(self) -> TaskError | None:
+        """The attempt's error (type, message, attempt), shaped as ``handle.last_error``."""
         if self.error_type is None:
             return None
-        return f"{self.error_type}: {self.error_message}"
+        return TaskError(
+            type=self.error_type, message=self.error_message, attempt=self.attempt_number
+        )
 
     @classmethod
     def _from_row(cls, row: RunRow) -> TaskRun:
@@ -195,25 +228,38 @@ class TaskRun(BaseModel):
 class TaskHandle(Generic[R]):
     """A sent task: its id at once, its status and attempts after `refresh()` or `wait()`."""
 
-    def __init__(self, task_id: uuid.UUID, task_name: str, store: Store) -> None:
+    def __init__(
+        self,
+        task_id: uuid.UUID,
+        task_name: str,
+        store: Store,
+        result_adapter: TypeAdapter[Any] | None = None,
+    ) -> None:
         self.id = task_id
         self.task_name = task_name
         self._store = store
+        self._result_adapter = result_adapter
         self._row: TaskRow | None = None
         self._runs: list[TaskRun] = []
+        self._result: Any = _UNSET
 
     def __repr__(self) -> str:
-        status = self._row.status if self._row else "unknown"
-        return f"<TaskHandle {self.task_name} {self.id} {status}>"
+        # Unread, a handle comes from a send, which wrote the task queued.
+        status = self._row.status if self._row else "queued"
+        return f"<TaskHandle {self._label()} {status}>"
+
+    def _label(self) -> str:
+        return f"{self.task_name} {self.id}" if self.task_name else f"{self.id}"
 
     def refresh(self) -> TaskHandle[R]:
         """Reload the task row and its runs from the database."""
         row, runs = self._store.get_task(self.id)
         if row is None:
-            raise TaskNotFound(f"task {self.id} ({self.task_name}) does not exist")
+            raise TaskNotFound(f"task {self._label()} does not exist in this database/schema")
         self._row = row
         self.task_name = row.task_name
         self._runs = [TaskRun._from_row(r) for r in runs]
+        self._result = _UNSET
         return self
 
     def _loaded(self) -> TaskRow:
@@ -228,13 +274,56 @@ class TaskHandle(Generic[R]):
         return self._loaded().status
 
     @property
-    def result(self) -> Any:
-        """The JSON result of the completed attempt (``None`` until completed)."""
-        return self._loaded().result
+    def result(self) -> R:
+        """What the task returned, as its return annotation's type (a Pydantic model comes
+        back as the model) when the task is registered here; else the stored JSON.
+
+        Raises `TaskNotCompleted` unless the task completed (as of the last refresh): while it
+        is queued or running (call `wait()`), and when it failed or was canceled (its errors
+        are in `last_error` and `task_runs`). The stored JSON is ``handle.row.result``.
+        """
+        row = self._loaded()
+        if row.status != "completed":
+            raise TaskNotCompleted(self._no_result_message(row), status=row.status)
+        if self._result is _UNSET:
+            self._result = self._rebuild(row.result)
+        value: R = self._result
+        return value
+
+    def _rebuild(self, stored: Any) -> Any:
+        if self._result_adapter is None:
+            return stored
+        try:
+            return self._result_adapter.validate_python(stored)
+        except pydantic.ValidationError as exc:
+            exc.add_note(
+                f"the stored result of task {self._label()} does not match the task's return "
+                "annotation (did the task change since?); handle.row.result holds the JSON"
+            )
+            raise
+
+    def _no_result_message(self, row: TaskRow) -> str:
+        if row.status in FINAL_STATUSES:
+            error = self.last_error
+            detail = f"; last error {error['type']}: {error['message']}" if error else ""
+            return (
+                f"task {self._label()} {row.status} after {row.attempt_count} attempt(s), so "
+                f"it has no result{detail} (see handle.last_error and handle.task_runs)"
+            )
+        return (
+            f"task {self._label()} is {row.status} and has no result yet: call handle.wait() "
+            "(or refresh()) first"
+        )
 
     @property
-    def last_error(self) -> dict[str, Any] | None:
-        return self._loaded().last_error
+    def last_error(self) -> TaskError | None:
+        """The error of the latest failed attempt while the task has not completed; None once
+        it completed (every attempt's error stays in `task_runs`)."""
+        row = self._loaded()
+        if row.status == "completed" or row.last_error is None:
+            return None
+        stored = row.last_error
+        return TaskError(type=stored["type"], message=stored["message"], attempt=stored["attempt"])
 
     @property
     def attempt_count(self) -> int:
@@ -281,16 +370,10 @@ class TaskHandle(Generic[R]):
                 return self
             if deadline is not None and time.monotonic() >= deadline:
                 raise TaskWaitTimeout(
-                    f"task {self.id} ({self.task_name}) is still {self.status} after {timeout}s"
+                    f"task {self._label()} is still {self.status} after {timeout}s"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
-
-    async def await_done(
-        self, timeout: float | None = 60.0, poll_interval: float = 0.05
-    ) -> TaskHandle[R]:
-        """Async twin of `wait` (reads run in a thread so the event loop stays free)."""
-        return await asyncio.to_thread(self.wait, timeout, poll_interval)
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -336,13 +419,13 @@ class TaskSender(Generic[T, R]):
     def _new_task(self, payload: Any, schedule: list[float]) -> NewTask:
         """`_new_tasks` for one payload, without the lists: `send`'s hot path."""
         args_json = self.definition.dump_payload(payload)
-        return self._row(new_task_id(), args_json, schedule, get_hyrex_context())
+        return self._row(new_task_id(), args_json, schedule, _current_context())
 
     def _new_tasks(self, payloads: Iterable[Any], schedule: list[float]) -> list[NewTask]:
         """Validate every payload (raising before anything is written), then build the rows."""
         d = self.definition
-        args = [d.dump_payload(p) for p in payloads]
-        ctx = get_hyrex_context()
+        args = [d.dump_payload(p, item=i) for i, p in enumerate(payloads)]
+        ctx = _current_context()
         return [
             self._row(task_id, args_json, schedule, ctx)
             for task_id, args_json in zip(new_task_ids(len(args)), args, strict=True)
@@ -351,8 +434,15 @@ class TaskSender(Generic[T, R]):
     def _row(
         self, task_id: uuid.UUID, args_json: str, schedule: list[float], ctx: HyrexContext | None
     ) -> NewTask:
-        """The row for one task; sent from inside a task, it records that task as its parent."""
+        """The row for one task; sent from inside a task, it records that task as its parent
+        (from a direct call, the task that call runs in, if any: a local id is stored nowhere)."""
         c = self.config
+        if ctx is None:
+            parent = root = None
+        elif ctx.is_local:
+            parent, root = ctx.parent_id, ctx.root_id
+        else:
+            parent, root = ctx.task_id, ctx.root_id or ctx.task_id
         return NewTask(
             task_id,
             self.definition.name,
@@ -363,31 +453,45 @@ class TaskSender(Generic[T, R]):
             c.timeout_seconds,
             schedule,
             None,
-            ctx.task_id if ctx else None,
-            (ctx.root_id or ctx.task_id) if ctx else None,
+            parent,
+            root,
         )
+
+    def _handle(self, task: NewTask) -> TaskHandle[R]:
+        d = self.definition
+        return TaskHandle(task.id, task.task_name, d.registry.store, d.result_adapter)
 
     def send(
         self,
         payload: T | Mapping[str, Any] = _UNSET,
         *,
         conn: psycopg.Connection[Any] | None = None,
+        **fields: Never,
     ) -> TaskHandle[R]:
-        """Validate ``payload`` and write one task row; with ``conn``, inside its transaction."""
+        """Validate ``payload`` and write one task row; with ``conn``, inside its transaction.
+
+        Without ``conn``, a send whose pooled connection turns out dead (a database restart)
+        is tried once more on a fresh one; the task id, chosen here, keeps it to one row.
+        """
+        if fields:
+            raise TypeError(self.definition._keywords_message("send", fields))
         new = self._new_task(payload, self.config.backoff_schedule())
         self.definition.registry.store.insert_task(new, conn)
-        return TaskHandle(new.id, new.task_name, self.definition.registry.store)
+        return self._handle(new)
 
     async def asend(
         self,
         payload: T | Mapping[str, Any] = _UNSET,
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
+        **fields: Never,
     ) -> TaskHandle[R]:
         """Async twin of `send`, for async web handlers."""
+        if fields:
+            raise TypeError(self.definition._keywords_message("asend", fields))
         new = self._new_task(payload, self.config.backoff_schedule())
         await self.definition.registry.store.ainsert_task(new, conn)
-        return TaskHandle(new.id, new.task_name, self.definition.registry.store)
+        return self._handle(new)
 
     def send_many(
         self,
@@ -397,9 +501,8 @@ class TaskSender(Generic[T, R]):
     ) -> list[TaskHandle[R]]:
         """Validate every payload, then write all rows in one COPY (all or none)."""
         tasks = self._new_tasks(payloads, self.config.backoff_schedule())
-        store = self.definition.registry.store
-        store.insert_tasks(tasks, conn)
-        return [TaskHandle(t.id, t.task_name, store) for t in tasks]
+        self.definition.registry.store.insert_tasks(tasks, conn)
+        return [self._handle(t) for t in tasks]
 
 
 class TaskDefinition(TaskSender[T, R]):
@@ -414,6 +517,7 @@ class TaskDefinition(TaskSender[T, R]):
         param_name: str | None,
         payload_adapter: TypeAdapter[Any] | None,
         result_adapter: TypeAdapter[Any] | None,
+        payload_annotation: Any = None,
     ) -> None:
         self.registry = registry
         self.fn = fn
@@ -421,6 +525,11 @@ class TaskDefinition(TaskSender[T, R]):
         self.param_name = param_name
         self.payload_adapter = payload_adapter
         self.result_adapter = result_adapter
+        self.payload_annotation = payload_annotation
+        # The adapters' serializers, except that NaN and Infinity come out as JSON constants,
+        # which the dump then refuses, instead of a silent null.
+        self._payload_serializer = _json_serializer(payload_adapter) if payload_adapter else None
+        self._result_serializer = _json_serializer(result_adapter) if result_adapter else None
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
@@ -434,70 +543,160 @@ class TaskDefinition(TaskSender[T, R]):
     def __call__(self: TaskDefinition[None, R]) -> R: ...
     @overload
     def __call__(self, payload: T) -> R: ...
-    def __call__(self, payload: Any = _UNSET) -> Any:
-        """Run the function here and now, like a plain call (no database involved)."""
+    def __call__(self, payload: Any = _UNSET, **fields: Never) -> Any:
+        """Run the function here and now, like a plain call (no database involved).
+
+        `get_hyrex_context()` works inside: it returns a local context (``is_local``, a fresh
+        id, attempt 1, the task's queue, priority and retries).
+        """
+        if fields:
+            raise TypeError(self._keywords_message(None, fields))
         if self.param_name is None:
             if payload is not _UNSET:
                 raise TypeError(f"task {self.name} takes no payload, got {type(payload).__name__}")
-            return self.fn()
-        if payload is _UNSET:
+            args: tuple[Any, ...] = ()
+        elif payload is _UNSET:
             raise TypeError(f"task {self.name} needs a payload ({self.param_name})")
-        return self.fn(payload)
+        else:
+            args = (payload,)
+        outer = _raw_context()
+        local = _LazyContext(lambda: self._local_context(_resolve(outer)))
+        if self.is_async:
+            return self._call_async(local, args)
+        token = _set_context(local)
+        try:
+            return self.fn(*args)
+        finally:
+            _reset_context(token)
+
+    async def _call_async(self, local: _LazyContext, args: tuple[Any, ...]) -> Any:
+        token = _set_context(local)  # set in the task that awaits the call, where it runs
+        try:
+            return await self.fn(*args)
+        finally:
+            _reset_context(token)
+
+    def _local_context(self, outer: HyrexContext | None) -> HyrexContext:
+        """The context of a direct call: nothing is stored, so the id is fresh and local, and
+        a task sent from here records the enclosing task (if any) as its parent."""
+        if outer is None:
+            parent = root = None
+        elif outer.is_local:
+            parent, root = outer.parent_id, outer.root_id
+        else:
+            parent, root = outer.task_id, outer.root_id or outer.task_id
+        c = self.config
+        return HyrexContext(
+            task_id=new_task_id(),
+            task_name=self.name,
+            attempt_number=1,
+            max_retries=c.max_retries,
+            queue=c.queue,
+            priority=c.priority,
+            parent_id=parent,
+            root_id=root,
+            worker_id=None,
+            is_local=True,
+        )
+
+    def _keywords_message(self, method: str | None, fields: Mapping[str, Any]) -> str:
+        """`send(n=3)`: say that a task takes one payload, and show the call to write."""
+        call = f"{self.__name__}.{method}" if method else self.__name__
+        call = f"await {call}" if method == "asend" else call
+        given = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        if self.param_name is None:
+            return f"task {self.name} takes no payload (got {given}): write {call}()"
+        as_dict = f"{call}({dict(fields)!r})"
+        annotation = self.payload_annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            as_model = f"{call}({annotation.__name__}({given}))"
+            suggestion = f"{as_model} or {as_dict}"
+        else:
+            suggestion = as_dict
+        return (
+            f"task {self.name} takes one payload, not keyword arguments (got {given}): "
+            f"write {suggestion}"
+        )
 
     # -- payload and result conversion (used by send and by the worker) -------------------
 
-    def dump_payload(self, payload: Any) -> str:
-        """Validate ``payload`` against the annotation and return its JSON text."""
-        if self.payload_adapter is None:
+    def _payload_label(self, item: int | None) -> str:
+        where = f" (item {item} of send_many)" if item is not None else ""
+        return f"payload for task {self.name}{where}"
+
+    def dump_payload(self, payload: Any, *, item: int | None = None) -> str:
+        """Validate ``payload`` against the annotation and return its JSON text.
+
+        Refuses, naming the task (and ``item``, its index in `send_many`), anything a worker
+        could not load back as it was: see `_json_problem`.
+        """
+        serializer = self._payload_serializer
+        if serializer is None:
             if payload is not _UNSET and payload is not None:
-                raise TypeError(f"task {self.name} takes no payload, got {type(payload).__name__}")
+                raise TypeError(
+                    f"task {self.name} takes no payload, got {type(payload).__name__}"
+                    + (f" (item {item} of send_many)" if item is not None else "")
+                )
             data = b"null"
         else:
             if payload is _UNSET:
                 raise TypeError(f"task {self.name} needs a payload ({self.param_name})")
-            value = self.payload_adapter.validate_python(payload)
+            assert self.payload_adapter is not None
             try:
-                data = self.payload_adapter.dump_json(value)
+                value = self.payload_adapter.validate_python(payload)
+            except pydantic.ValidationError as exc:
+                # ValidationError cannot be built anew; a note keeps its type for callers
+                exc.add_note(f"{self._payload_label(item)} does not match its annotation")
+                raise
+            try:
+                data = serializer.to_json(value)
             except (pydantic_core.PydanticSerializationError, ValueError) as exc:
                 # valid for the annotation yet not JSON: e.g. an object inside Any, bad bytes
+                why = _serialization_problem(exc, lambda: serializer.to_python(value))
                 raise PayloadNotSerializable(
-                    f"payload for task {self.name} cannot be stored as JSON: {exc}"
+                    f"{self._payload_label(item)} cannot be stored as JSON: {why}"
                 ) from None
-        limit = self.registry.settings.max_payload_bytes
-        if len(data) > limit:
-            raise PayloadTooLarge(
-                f"payload for task {self.name} is {len(data)} bytes as JSON; the limit is {limit} "
-                "(HYREX_LIKE_MAX_PAYLOAD_BYTES). Store large data elsewhere and send a reference"
-            )
-        if _JSON_NUL.search(data):
-            raise PayloadNotSerializable(
-                f"payload for task {self.name} contains a NUL character (\\u0000) in a string; "
-                "PostgreSQL JSON cannot store it"
-            )
+            limit = self.registry.settings.max_payload_bytes
+            if len(data) > limit:
+                raise PayloadTooLarge(
+                    f"{self._payload_label(item)} is {len(data)} bytes as JSON; the limit is "
+                    f"{limit} (HYREX_LIKE_MAX_PAYLOAD_BYTES). Store large data elsewhere and "
+                    "send a reference"
+                )
+            problem = _json_problem(data, lambda: serializer.to_python(value))
+            if problem is not None:
+                raise PayloadNotSerializable(
+                    f"{self._payload_label(item)} cannot be stored as JSON: {problem}"
+                )
         return data.decode("utf-8")
 
-    def load_payload(self, args: Any) -> Any:
-        """Validate stored JSON args (already decoded) back into the annotated type."""
+    def load_payload(self, args_json: str | bytes) -> Any:
+        """Validate stored JSON args back into the annotated type, as the worker does."""
         if self.payload_adapter is None:
             return None
-        return self.payload_adapter.validate_python(args)
+        return self.payload_adapter.validate_json(args_json)
 
     def dump_result(self, value: Any) -> str:
-        """The return value as JSON text; raises PayloadNotSerializable if it cannot be."""
+        """The return value as JSON text; raises PayloadNotSerializable if it cannot be
+        stored as it is (the same rule as payloads: no NUL, NaN, Infinity, lone surrogate
+        or nesting deeper than MAX_NESTING_DEPTH), typed or not."""
+        serializer = self._result_serializer
+        plain = serializer or _ANY_SERIALIZER
         try:
-            if self.result_adapter is not None:
-                data = self.result_adapter.dump_json(value)
+            if serializer is not None:
+                data = serializer.to_json(value)
             else:
-                data = pydantic_core.to_json(value)
+                data = pydantic_core.to_json(value, inf_nan_mode="constants")
         except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+            why = _serialization_problem(exc, lambda: plain.to_python(value))
             raise PayloadNotSerializable(
                 f"task {self.name} returned a value that cannot be stored as JSON "
-                f"({type(value).__name__}): {exc}"
+                f"({type(value).__name__}): {why}"
             ) from None
-        if _JSON_NUL.search(data):
+        problem = _json_problem(data, lambda: plain.to_python(value))
+        if problem is not None:
             raise PayloadNotSerializable(
-                f"task {self.name} returned a string with a NUL character (\\u0000); "
-                "PostgreSQL JSON cannot store it"
+                f"task {self.name} returned a value that cannot be stored as JSON: {problem}"
             )
         return data.decode("utf-8")
 
@@ -508,10 +707,151 @@ class TaskDefinition(TaskSender[T, R]):
         return self.fn(payload)
 
 
+# ------------------------------------------------------------------ what JSON can hold
+
+
+def _json_serializer(adapter: TypeAdapter[Any]) -> SchemaSerializer:
+    """The adapter's serializer, writing NaN and Infinity as JSON constants (not null).
+
+    Models carry their own config in the schema, so each gets the setting too, unless it
+    chose ``ser_json_inf_nan`` itself (then its choice stands: e.g. "strings" round-trips).
+    """
+    schema = _inf_nan_as_constants(adapter.core_schema)
+    config: Any = {"ser_json_inf_nan": "constants"}
+    # Not the models' prebuilt serializers: those would ignore the setting.
+    return SchemaSerializer(schema, config, _use_prebuilt=False)
+
+
+def _inf_nan_as_constants(node: Any) -> Any:
+    """A copy of a core schema whose every config sets ``ser_json_inf_nan`` if unset."""
+    if isinstance(node, dict):
+        out = {key: _inf_nan_as_constants(value) for key, value in node.items()}
+        if isinstance(out.get("config"), dict):
+            out["config"] = {"ser_json_inf_nan": "constants", **out["config"]}
+        return out
+    if isinstance(node, list):
+        return [_inf_nan_as_constants(value) for value in node]
+    if isinstance(node, tuple):
+        return tuple(_inf_nan_as_constants(value) for value in node)
+    return node
+
+
+def _serialization_problem(exc: Exception, plain: Callable[[], Any]) -> str:
+    """The serializer's refusal, said in our terms where we can (error path only)."""
+    message = str(exc)
+    if "serialization depth" in message:  # pydantic's own limit (255), past ours
+        return f"it is nested deeper than MAX_NESTING_DEPTH ({MAX_NESTING_DEPTH} levels)"
+    if "surrogates not allowed" in message:
+        try:
+            value = plain()
+        except Exception:
+            return message
+        found = _find(value, _has_surrogate, keys=True)
+        if found is not None:
+            return _surrogate_key_problem(*found)
+        found = _find(value, _has_surrogate, keys=False)
+        if found is not None:
+            return (
+                f"the text at {found[0]} holds a lone surrogate, which is not valid Unicode; "
+                "encode such data first (e.g. base64)"
+            )
+    return message
+
+
+def _surrogate_key_problem(path: str, key: str) -> str:
+    return (
+        f"the dict key {key!r} at {path} holds a lone surrogate, which is not valid "
+        "Unicode (stored, it would become U+FFFD); encode such data first (e.g. base64)"
+    )
+
+
+def _json_problem(data: bytes, plain: Callable[[], Any]) -> str | None:
+    """Why ``data`` (our own JSON dump) cannot be stored and loaded back as it is, or None.
+
+    Each check is a substring scan or two in the common case; the exact check runs only
+    when a scan finds a suspect. ``plain`` gives the value as Python data (keys unchanged).
+    """
+    if _JSON_NUL.search(data):
+        return "it contains a NUL character (\\u0000) in a string; PostgreSQL JSON cannot store it"
+    # The number of brackets bounds the depth; only a payload with more parses in full, with
+    # the parser the worker uses, so the limit is exactly what a worker can read.
+    if data.count(b"[") + data.count(b"{") > MAX_NESTING_DEPTH:
+        try:
+            pydantic_core.from_json(data, cache_strings=False)
+        except ValueError as exc:
+            if "recursion limit" in str(exc):
+                return (
+                    f"it is nested {_depth(data)} levels deep; the limit is MAX_NESTING_DEPTH "
+                    f"({MAX_NESTING_DEPTH}), the deepest a worker's JSON parser reads"
+                )
+            raise
+    if b"NaN" in data or b"Infinity" in data:
+        found = _find(json.loads(data), _non_finite, keys=False)
+        if found is not None:
+            path, number = found
+            return (
+                f"{path} is {number!r}, which JSON cannot hold (stored, it would become null); "
+                "send a finite number, None or a string"
+            )
+    if _FFFD in data:
+        found = _find(plain(), _has_surrogate, keys=True)
+        if found is not None:
+            return _surrogate_key_problem(*found)
+    return None
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _has_surrogate(value: Any) -> bool:
+    if not isinstance(value, str) or value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _find(value: Any, match: Callable[[Any], bool], *, keys: bool) -> tuple[str, Any] | None:
+    """The first dict key (``keys``) or leaf that ``match`` accepts, and its path (``$.a[2]``)."""
+    stack: list[tuple[str, Any]] = [("$", value)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            children = []
+            for key, child in node.items():
+                if keys and match(key):
+                    return path, key
+                named = isinstance(key, str) and key.isidentifier()
+                children.append((f"{path}.{key}" if named else f"{path}[{key!r}]", child))
+            stack.extend(reversed(children))
+        elif isinstance(node, list | tuple | set | frozenset):
+            stack.extend(reversed([(f"{path}[{i}]", child) for i, child in enumerate(node)]))
+        elif not keys and match(node):
+            return path, node
+    return None
+
+
+def _depth(data: bytes) -> int:
+    """The nesting depth of JSON text (for the error message only: it is slow)."""
+    depth = deepest = 0
+    for token in re.finditer(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', data):
+        char = token.group()
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
 def _inspect_function(
     fn: Callable[..., Any], name: str
-) -> tuple[str | None, TypeAdapter[Any] | None, TypeAdapter[Any] | None]:
-    """Decoration-time checks of the signature; returns (param name, payload & result adapters)."""
+) -> tuple[str | None, Any, TypeAdapter[Any] | None, TypeAdapter[Any] | None]:
+    """Decoration-time checks of the signature; returns (param name, its annotation, payload
+    & result adapters)."""
     if not callable(fn):
         raise TaskDefinitionError(f"@hy.task needs a function, got {type(fn).__name__}")
     try:
@@ -554,16 +894,18 @@ def _inspect_function(
         )
     payload_adapter = None
     param_name = None
+    annotation = None
     if params:
         param_name = params[0].name
-        payload_adapter = _adapter(name, f"parameter {param_name!r}", hints[param_name])
+        annotation = hints[param_name]
+        payload_adapter = _adapter(name, f"parameter {param_name!r}", annotation)
     result_adapter = None
     ret = hints.get("return")
     if ret is not None and ret is not type(None):
         ret = _unwrap_awaitable(ret)
         if ret is not Any and ret is not type(None):
             result_adapter = _adapter(name, "return annotation", ret)
-    return param_name, payload_adapter, result_adapter
+    return param_name, annotation, payload_adapter, result_adapter
 
 
 def _unwrap_awaitable(annotation: Any) -> Any:
@@ -687,22 +1029,38 @@ class HyrexRegistry:
             raise InvalidTaskOption(f"task {fn!r}: {exc}") from None
         assert isinstance(task_name, str)
         config = _config(task_name, None, options)
-        param_name, payload_adapter, result_adapter = _inspect_function(fn, task_name)
+        param_name, annotation, payload_adapter, result_adapter = _inspect_function(fn, task_name)
         if task_name in self._tasks:
             raise DuplicateTaskName(
                 f"task name {task_name!r} is already registered (by "
                 f"{self._tasks[task_name].fn!r}); pass name= to tell them apart"
             )
         definition: TaskDefinition[Any, Any] = TaskDefinition(
-            self, fn, task_name, config, param_name, payload_adapter, result_adapter
+            self, fn, task_name, config, param_name, payload_adapter, result_adapter, annotation
         )
         self._tasks[task_name] = definition
         return definition
 
-    def get_handle(self, task_id: uuid.UUID | str, task_name: str = "?") -> TaskHandle[Any]:
-        """A handle for an existing task id (e.g. one stored by the application)."""
-        tid = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
-        return TaskHandle(tid, task_name, self.store).refresh()
+    def get_handle(self, task_id: uuid.UUID | str) -> TaskHandle[Any]:
+        """A handle for an existing task id (e.g. one stored by the application).
+
+        Raises `InvalidTaskId` if ``task_id`` is no UUID, `TaskNotFound` if no such task
+        exists. Its ``result`` is typed (rebuilt) when the task is registered here.
+        """
+        if isinstance(task_id, uuid.UUID):
+            tid = task_id
+        else:
+            try:
+                tid = uuid.UUID(str(task_id))
+            except ValueError:
+                raise InvalidTaskId(
+                    f"task id {task_id!r} is not a UUID; pass the id of a handle "
+                    "(str(handle.id) or handle.id)"
+                ) from None
+        handle: TaskHandle[Any] = TaskHandle(tid, "", self.store).refresh()
+        task = self._tasks.get(handle.task_name)
+        handle._result_adapter = task.result_adapter if task else None
+        return handle
 
     def configure(self, **overrides: Any) -> None:
         """Replace some settings (the CLI does this for --database-url); closes open pools."""
@@ -719,5 +1077,33 @@ class HyrexRegistry:
         return self.store.migrate()
 
     def close(self) -> None:
-        """Close the connection pools."""
+        """Close the connection pools (sync and async) and the wake-up thread's connection.
+
+        Sending again afterwards opens them anew (and checks the schema again)."""
         self.store.close()
+
+    async def aclose(self) -> None:
+        """`close` for async code: waits without blocking the event loop."""
+        await self.store.aclose()
+
+    def __enter__(self) -> HyrexRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> HyrexRegistry:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +34,10 @@ from .errors import ConfigurationError, DatabaseError, SchemaNotReady
 from .waker import Waker
 
 log = structlog.get_logger("hyrex_like.store")
+
+# Tasks closing an async pool from a sync close() on the pool's own loop (kept referenced
+# until done, or the loop could drop them).
+_closing: set[asyncio.Task[None]] = set()
 
 SCHEMA_VERSION_LOCK = 0x6879726578  # "hyrex": the advisory lock key for migrations
 
@@ -327,6 +331,7 @@ class Store:
         self._url: str | None = None
         self._pool: ConnectionPool[PooledConnection] | None = None
         self._apool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._apool_loop: asyncio.AbstractEventLoop | None = None  # the loop it lives on
         self._waker: Waker | None = None
         self._schema_checked = False
 
@@ -409,6 +414,11 @@ class Store:
         return self._pool
 
     async def apool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        loop = asyncio.get_running_loop()
+        if self._apool is not None and self._apool_loop is not loop:
+            # Its background tasks died with the loop it was opened on (an earlier
+            # asyncio.run()): it could not replace a connection. Start over on this loop.
+            self._drop_apool()
         if self._apool is None:
             # migrating (or starting the embedded server) blocks: keep the event loop free
             await asyncio.to_thread(self.ensure_schema)
@@ -422,7 +432,7 @@ class Store:
             )
             await apool.open(wait=True, timeout=self.settings.connect_timeout + 5)
             if self._apool is None:
-                self._apool = apool
+                self._apool, self._apool_loop = apool, loop
             else:  # another coroutine won the race
                 await apool.close()
         return self._apool
@@ -432,16 +442,54 @@ class Store:
         return self._pool is None and self._apool is None and self._waker is None
 
     def close(self) -> None:
+        """Close every pool and the waker. The next use opens them again and checks the
+        schema again (the database may have been re-created meanwhile)."""
         self._close_waker()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._drop_apool()
+        self._schema_checked = False
 
     async def aclose(self) -> None:
+        """`close` from async code: the async pool is closed on its own loop, the rest in a
+        thread, so the event loop never blocks."""
         await asyncio.to_thread(self._close_waker)
-        if self._apool is not None:
-            await self._apool.close()
-            self._apool = None
+        apool, loop = self._apool, self._apool_loop
+        if apool is not None and loop is asyncio.get_running_loop():
+            self._apool = self._apool_loop = None
+            await apool.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.close)
+        self._drop_apool()  # one opened on another loop
+        self._schema_checked = False
+
+    def _drop_apool(self) -> None:
+        """Close the async pool from outside its loop, without blocking that loop."""
+        apool, loop = self._apool, self._apool_loop
+        self._apool = self._apool_loop = None
+        if apool is None or loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:  # close() called from async code on the pool's own loop
+            task = loop.create_task(apool.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+        elif loop.is_running():  # its loop runs in another thread: close it there
+            future = asyncio.run_coroutine_threadsafe(apool.close(), loop)
+            future.result(timeout=self.settings.connect_timeout + 10)
+        elif not loop.is_closed():
+            loop.run_until_complete(apool.close())
+        else:
+            # The loop is gone, and with it the pool's tasks: nothing can await its close.
+            # Close the sockets of its idle connections directly (psycopg_pool keeps them in
+            # `_pool`; a connection out on loan died with its task).
+            for conn in list(getattr(apool, "_pool", ())):
+                conn.pgconn.finish()
 
     # -- waking workers --------------------------------------------------------------------
 
@@ -584,9 +632,16 @@ class Store:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                 await cur.execute(_SET_SEARCH_PATH, (row[0],))
 
+    # A send on a pooled connection that turns out dead (the server restarted, or the backend
+    # was terminated) is tried once more on a live one: the pool only learns that its idle
+    # connections died when one is used. The task id is chosen by the client, so the retry
+    # cannot write a second row: a duplicate key means the first try committed after all.
+    # Sends on a caller's connection are never retried: the transaction is theirs.
+
     def insert_task(self, task: NewTask, conn: psycopg.Connection[Any] | None = None) -> None:
         """Insert one task: on ``conn``, in its transaction (workers wake when it commits);
         else on a pooled connection, in a transaction of its own."""
+        what = f"sending task {task.task_name!r}"
         try:
             if conn is not None:
                 with self._in_schema(conn) as cur:
@@ -599,15 +654,37 @@ class Store:
             c = pool.getconn()
             try:
                 c.run_prepared("insert_task", task.params())
+            except psycopg.Error:  # without a SQLSTATE when the link is gone
+                if not c.broken:
+                    raise
+                lost = True
+            else:
+                lost = False
             finally:
-                pool.putconn(c)
+                pool.putconn(c)  # a broken connection is discarded by the pool
+            if lost:
+                self._send_again(lambda c: c.run_prepared("insert_task", task.params()), what)
         except psycopg.Error as exc:
-            raise _translate(exc, f"sending task {task.task_name!r}") from exc
+            raise _translate(exc, what) from exc
         self._wake()
+
+    def _send_again(self, send: Callable[[PooledConnection], None], what: str) -> None:
+        """The retry of a send whose pooled connection was dead (see above)."""
+        pool = self.pool()
+        pool.check()  # drops every idle connection the restart killed, not one per send
+        log.warning("send_retried", reason="connection lost", what=what)
+        with pool.connection() as c:
+            try:
+                send(c)
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != "task_pkey":
+                    raise
+                # the first try committed before the connection died: done already
 
     async def ainsert_task(
         self, task: NewTask, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> None:
+        what = f"sending task {task.task_name!r}"
         try:
             if conn is not None:
                 async with self._ain_schema(conn) as cur:
@@ -615,10 +692,25 @@ class Store:
                     await cur.execute(q("notify_workers"), {"channel": self.channel})
                 return
             pool = await self.apool()
+            lost = False
             async with pool.connection() as c:
-                await c.execute(q("insert_task"), task.params(), prepare=True)
+                try:
+                    await c.execute(q("insert_task"), task.params(), prepare=True)
+                except psycopg.Error:
+                    if not c.broken:
+                        raise
+                    lost = True
+            if lost:  # see insert_task
+                await pool.check()
+                log.warning("send_retried", reason="connection lost", what=what)
+                async with pool.connection() as c:
+                    try:
+                        await c.execute(q("insert_task"), task.params(), prepare=True)
+                    except psycopg.errors.UniqueViolation as exc:
+                        if exc.diag.constraint_name != "task_pkey":
+                            raise
         except psycopg.Error as exc:
-            raise _translate(exc, f"sending task {task.task_name!r}") from exc
+            raise _translate(exc, what) from exc
         self._wake()
 
     def insert_tasks(
@@ -627,16 +719,31 @@ class Store:
         """Insert many tasks with one COPY, in one transaction (all or none)."""
         if not tasks:
             return
+        what = f"sending {len(tasks)} tasks"
         try:
             if conn is not None:
                 with self._in_schema(conn) as cur:
                     self._copy(conn, tasks)
                     cur.execute(q("notify_workers"), {"channel": self.channel})
                 return
-            with self.pool().connection() as c, c.transaction():
-                self._copy(c, tasks)
+            lost = False
+            with self.pool().connection() as c:
+                try:
+                    with c.transaction():
+                        self._copy(c, tasks)
+                except psycopg.Error:
+                    if not c.broken:
+                        raise
+                    lost = True
+            if lost:  # see insert_task; the COPY is one transaction, so all rows or none
+
+                def copy_again(c: PooledConnection) -> None:
+                    with c.transaction():
+                        self._copy(c, tasks)
+
+                self._send_again(copy_again, what)
         except psycopg.Error as exc:
-            raise _translate(exc, f"sending {len(tasks)} tasks") from exc
+            raise _translate(exc, what) from exc
         self._wake()
 
     @staticmethod

@@ -55,7 +55,7 @@ def run_task(
     definition = sender.definition
     config = sender.config
     args_json = definition.dump_payload(payload) if definition.param_name else "null"
-    value = definition.load_payload(json.loads(args_json))
+    value = definition.load_payload(args_json)
     ctx = HyrexContext(
         task_id=uuid.uuid4(),
         task_name=definition.name,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
+from typing import Any
 
 import psycopg
 import pydantic
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from hyrex_like import (
+    MAX_NESTING_DEPTH,
     ConfigurationError,
     DatabaseError,
     HyrexRegistry,
@@ -21,9 +25,10 @@ from hyrex_like import (
     SchemaNotReady,
     Settings,
     TaskDefinitionError,
+    TaskNotCompleted,
 )
 
-from .apps import bad_input_app, basic_app
+from .apps import bad_input_app, basic_app, hostile_results_app
 from .helpers import APPS, ROOT, count, query, wait_until
 
 HOSTILE = "'; DROP TABLE task; --"
@@ -32,6 +37,11 @@ HOSTILE = "'; DROP TABLE task; --"
 class Point(BaseModel):
     x: int
     y: int
+
+
+class AsStrings(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    value: float
 
 
 def _free_port() -> int:
@@ -332,7 +342,8 @@ def test_unserializable_result_fails_the_attempt_without_retry(
     for h, needle in ((h1, "cannot be stored as JSON"), (h2, "NUL")):
         h.wait(30)
         assert h.status == "failed"
-        assert h.result is None
+        with pytest.raises(TaskNotCompleted, match="failed after 1 attempt"):
+            h.result  # noqa: B018
         runs = h.task_runs
         assert [(r.attempt_number, r.status, r.error_type) for r in runs] == [
             (1, "failed", "PayloadNotSerializable")
@@ -533,3 +544,224 @@ def test_worker_waits_for_a_late_database_within_the_startup_timeout(
         assert w.stop() == 0
     finally:
         proxy.close()
+
+
+# ------------------------------------------------------------------- what JSON cannot hold
+# Refused at send, naming the task and where the value is, with nothing written: stored, each
+# would have come back changed (null, U+FFFD) or not at all (too deep for the worker's parser).
+
+
+class Reading(BaseModel):
+    value: float
+    extra: dict[str, Any] = {}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    return hostile_results_app.nested(depth)
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_refused_at_send_naming_task_and_path(
+    registry, database_url, schema, number
+):
+    @registry.task
+    def record(reading: Reading) -> None:
+        pass
+
+    @registry.task
+    def loose(data: dict[str, Any]) -> None:
+        pass
+
+    @registry.task
+    def series(values: list[float]) -> None:
+        pass
+
+    registry.migrate()
+    cases = [
+        (record, {"value": number}, "$.value"),
+        (record, Reading(value=1.0, extra={"deep": [1, {"x": number}]}), "$.extra.deep[1].x"),
+        (loose, {"a b": number}, "$['a b']"),
+        (series, [1.0, 2.0, number], "$[2]"),
+    ]
+    for task, payload, path in cases:
+        with pytest.raises(PayloadNotSerializable) as info:
+            task.send(payload)
+        message = str(info.value)
+        assert f"payload for task {task.name} " in message, message
+        assert f"{path} is {number!r}" in message and "JSON cannot hold" in message, message
+    assert count(database_url, schema) == 0
+    # the words themselves, as text, are data like any other
+    loose.send({"NaN": "NaN", "Infinity": "-Infinity"})
+    assert query(database_url, schema, "SELECT args FROM task") == [
+        ({"NaN": "NaN", "Infinity": "-Infinity"},)
+    ]
+
+
+def test_a_model_that_chose_to_write_nan_as_strings_keeps_its_choice(
+    registry, database_url, schema
+):
+    @registry.task
+    def measure(m: AsStrings) -> None:
+        pass
+
+    handle = measure.send(AsStrings(value=math.nan))
+    rows = query(database_url, schema, "SELECT args FROM task WHERE id = %s", (handle.id,))
+    assert rows == [({"value": "NaN"},)]
+    assert math.isnan(measure.load_payload('{"value": "NaN"}').value)
+
+
+def test_lone_surrogate_in_a_dict_key_is_refused_like_in_a_value(registry, database_url, schema):
+    @registry.task
+    def labels(data: dict[str, int]) -> None:
+        pass
+
+    @registry.task
+    def nested_labels(reading: Reading) -> None:
+        pass
+
+    registry.migrate()
+    with pytest.raises(PayloadNotSerializable) as info:
+        labels.send({"ok": 1, "k\udc80": 2})
+    message = str(info.value)
+    assert "payload for task labels" in message
+    assert "'k\\udc80' at $ holds a lone surrogate" in message
+    with pytest.raises(PayloadNotSerializable, match=r"'\\ud800' at \$\.extra\.inner holds a lone"):
+        nested_labels.send({"value": 1, "extra": {"inner": {"\ud800": 1}}})
+    with pytest.raises(PayloadNotSerializable, match=r"the text at \$\.extra\.v\[1\] holds a lone"):
+        nested_labels.send({"value": 1, "extra": {"v": ["ok", "\ud800"]}})
+    assert count(database_url, schema) == 0
+    # a real U+FFFD is text like any other, stored as sent
+    labels.send({"\ufffd": 1})
+    assert query(database_url, schema, "SELECT args FROM task") == [({"\ufffd": 1},)]
+
+
+def test_nesting_is_refused_at_send_exactly_past_what_a_worker_can_load(
+    registry, database_url, schema
+):
+    @registry.task
+    def tree(data: dict[str, Any]) -> None:
+        pass
+
+    @registry.task
+    def wrapped(reading: Reading) -> None:
+        pass
+
+    handle = tree.send(_nested(MAX_NESTING_DEPTH))
+    [(stored,)] = query(
+        database_url, schema, "SELECT args::text FROM task WHERE id = %s", [handle.id]
+    )
+    assert tree.load_payload(stored) == _nested(MAX_NESTING_DEPTH)  # the worker's loader
+    too_deep = json.dumps(_nested(MAX_NESTING_DEPTH + 1))
+    with pytest.raises(pydantic.ValidationError, match="recursion limit"):
+        tree.load_payload(too_deep)  # why the limit: one level more, no worker could load it
+    for depth in (MAX_NESTING_DEPTH + 1, 256, 300):
+        with pytest.raises(PayloadNotSerializable) as info:
+            tree.send(_nested(depth))
+        message = str(info.value)
+        assert "payload for task tree" in message and "MAX_NESTING_DEPTH" in message, message
+        assert str(MAX_NESTING_DEPTH) in message
+    assert f"nested {MAX_NESTING_DEPTH + 1} levels deep" in str(
+        pytest.raises(PayloadNotSerializable, tree.send, _nested(MAX_NESTING_DEPTH + 1)).value
+    )
+    # the model's own level counts too
+    wrapped.send({"value": 1, "extra": _nested(MAX_NESTING_DEPTH - 1)})
+    with pytest.raises(PayloadNotSerializable, match="MAX_NESTING_DEPTH"):
+        wrapped.send({"value": 1, "extra": _nested(MAX_NESTING_DEPTH)})
+    assert count(database_url, schema) == 2
+
+
+def test_many_brackets_that_are_not_deep_are_accepted(registry, database_url, schema):
+    @registry.task
+    def rows(data: list[dict[str, Any]]) -> None:
+        pass
+
+    payload = [{"v": [i], "text": "[[[[{{{{"} for i in range(500)]  # 2,000+ brackets, 3 deep
+    handle = rows.send(payload)
+    [(stored,)] = query(database_url, schema, "SELECT args FROM task WHERE id = %s", [handle.id])
+    assert stored == payload
+
+
+def test_send_many_names_the_bad_items_index_and_task(registry, database_url, schema):
+    @registry.task
+    def plot(p: Point) -> None:
+        pass
+
+    @registry.task
+    def note(text: str) -> None:
+        pass
+
+    registry.migrate()
+    good = {"x": 1, "y": 2}
+    with pytest.raises(pydantic.ValidationError) as info:
+        plot.send_many([good, good, {"x": 3}])
+    assert "payload for task plot (item 2 of send_many) does not match" in "\n".join(
+        info.value.__notes__
+    )
+    with pytest.raises(PayloadNotSerializable, match=r"task note \(item 1 of send_many\).*NUL"):
+        note.send_many(["fine", "bad\x00"])
+    with pytest.raises(PayloadNotSerializable, match=r"task note \(item 0 of send_many\)"):
+        note.send_many(["\ud800"])
+    assert count(database_url, schema) == 0
+
+
+def test_validation_error_names_the_task_and_stays_a_validation_error(registry):
+    @registry.task
+    def plot(p: Point) -> None:
+        pass
+
+    with pytest.raises(pydantic.ValidationError) as info:
+        plot.send({"x": 1, "y": "high"})
+    assert info.value.__notes__ == ["payload for task plot does not match its annotation"]
+
+
+# ------------------------------------------------------------------- results: one rule
+
+
+@pytest.mark.parametrize(
+    ("task", "value", "needle"),
+    [
+        ("typed_nan", {"value": math.nan}, "$.value is nan"),
+        ("untyped_inf", {"value": math.inf}, "$.value is inf"),
+        ("surrogate_key", {"k\udc80": 1}, "lone surrogate"),
+        ("too_deep", None, "MAX_NESTING_DEPTH"),
+        ("typed_nan", {"value\x00": 1.0}, "NUL"),
+    ],
+)
+def test_unstorable_results_are_refused_typed_or_not(task, value, needle):
+    definition = hostile_results_app.hy.tasks[task]
+    if value is None:
+        value = _nested(MAX_NESTING_DEPTH + 1)
+    with pytest.raises(PayloadNotSerializable) as info:
+        definition.dump_result(value)
+    message = str(info.value)
+    assert f"task {task} returned a value that cannot be stored as JSON" in message
+    assert needle in message, message
+
+
+def test_deepest_storable_result_is_accepted():
+    definition = hostile_results_app.hy.tasks["deepest"]
+    assert json.loads(definition.dump_result(_nested(MAX_NESTING_DEPTH))) == _nested(
+        MAX_NESTING_DEPTH
+    )
+
+
+def test_unstorable_results_fail_the_attempt_in_a_real_worker(
+    app_registry, worker, database_url, schema
+):
+    app = hostile_results_app
+    app_registry(app.hy)
+    names = ["typed_nan", "untyped_inf", "surrogate_key", "too_deep"]
+    handles = {name: app.hy.tasks[name].send(1) for name in names}
+    deepest = app.deepest.send(1)
+    w = worker("hostile_results_app:hy", "--processes", "1", "--poll-interval", "0.1")
+    for name, h in handles.items():
+        h.wait(30)
+        assert (h.status, h.attempt_count) == ("failed", 1), (name, h.task_runs)
+        [run] = h.task_runs
+        assert run.error_type == "PayloadNotSerializable"
+        assert f"task {name} returned a value that cannot be stored" in (run.error_message or "")
+        assert h.last_error == run.error  # one shape for both
+        assert h.row.result is None
+    assert deepest.wait(30).status == "completed"
+    assert deepest.result == _nested(MAX_NESTING_DEPTH)
+    assert w.stop() == 0

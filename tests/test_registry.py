@@ -14,9 +14,13 @@ from pydantic import BaseModel
 
 from hyrex_like import (
     DuplicateTaskName,
+    HyrexContext,
     HyrexRegistry,
+    InvalidTaskId,
     InvalidTaskOption,
+    NoTaskContext,
     TaskDefinitionError,
+    TaskNotFound,
     get_hyrex_context,
 )
 
@@ -26,6 +30,10 @@ from .helpers import count
 class ProcessContext(BaseModel):
     file_path: str
     options: dict[str, Any]
+
+
+class Item(BaseModel):
+    n: int
 
 
 @pytest.fixture
@@ -378,13 +386,123 @@ def test_direct_call_of_async_task_returns_coroutine(hy):
     assert asyncio.run(double(4)) == 8
 
 
-def test_context_is_none_outside_a_task():
-    assert get_hyrex_context() is None
+def test_context_outside_a_task_raises_and_says_how_to_ask_optionally():
+    with pytest.raises(NoTaskContext) as info:
+        get_hyrex_context()
+    assert isinstance(info.value, LookupError)
+    assert "outside a task" in str(info.value)
+    assert "get_hyrex_context(default=None)" in str(info.value)
+    assert get_hyrex_context(default=None) is None
 
 
-def test_context_is_none_inside_a_direct_call(hy):
+def test_direct_call_has_a_local_context_from_the_task_config(hy):
+    @hy.task(queue="processing", priority=7, max_retries=3)
+    def process_file(context: ProcessContext) -> HyrexContext:
+        return get_hyrex_context()
+
+    first = process_file(ProcessContext(file_path="/x", options={}))
+    second = process_file(ProcessContext(file_path="/y", options={}))
+    assert first.is_local is True
+    assert (first.task_name, first.attempt_number, first.queue, first.priority) == (
+        "process_file",
+        1,
+        "processing",
+        7,
+    )
+    assert first.max_retries == 3 and first.worker_id is None and first.parent_id is None
+    assert first.task_id != second.task_id  # a fresh id per call
+    assert get_hyrex_context(default=None) is None  # and gone after the call
+
+
+def test_direct_call_of_an_async_task_has_its_local_context_while_it_runs(hy):
+    import asyncio
+
+    @hy.task(queue="q")
+    async def peek(n: int) -> str:
+        await asyncio.sleep(0)
+        return get_hyrex_context().queue
+
+    assert asyncio.run(peek(1)) == "q"
+
+
+def test_a_task_sent_from_a_direct_call_records_the_enclosing_task_not_a_made_up_one(
+    hy, database_url, schema
+):
+    from hyrex_like.testing import run_task
+
+    from .helpers import query
+
     @hy.task
-    def peek(n: int) -> bool:
-        return get_hyrex_context() is None
+    def child(n: int) -> None:
+        pass
 
-    assert peek(1) is True
+    @hy.task
+    def parent(n: int) -> str:
+        return str(child.send(n).id)
+
+    @hy.task
+    def outer(n: int) -> list[str]:  # run as a worker would: a real context
+        return [parent(n), str(get_hyrex_context().task_id)]
+
+    lone = parent(1)  # a direct call outside any task: no parent recorded
+    inner, outer_id = run_task(outer, 2)
+    rows = dict(
+        (str(r[0]), (r[1], r[2]))
+        for r in query(database_url, schema, "SELECT id, parent_id, root_id FROM task")
+    )
+    assert rows[lone] == (None, None)
+    assert (str(rows[inner][0]), str(rows[inner][1])) == (outer_id, outer_id)
+
+
+def test_keyword_arguments_to_send_say_a_task_takes_one_payload(hy, database_url, schema):
+    import asyncio
+
+    @hy.task
+    def echo(item: Item) -> int:
+        return item.n
+
+    @hy.task
+    def tally(counts: dict[str, int]) -> int:
+        return len(counts)
+
+    @hy.task
+    def tick() -> None:
+        pass
+
+    hy.migrate()
+    with pytest.raises(TypeError) as info:
+        echo.send(n=3)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "task echo takes one payload, not keyword arguments (got n=3)" in message
+    assert "echo.send(Item(n=3)) or echo.send({'n': 3})" in message
+    with pytest.raises(TypeError, match=r"write tally\.send\(\{'a': 1\}\)$"):
+        tally.send(a=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"await echo\.asend\(Item\(n=3\)\)"):
+        asyncio.run(echo.asend(n=3))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"echo\.with_config.*|write echo\.send\(Item"):
+        echo.with_config(priority=9).send(n=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"write echo\(Item\(n=3\)\)"):
+        echo(n=3)  # type: ignore[call-overload]
+    with pytest.raises(
+        TypeError, match=r"task tick takes no payload \(got x=1\): write tick\.send\(\)"
+    ):
+        tick.send(x=1)  # type: ignore[arg-type]
+    assert count(database_url, schema) == 0
+
+
+def test_get_handle_of_a_malformed_id_names_it(hy):
+    with pytest.raises(InvalidTaskId) as info:
+        hy.get_handle("not-a-uuid")
+    assert isinstance(info.value, ValueError)
+    assert "'not-a-uuid' is not a UUID" in str(info.value)
+
+
+def test_task_not_found_never_shows_a_placeholder_name(hy):
+    import uuid
+
+    missing = uuid.uuid4()
+    for task_id in (missing, str(missing)):
+        with pytest.raises(TaskNotFound) as info:
+            hy.get_handle(task_id)
+        assert str(missing) in str(info.value)
+        assert "(?)" not in str(info.value) and "?" not in str(info.value)

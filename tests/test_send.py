@@ -468,7 +468,7 @@ def test_handle_task_runs_show_each_attempt(registry, database_url, schema):
     )
     runs = handle.refresh().task_runs
     assert [(r.attempt_number, r.status, r.result, r.error) for r in runs] == [
-        (1, "failed", None, "ValueError: bad row"),
+        (1, "failed", None, {"type": "ValueError", "message": "bad row", "attempt": 1}),
         (2, "completed", {"ok": True}, None),
     ]
 

@@ -1,0 +1,234 @@
+"""Sends ride out a database restart: a pooled connection found dead is replaced and the send
+tried once more, without ever writing a task twice. Backends are really terminated
+(``pg_terminate_backend``), only those of the registry under test: other tests share the server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from hyrex_like import DatabaseError, HyrexRegistry
+
+from .helpers import count, query
+
+
+@pytest.fixture
+def hy(database_url: str, schema: str) -> Iterator[HyrexRegistry]:
+    registry = HyrexRegistry(database_url, schema=schema)
+
+    @registry.task
+    def echo(n: int) -> int:
+        return n
+
+    yield registry
+    registry.close()
+
+
+def _fill_pool(hy: HyrexRegistry) -> list[int]:
+    """Open every connection the sync pool may hold; returns their backend pids."""
+    pool = hy.store.pool()
+    conns = [pool.getconn() for _ in range(hy.settings.pool_max_size)]
+    pids = [c.info.backend_pid for c in conns]
+    for c in conns:
+        pool.putconn(c)
+    return pids
+
+
+async def _fill_apool(hy: HyrexRegistry) -> list[int]:
+    apool = await hy.store.apool()
+    conns = [await apool.getconn() for _ in range(hy.settings.pool_max_size)]
+    pids = [c.info.backend_pid for c in conns]
+    for c in conns:
+        await apool.putconn(c)
+    return pids
+
+
+def _terminate(database_url: str, pids: list[int]) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
+            (pids,),
+        ).fetchall()
+        assert sorted(r[0] for r in rows) == sorted(pids) and all(r[1] for r in rows)
+        # pg_terminate_backend only signals: wait until the backends are gone
+        for _ in range(500):
+            left = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            ).fetchone()
+            if left == (0,):
+                return
+            conn.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"backends {pids} still alive")
+
+
+def _ids_once(database_url: str, schema: str, ids: list[Any]) -> None:
+    rows = query(database_url, schema, "SELECT id, count(*) FROM task GROUP BY id")
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    assert all(r[1] == 1 for r in rows)
+
+
+def test_send_after_every_pooled_backend_was_terminated_succeeds_once_each(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    echo = hy.tasks["echo"]
+    first = echo.send(0)
+    pids = _fill_pool(hy)
+    assert len(set(pids)) == hy.settings.pool_max_size
+    _terminate(database_url, pids)
+    handles = [echo.send(i) for i in range(1, 21)]
+    _ids_once(database_url, schema, [first.id] + [h.id for h in handles])
+    # the dead connections were found (and dropped) by the retry, not by luck
+    assert hy.store.pool().get_stats().get("connections_lost", 0) >= 1
+
+
+def test_send_many_after_every_pooled_backend_was_terminated_succeeds_once(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    echo = hy.tasks["echo"]
+    echo.send(0)
+    _terminate(database_url, _fill_pool(hy))
+    handles = [h for i in range(20) for h in echo.send_many([10 * i + k for k in range(3)])]
+    assert count(database_url, schema) == 61
+    _ids_once(database_url, schema, [h.id for h in handles] + [_first_id(database_url, schema)])
+    assert hy.store.pool().get_stats().get("connections_lost", 0) >= 1
+
+
+def _first_id(database_url: str, schema: str) -> Any:
+    return query(database_url, schema, "SELECT id FROM task WHERE args = '0'::jsonb")[0][0]
+
+
+def test_asend_after_every_pooled_backend_was_terminated_succeeds_once_each(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    echo = hy.tasks["echo"]
+
+    async def scenario() -> tuple[list[Any], dict[str, int]]:
+        await echo.asend(0)
+        _terminate(database_url, await _fill_apool(hy))
+        handles = [await echo.asend(i) for i in range(1, 21)]
+        stats = (await hy.store.apool()).get_stats()
+        await hy.aclose()
+        return [h.id for h in handles], stats
+
+    ids, stats = asyncio.run(scenario())
+    assert count(database_url, schema) == 21
+    _ids_once(database_url, schema, ids + [_first_id(database_url, schema)])
+    assert stats.get("connections_lost", 0) >= 1
+
+
+def test_send_is_not_retried_on_the_callers_connection(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    echo = hy.tasks["echo"]
+    hy.migrate()
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SELECT 1")
+        _terminate(database_url, [conn.info.backend_pid])
+        with pytest.raises(DatabaseError):
+            echo.send(1, conn=conn)
+    assert count(database_url, schema) == 0
+
+
+def test_a_send_that_committed_before_its_connection_died_is_not_written_twice(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    """The retry of a send that had committed finds its own row (same id) and succeeds."""
+    echo = hy.tasks["echo"]
+    echo.send(0)
+    new = echo._new_task(1, [])
+    hy.store.insert_task(new)
+    # replay the retry path itself: the row is there, so the duplicate key means "done"
+    hy.store._send_again(lambda c: c.run_prepared("insert_task", new.params()), "test")
+    assert count(database_url, schema, f"id = '{new.id}'") == 1
+
+
+def test_after_close_a_recreated_schema_is_migrated_again(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    echo = hy.tasks["echo"]
+    echo.send(1)
+    hy.close()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    handle = echo.send(2)  # auto-migrate runs again instead of SchemaNotReady
+    assert count(database_url, schema) == 1
+    assert handle.refresh().status == "queued"
+
+
+def test_close_closes_the_async_pool_too(hy: HyrexRegistry, database_url: str) -> None:
+    echo = hy.tasks["echo"]
+
+    async def send_async() -> list[int]:
+        await echo.asend(1)
+        return await _fill_apool(hy)
+
+    pids = asyncio.run(send_async())  # the loop the pool lived on is gone now
+    assert _alive(database_url, pids) == len(pids)
+    hy.close()
+    assert hy.store.idle()
+    assert _wait_gone(database_url, pids)
+
+
+def test_asend_on_a_new_event_loop_opens_a_new_async_pool(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    echo = hy.tasks["echo"]
+    asyncio.run(echo.asend(0))
+
+    async def on_a_new_loop() -> None:
+        # Needs the pool to grow: a pool left on the first loop (whose tasks died with it)
+        # could not open a connection and would wait out its timeout.
+        await asyncio.wait_for(_fill_apool(hy), 10)
+        await asyncio.gather(*(echo.asend(n) for n in range(1, 9)))
+        await hy.aclose()
+
+    asyncio.run(on_a_new_loop())
+    assert count(database_url, schema) == 9
+
+
+def test_registry_is_a_context_manager_sync_and_async(database_url: str, schema: str) -> None:
+    with HyrexRegistry(database_url, schema=schema) as hy:
+
+        @hy.task
+        def ping(n: int) -> int:
+            return n
+
+        ping.send(1)
+        assert not hy.store.idle()
+    assert hy.store.idle()
+
+    async def use() -> HyrexRegistry:
+        async with HyrexRegistry(database_url, schema=schema) as ahy:
+
+            @ahy.task
+            def pong(n: int) -> int:
+                return n
+
+            await pong.asend(1)
+            pong.send(2)
+            assert not ahy.store.idle()
+        return ahy
+
+    ahy = asyncio.run(use())
+    assert ahy.store.idle()
+    assert count(database_url, schema) == 3
+
+
+def _alive(database_url: str, pids: list[int]) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _wait_gone(database_url: str, pids: list[int]) -> bool:
+    from .helpers import wait_until
+
+    return bool(wait_until(lambda: _alive(database_url, pids) == 0, 10, what="backends to go"))
