@@ -53,6 +53,7 @@ from .executor import (
     SKIP,
     Job,
     call_on_error,
+    describe_error,
     executor_exited,
     executor_main,
     kill_executor_group,
@@ -276,7 +277,7 @@ class _HandlerThread:
             try:
                 call()
             except BaseException as exc:  # call_on_error logs the handler's own errors
-                self._log.error("on_error_failed", error=f"{type(exc).__name__}: {exc}")
+                self._log.error("on_error_failed", error=describe_error(exc))
             with self._idle:
                 self._pending -= 1
                 self._idle.notify_all()
@@ -512,8 +513,8 @@ class Dispatcher:
 
     def _forced_shutdown(self) -> int:
         # A third signal now ends the process at once, as a user pressing Ctrl-C again expects.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         self.log.warning("worker_forced_stop")
         self._interrupt_executors("the worker was stopped at once (second signal)")
         for ex in self._executors:
@@ -557,7 +558,9 @@ class Dispatcher:
     # ---------------------------------------------------------------------------- signals
 
     def _install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: closing the terminal a worker runs in stops it gracefully (its executors
+        # lead their own sessions, so the hang-up does not reach them).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _restore_signals(self) -> None:

@@ -294,13 +294,16 @@ def test_second_signal_stops_the_worker_at_once(wapp, app_worker, out_dir, datab
     assert [r.status for r in handle.task_runs] == ["interrupted"]
 
 
-def test_sigint_stops_like_sigterm(wapp, app_worker, database_url, schema):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_sigint_and_sighup_stop_like_sigterm(wapp, app_worker, database_url, schema, sig):
     handle = wapp.record.send({"n": 1})
     w = app_worker("--processes", "1")
     done(handle, 30)
-    w.signal(signal.SIGINT)
+    pids = w.executor_pids()
+    w.signal(sig)
     assert w.proc.wait(30) == 0
     assert query(database_url, schema, "SELECT status FROM worker") == [("stopped",)]
+    wait_until(lambda: not any(_alive(p) for p in pids), 10, what="executors gone")
 
 
 def _alive(pid: int) -> bool:
