@@ -771,7 +771,8 @@ def _json_problem(data: bytes, plain: Callable[[], Any]) -> str | None:
     Each check is a substring scan or two in the common case; the exact check runs only
     when a scan finds a suspect. ``plain`` gives the value as Python data (keys unchanged).
     """
-    if _JSON_NUL.search(data):
+    # (the substring first: the regex, with its look-behind, costs ~3 us even on a short text)
+    if b"\\u0000" in data and _JSON_NUL.search(data):
         return "it contains a NUL character (\\u0000) in a string; PostgreSQL JSON cannot store it"
     # The number of brackets bounds the depth; only a payload with more parses in full, with
     # the parser the worker uses, so the limit is exactly what a worker can read.
