@@ -785,7 +785,7 @@ def _json_problem(data: bytes, plain: Callable[[], Any]) -> str | None:
                     f"it is nested {_depth(data)} levels deep; the limit is MAX_NESTING_DEPTH "
                     f"({MAX_NESTING_DEPTH}), the deepest a worker's JSON parser reads"
                 )
-            raise
+            return f"the worker's JSON parser cannot read it: {exc}"
     if b"NaN" in data or b"Infinity" in data:
         found = _find(json.loads(data), _non_finite, keys=False)
         if found is not None:
