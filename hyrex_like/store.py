@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, LiteralString, NamedTuple
 
 import psycopg
-import structlog
 from psycopg import pq, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -31,9 +30,10 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from .config import Settings, redact_dsn
 from .embedded import embedded_database_url
 from .errors import ConfigurationError, DatabaseError, SchemaNotReady
+from .logs import get_logger
 from .waker import Waker
 
-log = structlog.get_logger("hyrex_like.store")
+log = get_logger("hyrex_like.store")
 
 # Tasks closing an async pool from a sync close() on the pool's own loop (kept referenced
 # until done, or the loop could drop them).
