@@ -91,10 +91,20 @@ def main() -> int:
     print(f"  attempts (runs) : {dict(runs)}  total {sum(runs.values())}")
     print(f"  retried tasks   : {retried}")
     h = handles[10].refresh()
-    attempts = [(r.attempt_number, r.status, r.error or r.result) for r in h.task_runs]
+    attempts = [
+        (
+            r.attempt_number,
+            r.status,
+            f"{r.error['type']}: {r.error['message']}" if r.error else "ok",
+        )
+        for r in h.task_runs
+    ]
     print(f"  a retried order : {attempts}")
     failed = next(x for x in handles if x.status == "failed")
-    print(f"  a failed task   : {failed.task_name} -> {failed.last_error}")
+    err = failed.last_error
+    print(
+        f"  a failed task   : {failed.task_name} -> {err and err['type']}: {err and err['message']}"
+    )
     print(f"  the urgent one  : {urgent.status}, result {urgent.result}")
     demo_app.hy.close()
     ok = statuses.get("completed", 0) == len(handles) - 1 and statuses.get("failed", 0) == 1

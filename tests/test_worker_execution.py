@@ -28,8 +28,9 @@ def test_returned_pydantic_model_is_stored_as_json(wapp, app_worker):
     handle = wapp.returns_model.send({"n": 4})
     w = app_worker("--processes", "1")
     assert done(handle, 30).status == "completed", handle.task_runs
-    assert handle.result == {"n": 4, "doubled": 8, "tags": ["a", "b"]}
-    assert handle.task_runs[0].result == handle.result
+    assert handle.result == wapp.Doubled(n=4, doubled=8, tags=["a", "b"])  # rebuilt, typed
+    stored = {"n": 4, "doubled": 8, "tags": ["a", "b"]}
+    assert handle.task_runs[0].result == handle.row.result == stored
     assert w.stop() == 0
 
 
