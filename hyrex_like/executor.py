@@ -378,7 +378,7 @@ class Executor:
         retryable = True
         try:
             try:
-                payload = _load(definition, wire[_W_ARGS])
+                payload = definition.load_payload(wire[_W_ARGS])
             except pydantic.ValidationError:
                 retryable = False  # the stored args will not validate next time either
                 raise
@@ -617,9 +617,3 @@ def call_on_error(
             )
         except Exception:  # the handler broke our stderr: nowhere left to say it
             pass
-
-
-def _load(definition: TaskDefinition[Any, Any], args: str) -> Any:
-    if definition.payload_adapter is None:
-        return None
-    return definition.payload_adapter.validate_json(args)
