@@ -70,9 +70,9 @@ def server_bin() -> Path:
     system = Path("/usr/lib/postgresql/15/bin")
     if (system / "initdb").exists():
         return system
-    import pgserver  # the embedded package ships the binaries
+    from hyrex_like._launchers import choose_launcher  # the embedded wheel ships the binaries
 
-    return Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
+    return choose_launcher().bin_dir()
 
 
 def server_user() -> str:

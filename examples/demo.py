@@ -1,6 +1,6 @@
 """hyrex-like demo: send a few hundred typed tasks, run a worker until they are done, summarise.
 
-python examples/demo.py            # embedded PostgreSQL under ./.hyrex_like/
+python examples/demo.py            # embedded PostgreSQL under the project's .hyrex_like/
 HYREX_LIKE_DATABASE_URL=postgresql://... python examples/demo.py
 """
 
@@ -24,7 +24,8 @@ def main() -> int:
     schema = "hyrex_like_demo"  # the summary reads this run's handles, so reruns are fine
     demo_app.hy.configure(schema_name=schema)
     store = demo_app.hy.store
-    where = "configured URL" if demo_app.hy.settings.database_url else "embedded, ./.hyrex_like/"
+    settings = demo_app.hy.settings
+    where = "configured URL" if settings.database_url else f"embedded, {settings.embedded_dir}"
     print(f"database: {where}, schema {schema}")
 
     started = time.monotonic()

@@ -40,12 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ._launchers import Launcher, choose_launcher, executable, server_version
 from .errors import ConfigurationError, DatabaseError
+from .logs import get_logger
 
-log = structlog.get_logger("hyrex_like.embedded")
+log = get_logger("hyrex_like.embedded")
 
 SERVER_USER = "pgserver"
 """The system user the server runs as when root starts it (see the module docstring)."""

@@ -29,7 +29,7 @@ from hyrex_like import (
 )
 
 from .apps import bad_input_app, basic_app, hostile_results_app
-from .helpers import APPS, ROOT, count, query, wait_until
+from .helpers import APPS, ROOT, count, query, server_address, wait_until
 
 HOSTILE = "'; DROP TABLE task; --"
 
@@ -470,11 +470,12 @@ def test_unreachable_url_in_the_library_is_a_database_error(schema):
 class _LateProxy:
     """A TCP forwarder to the real server that starts listening only when told to."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int) -> None:
         import socket
         import threading
 
         self.port = _free_port()
+        self.target_host = target_host
         self.target_port = target_port
         self._socket = socket
         self._threading = threading
@@ -492,7 +493,7 @@ class _LateProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            upstream = self._socket.create_connection(("127.0.0.1", self.target_port))
+            upstream = self._socket.create_connection((self.target_host, self.target_port))
             for a, b in ((client, upstream), (upstream, client)):
                 self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -522,8 +523,7 @@ def test_worker_waits_for_a_late_database_within_the_startup_timeout(
 
     app_registry(basic_app.hy).migrate()
     handle = basic_app.echo.send({"n": 41})
-    target = int(conninfo.conninfo_to_dict(database_url)["port"])  # never a default port
-    proxy = _LateProxy(target)
+    proxy = _LateProxy(*server_address(database_url))  # never a default host or port
     late_url = conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
     try:
         w = worker(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hyrex_like import ConfigurationError, HyrexRegistry, Settings
-from hyrex_like.config import redact_dsn
+from hyrex_like.config import find_data_dir, redact_dsn
 
 ENV = {
     "HYREX_LIKE_DATABASE_URL": "postgresql://env@db/env",
@@ -28,7 +28,7 @@ def test_defaults_apply_with_an_empty_environment():
     assert s.allow_embedded is True
     assert s.auto_migrate is True
     assert s.max_payload_bytes == 1_048_576
-    assert s.embedded_dir == Path.cwd() / ".hyrex_like" / "pgdata"
+    assert s.embedded_dir == find_data_dir(Path.cwd())
 
 
 def test_environment_overrides_defaults():

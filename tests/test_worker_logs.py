@@ -80,8 +80,8 @@ def _with_password(url: str, password: str, **changes: str) -> str:
     if parts.scheme not in ("postgresql", "postgres") or parts.password or not parts.port:
         pytest.skip("needs a postgresql:// URL without a password")
     user = parts.username or "postgres"
-    host = changes.get("host", parts.hostname or "127.0.0.1")
-    port = changes.get("port", str(parts.port or 5432))
+    host = changes.get("host", parts.hostname)
+    port = changes.get("port", str(parts.port))
     path = changes.get("path", parts.path)
     return urllib.parse.urlunsplit(
         (parts.scheme, f"{user}:{password}@{host}:{port}", path, parts.query, "")
