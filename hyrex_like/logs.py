@@ -105,6 +105,13 @@ class _LibraryLogger:
         return self._target().exception(event, **values)
 
 
+def _value(value: Any) -> str:
+    """A field as it reads best: a plain token (a path, a URL, a number) bare, else its repr."""
+    if isinstance(value, str) and value and not any(c.isspace() or c in "'\"=" for c in value):
+        return value
+    return repr(value)
+
+
 def _to_logging(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -113,7 +120,7 @@ def _to_logging(
     exc_info = event_dict.pop("exc_info", None)
     fields = dict(event_dict)
     event = event_dict.pop("event", "")
-    text = " ".join([str(event), *(f"{k}={v!r}" for k, v in event_dict.items())])
+    text = " ".join([str(event), *(f"{k}={_value(v)}" for k, v in event_dict.items())])
     kwargs: dict[str, Any] = {"extra": {"hyrex_like": fields}}
     if exc_info:
         kwargs["exc_info"] = exc_info
