@@ -14,7 +14,7 @@ import annotated_types
 import pydantic
 
 from .config import Settings, redact_dsn
-from .dispatcher import WorkerOptions
+from .dispatcher import MAX_PROCESSES, WorkerOptions, default_processes
 from .errors import HyrexLikeError, InvalidTaskOption
 from .logs import LEVELS, configure_logging
 from .outages import URL_HINT, refusal
@@ -138,8 +138,9 @@ def _parser() -> argparse.ArgumentParser:
         "--processes",
         "-p",
         type=_bounded("processes"),
-        default=os.cpu_count() or 1,
-        help="executor processes running task code (default: CPU count, %(default)s)",
+        default=default_processes(),
+        help="executor processes running task code (default: the CPU count, at most "
+        f"{MAX_PROCESSES}: %(default)s)",
     )
     w.add_argument(
         "--prefetch",
@@ -178,7 +179,10 @@ def _parser() -> argparse.ArgumentParser:
         "--startup-timeout",
         type=_bounded("startup_timeout"),
         default=15.0,
-        help="seconds to keep trying to reach the database at start (default: %(default)s)",
+        help="seconds to keep trying to reach the database at start, and to keep retrying "
+        "once running when the database refuses the worker (a role that may not log in, a "
+        "database that does not exist...) before it stops with exit code 2; at start a refusal "
+        "stops it at once (default: %(default)s)",
     )
     common(w)
 

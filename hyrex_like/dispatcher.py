@@ -69,6 +69,16 @@ log = get_logger("hyrex_like.worker")
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError)
 
 
+MAX_PROCESSES = 512
+"""The most executor processes a worker runs (``--processes``)."""
+
+
+def default_processes(cpu_count: Callable[[], int | None] = os.cpu_count) -> int:
+    """The default ``--processes``: one executor per CPU, at most `MAX_PROCESSES` (so a larger
+    machine still starts with no flags); 1 when the count is unknown."""
+    return max(1, min(cpu_count() or 1, MAX_PROCESSES))
+
+
 class WorkerOptions(BaseModel):
     """How a worker runs. The CLI maps its flags onto these."""
 
@@ -76,7 +86,7 @@ class WorkerOptions(BaseModel):
 
     queues: tuple[str, ...] = ()
     """Queues to serve; empty means every queue."""
-    processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
+    processes: int = Field(default_factory=default_processes, ge=1, le=MAX_PROCESSES)
     prefetch: int = Field(default=16, ge=1, le=10_000)
     """Jobs handed to an idle executor at once (raise it for many tiny tasks)."""
     grace_period: float = Field(default=30.0, ge=0)
@@ -85,7 +95,9 @@ class WorkerOptions(BaseModel):
     """Seconds without a heartbeat after which a worker's running tasks are requeued."""
     poll_interval: float = Field(default=1.0, gt=0)
     startup_timeout: float = Field(default=15.0, ge=0)
-    """How long to keep trying to reach the database at start before giving up."""
+    """How long to keep trying to reach the database at start before giving up; also how
+    long a refusal for good (`outages.refusal`) met while running is retried before the
+    worker stops (at start, a refusal stops it at once)."""
     log_level: str = "info"
     log_format: str = "console"
 
@@ -330,6 +342,8 @@ class Dispatcher:
         self._grace_deadline = math.inf
         self._signals = 0
         self._startup_failures = 0
+        self._started = False  # connected once: a refusal from now on is waited out a while
+        self._refused_since: float | None = None  # when reconnects began to be refused
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -397,6 +411,7 @@ class Dispatcher:
                     f"after {self.options.startup_timeout:g}s"
                 )
             time.sleep(max(0.0, min(self._next_db_attempt, deadline) - time.monotonic()))
+        self._started = True
         self.log.info(
             "worker_started",
             app=self.app,
@@ -434,11 +449,42 @@ class Dispatcher:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _refused(self, why: str) -> ConfigurationError:
+    def _refused(self, why: str, lasted: float | None = None) -> ConfigurationError:
         """The error for a database that refuses this worker for good: one line, no password."""
         url = self.registry.settings.database_url  # None: the embedded database
         where = f"the database at {redact_dsn(url)}" if url else "the embedded database"
-        return ConfigurationError(f"{where} refused this worker: {why}; {URL_HINT}")
+        during = "" if lasted is None else f" for {lasted:.0f}s while it was running"
+        return ConfigurationError(f"{where} refused this worker{during}: {why}; {URL_HINT}")
+
+    def _still_refused(self, why: str) -> None:
+        """A reconnect refused while running: retried (with the usual backoff) until the refusal
+        has lasted --startup-timeout seconds, then the worker stops (`run`: exit code 2).
+
+        At start a refusal stops the worker at once: the URL is wrong. Once it has run, the
+        same errors also come from faults that heal: an LDAP, RADIUS or Kerberos server that
+        is briefly away ("LDAP authentication failed"), a database dropped and created again,
+        a role whose LOGIN is taken away and given back. Stopping at once would stop a whole
+        fleet, and lose the results not yet written. The time counts from the first of an
+        unbroken run of refusals: a successful reconnect or an outage (which is waited out
+        for as long as it lasts) starts it again."""
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        lasted = now - self._refused_since
+        bound = self.options.startup_timeout
+        if lasted >= bound:
+            raise self._refused(why, lasted)
+        # the next try no later than the bound, so the worker stops when it says it will
+        self._next_db_attempt = min(self._next_db_attempt, self._refused_since + bound)
+        self.log.error(
+            "database_refused",
+            error=why,
+            refused_for=round(lasted, 1),
+            retry_in=round(max(0.0, self._next_db_attempt - now), 2),
+            stops_in=round(bound - lasted, 1),
+            hint=f"{URL_HINT}; the worker retries, and stops (exit code 2) if the refusal "
+            f"lasts --startup-timeout ({bound:g}s)",
+        )
 
     def _step(self) -> None:
         if self._stop_requested and not self._stopping:
@@ -499,10 +545,29 @@ class Dispatcher:
     def _abandon(self) -> None:
         """Stop without the database, which refuses us for good (`outages.refusal`): the tasks
         this worker holds stay marked as running until another worker's rescuer requeues them
-        (its heartbeat is stale after --stale-after seconds)."""
-        held = self._known_task_ids()
+        (its heartbeat is stale after --stale-after seconds).
+
+        Results already in hand are written first if a connection still works; those that
+        cannot be are logged apart, by task id: these tasks finished, and will run again."""
+        if self._started:
+            self._collect()  # results the executors sent before they are killed
         for ex in self._executors:
             self._kill(ex)
+        if self._started:
+            self._write_what_is_left()
+        unwritten = [r.task_id for r in self._done]
+        if self._writing is not None:  # a write still in flight may yet land
+            unwritten += [r.task_id for r in self._writing.finished]
+        if unwritten:
+            self.log.error(
+                "worker_results_lost",
+                tasks=len(unwritten),
+                task_ids=[str(i) for i in unwritten],
+                hint="these tasks finished but their outcome could not be written; other "
+                "workers run them again once this worker's heartbeat is stale",
+            )
+        lost = set(unwritten)
+        held = [i for i in self._known_task_ids() if i not in lost]
         if held:
             self.log.error(
                 "worker_abandoned_tasks",
@@ -510,6 +575,18 @@ class Dispatcher:
                 task_ids=[str(i) for i in held],
                 hint="other workers requeue these tasks once this worker's heartbeat is stale",
             )
+
+    def _write_what_is_left(self) -> None:
+        """On the way out without reconnecting: take in the rounds in flight, then write the
+        results and hand back the unstarted tasks through the writer's connection, if it is
+        still open."""
+        self._settle(1.0)
+        db = self._db
+        if db is None or db.closed or not (self._done or self._giveback):
+            return
+        job = self._run_round(_Round(db, self._giveback, self._done, 0, self._generation))
+        self._giveback, self._done = [], []
+        self._apply(job)
 
     def _forced_shutdown(self) -> int:
         # A third signal now ends the process at once, as a user pressing Ctrl-C again expects.
@@ -618,12 +695,18 @@ class Dispatcher:
             for conn in conns:
                 conn.close()
             why = refusal(exc)
-            if why is not None:  # a reconnect is refused for good: stop (see run)
+            if why is not None and not self._started:  # refused at start: stop (see run)
                 raise self._refused(why) from None
             self._db_failures += 1
             delay = min(0.1 * 2 ** min(self._db_failures, 6), 5.0)
             self._next_db_attempt = time.monotonic() + delay
-            self.log.warning("database_unavailable", error=_describe(exc), retry_in=round(delay, 2))
+            if why is not None:
+                self._still_refused(why)  # raises once the refusal has lasted too long
+            else:
+                self._refused_since = None  # an outage: waited out, however long it lasts
+                self.log.warning(
+                    "database_unavailable", error=_describe(exc), retry_in=round(delay, 2)
+                )
             return None
         if self._db_failures or self._connection_lost:
             self.stats["db_reconnects"] += 1
@@ -632,6 +715,7 @@ class Dispatcher:
             )
         self._db_failures = 0
         self._connection_lost = False
+        self._refused_since = None
         self._db, self._claim_db, self._listen = db, claim_db, listen
         self._generation += 1
         self._claim_wanted = True
@@ -1054,6 +1138,9 @@ class Dispatcher:
         process = ctx.Process(
             target=target, args=args, name=f"hyrex-like-executor-{index}", daemon=True
         )
+        # Starting a process reaps every dead child multiprocessing knows: the group of an
+        # executor that died meanwhile is killed first, while its id is still its own.
+        self._kill_exited_groups()
         # The child inherits the blocked signal and unblocks it once its handler is in place:
         # a drain signal sent while it starts waits for it instead of killing it.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {DRAIN_SIGNAL})
@@ -1073,10 +1160,18 @@ class Dispatcher:
                 pass  # it died; _reap deals with that
 
     def _kill(self, ex: _Executor) -> None:
-        """Kill an executor with its process group (what its tasks started), then reap it."""
+        """Kill an executor with its process group (what its tasks started), then reap it.
+        Again on one already killed and reaped: nothing is sent (see `kill_executor_group`)."""
         kill_executor_group(ex.process)
         ex.process.join(5)
         ex.close()
+
+    def _kill_exited_groups(self) -> None:
+        """Kill the group of every executor that has exited and is not reaped yet (a ``waitid``
+        each; only before an executor is started, never per task)."""
+        for ex in self._executors:
+            if executor_exited(ex.process):
+                kill_executor_group(ex.process)
 
     def _reap(self) -> None:
         """Replace dead executors; their running attempt is lost, the rest go to others."""

@@ -237,22 +237,33 @@ def _lead_own_session() -> None:
         pass
 
 
-def kill_executor_group(process: Any) -> None:
-    """SIGKILL an executor (a `multiprocessing` process) and every process left in its group.
+def kill_executor_group(process: Any) -> bool:
+    """SIGKILL an executor (a `multiprocessing` process) and every process left in its group,
+    if its pid is still ours; returns whether it was (and so whether anything was sent).
 
-    Called by the parent before it reaps the executor (alive, or dead and not yet waited for):
-    until then its pid, which is its group's id, cannot be anyone else's. After a reap the id
-    stays taken only while the group has members, which are then the ones to kill."""
+    An executor's pid, which is its group's id, is ours until the executor is reaped: joined,
+    read through ``exitcode``, or reaped by multiprocessing itself, which waits for every dead
+    child it knows whenever it starts another process (``Process.start``). From then on the
+    kernel may give the id to any new process or group, so nothing is sent: the parent kills
+    each executor's group before the reap (`Dispatcher._kill`, `Dispatcher._reap`, and
+    `Dispatcher._spawn` for the executors that died meanwhile), and calling this again, or
+    after the reap, does nothing. No cost per task: it runs when an executor is killed or found
+    dead, with one ``waitid`` call to see that no other thread reaped it."""
+    popen = process._popen
+    if popen is None or popen.returncode is not None:  # never started, or reaped
+        return False
+    try:  # alive, or dead and not yet waited for: the pid is still ours (not reaped here)
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped by a wait() we did not make: no longer ours
+        return False
     try:
         os.killpg(process.pid, signal.SIGKILL)
-        return
     except OSError:  # no such group: it died, or is killed, before it made its own
-        pass
-    if process.exitcode is None:  # alive (and so not reaped): the pid is still its own
         try:
-            os.kill(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.kill(process.pid, signal.SIGKILL)  # a zombie's pid takes it harmlessly
+        except OSError:
             pass
+    return True
 
 
 def executor_exited(process: Any) -> bool:

@@ -329,3 +329,101 @@ def test_ctrl_c_to_the_workers_process_group_still_stops_its_executors(
     assert w.proc.wait(60) == 0
     for pid in [*executors, child]:
         wait_until(lambda pid=pid: not _alive(pid), 10, what=f"process {pid} to be gone")
+
+
+# ------------------------------------------ a group is killed only while its id is the worker's
+
+
+def _killed(pid: int) -> bool:
+    """Whether ``pid`` was sent SIGKILL, as /proc shows it the moment ``kill`` returns: gone,
+    a zombie, exiting (PF_EXITING), or with SIGKILL pending. No waiting either way."""
+    try:
+        fields = _stat(pid)
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    except FileNotFoundError:
+        return True
+    if fields[0] in ("Z", "X") or int(fields[6]) & 0x4:  # fields[6]: flags; 0x4 PF_EXITING
+        return True
+    bit = 1 << (signal.SIGKILL - 1)
+    return any(int(status[key], 16) & bit for key in ("SigPnd", "ShdPnd"))
+
+
+def _stand_in_executor(pidfile: Path, then: str) -> Any:
+    """A real process that leads its own group, as an executor does, with a child in it."""
+    import multiprocessing
+
+    from .apps import hostile_app
+
+    process = multiprocessing.get_context("spawn").Process(
+        target=hostile_app.lead_a_group_and_leave_a_child, args=(str(pidfile), then), daemon=True
+    )
+    process.start()
+    return process
+
+
+def test_an_executor_group_is_killed_while_its_pid_is_ours_and_never_after_the_reap(
+    out_dir, children
+):
+    from hyrex_like.executor import kill_executor_group
+
+    executor = _stand_in_executor(out_dir / "alive.pid", "wait")
+    child = _child_pid(out_dir / "alive.pid", children)
+    assert _stat(child)[2] == str(executor.pid)
+    assert not _killed(child)
+    assert kill_executor_group(executor) is True  # alive: its id is its own
+    assert _killed(child)
+    executor.join(30)
+    assert executor.exitcode == -signal.SIGKILL
+    assert kill_executor_group(executor) is False  # again, once reaped: nothing is sent
+
+
+def test_no_signal_goes_to_the_group_id_of_an_executor_already_reaped(out_dir, children):
+    """Once reaped, an executor's pid (its group's id) may be given to another process group;
+    a second kill (a shutdown whose grace period ran out, a refused start) must send nothing.
+    The id is kept observable here: a child left in the reaped executor's group holds it."""
+    from hyrex_like.executor import kill_executor_group
+
+    executor = _stand_in_executor(out_dir / "left.pid", "exit")
+    child = _child_pid(out_dir / "left.pid", children)
+    executor.join(30)
+    assert executor.exitcode == 0  # exited by itself, and reaped
+    assert _stat(child)[2] == str(executor.pid)  # the group lives on in the child
+    assert kill_executor_group(executor) is False
+    assert not _killed(child), "a group was signalled after its leader was reaped"
+
+
+def test_replacing_dead_executors_kills_every_dead_ones_group_before_any_reap(
+    happ, out_dir, children
+):
+    """Starting a process makes multiprocessing reap every dead child it knows, so replacing
+    the first of two dead executors would reap the second before its group was killed (after
+    which its id is no longer the worker's to signal): every dead executor's group is killed
+    before a replacement starts."""
+    import multiprocessing
+    import multiprocessing.connection as mpc
+
+    from hyrex_like.dispatcher import Dispatcher, WorkerOptions, _Executor
+
+    d = Dispatcher(happ.hy, "tests.apps.hostile_app:hy", WorkerOptions(processes=2))
+    pidfiles = [out_dir / f"dead-{i}.pid" for i in range(2)]
+    for i, pidfile in enumerate(pidfiles):
+        ours, theirs = multiprocessing.get_context("spawn").Pipe(duplex=True)
+        theirs.close()
+        ex = _Executor(i, _stand_in_executor(pidfile, "exit"), ours)
+        ex.ready = True
+        d._executors.append(ex)
+    try:
+        left = [_child_pid(pidfile, children) for pidfile in pidfiles]
+        exited = [ex.process.sentinel for ex in d._executors]  # readable at exit, not reaped
+        while exited:
+            ready = mpc.wait(exited, 30)
+            assert ready, "the stand-in executors did not exit"
+            exited = [s for s in exited if s not in ready]
+        d._reap()
+        assert d.stats["executor_restarts"] == 2
+        for pid in left:
+            assert _killed(pid), f"child {pid} of a dead executor survived its replacement"
+    finally:
+        for ex in d._executors:
+            d._kill(ex)

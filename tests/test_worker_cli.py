@@ -191,3 +191,20 @@ def test_run_worker_serves_only_the_queues_given_with_repeatable_queue_option(
     beta.refresh()
     assert beta.status == "queued"
     assert sorted(e["kind"] for e in read_events(out_dir)) == ["alpha", "gamma"]
+
+
+def test_the_default_processes_is_the_cpu_count_capped_at_what_the_worker_accepts():
+    """With no --processes, a machine with more CPUs than a worker may run executors (512)
+    starts the most it may, instead of refusing its own default."""
+    import os
+
+    from hyrex_like.dispatcher import MAX_PROCESSES, default_processes
+
+    [high] = [b.le for b in WorkerOptions.model_fields["processes"].metadata if hasattr(b, "le")]
+    assert high == MAX_PROCESSES == 512
+    for cpus, expected in [(None, 1), (1, 1), (8, 8), (512, 512), (513, 512), (4096, 512)]:
+        assert default_processes(lambda cpus=cpus: cpus) == expected, cpus
+        assert WorkerOptions(processes=default_processes(lambda cpus=cpus: cpus))
+    assert default_processes() == min(os.cpu_count() or 1, 512)
+    assert WorkerOptions().processes == default_processes()
+    assert cli._parser().parse_args(["run-worker", "app:hy"]).processes == default_processes()

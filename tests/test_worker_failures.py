@@ -234,22 +234,26 @@ def test_a_result_with_quotes_braces_and_backslashes_is_stored_as_returned(wapp,
 
 
 def test_a_slow_on_error_for_a_timeout_does_not_hold_up_dispatch(app_registry, worker, out_dir):
-    """The worker calls on_error itself for a timeout; a handler that sleeps 5 s runs on its
-    own thread while other tasks are dispatched, and is waited for at shutdown."""
+    """The worker calls on_error itself for a timeout; a handler that blocks runs on its own
+    thread while other tasks are dispatched, and is waited for at shutdown. The handler
+    returns only once the test creates a file, after every other task has completed: no
+    assumption on how long anything takes."""
     from .apps import slow_handler_app as app
 
     app_registry(app.hy)
-    stuck = app.stuck.send(1)  # times out after 0.5 s; its handler then sleeps 5 s
+    stuck = app.stuck.send(1)  # times out after 0.5 s; its handler then blocks
     w = worker("slow_handler_app:hy", "--processes", "1", env={"HYREX_TEST_OUT": str(out_dir)})
     [start] = wait_until(lambda: read_events(out_dir, "handler_start"), 30, what="the handler")
     assert start["type"] == "TaskTimeout"
+    # one executor: these run in the replacement spawned after the timeout
     quick = [app.quick.send(i) for i in range(5)]
     for handle in quick:
-        assert done(handle, 30).status == "completed"
+        assert done(handle, 60).status == "completed"
     assert done(stuck, 30).status == "failed"  # written without waiting for the handler
-    assert read_events(out_dir, "handler_end") == [], "dispatch waited for the handler"
-    finished = max(e["t"] for e in read_events(out_dir, "quick"))
-    assert finished - start["t"] < app.HANDLER_SECONDS - 1
-    # at shutdown, a handler still running gets the grace period to finish
-    assert w.stop() == 0
+    assert read_events(out_dir, "handler_end") == [], "the handler returned before its release"
+    # at shutdown, a handler still running is waited for (within the grace period)
+    w.signal(signal.SIGTERM)
+    wait_until(lambda: "worker_stopping" in w.log(), 30, what="the worker to begin stopping")
+    (out_dir / app.RELEASE).touch()
+    assert w.proc.wait(60) == 0
     assert [e["type"] for e in read_events(out_dir, "handler_end")] == ["TaskTimeout"]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import signal
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -456,29 +460,14 @@ def test_refusal_is_judged_by_sqlstate_or_libpq_message_and_unknown_errors_are_w
         assert refusal(wrapped(op(transient))) is None, transient
 
 
-def test_a_worker_whose_reconnect_is_refused_for_good_stops_with_exit_code_2(
-    wapp, app_worker, database_url, schema
-):
-    """A role that may no longer log in: the worker stops instead of retrying forever."""
+@contextlib.contextmanager
+def _login_role(database_url: str) -> Iterator[str]:
+    """A superuser role of its own for one worker, so a test can take its LOGIN away."""
     role = "hl_refused_" + uuid.uuid4().hex[:8]
-    handle = wapp.record.send({"n": 1})  # the schema exists before the worker starts
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} SUPERUSER LOGIN")
     try:
-        url = _url_with(database_url, user=role)
-        w = app_worker(
-            "--processes", "1", "--database-url", url, env={"HYREX_LIKE_DATABASE_URL": url}
-        )
-        assert done(handle, 30).status == "completed"
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f"ALTER ROLE {role} NOLOGIN")
-        pids = wait_until(lambda: backend_pids_of(database_url, w.pid), 20)
-        assert terminate_backends(database_url, pids) >= 1
-        assert w.proc.wait(30) == 2
-        text = w.log()
-        assert f'role "{role}" is not permitted to log in' in text
-        assert "HYREX_LIKE_DATABASE_URL" in text
-        assert PASSWORD not in text
+        yield role
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(
@@ -486,3 +475,104 @@ def test_a_worker_whose_reconnect_is_refused_for_good_stops_with_exit_code_2(
                 (role,),
             )
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _refuse_login(database_url: str, role: str, worker_pid: int) -> None:
+    """Take LOGIN away from ``role`` and cut the worker's connections: it must reconnect."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE {role} NOLOGIN")
+    pids = wait_until(lambda: backend_pids_of(database_url, worker_pid), 20)
+    assert terminate_backends(database_url, pids) >= 1
+
+
+def _log_events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_a_worker_whose_reconnect_is_refused_for_good_stops_with_exit_code_2(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    """A role that may no longer log in: once running, the worker retries for --startup-timeout
+    seconds, logging each refusal, then stops with exit code 2. A result it could not write is
+    logged by task id (that task runs again once another worker rescues it)."""
+    first = wapp.record.send({"n": 1})  # the schema exists before the worker starts
+    with _login_role(database_url) as role:
+        url = _url_with(database_url, user=role)
+        w = app_worker(
+            "--processes",
+            "1",
+            "--startup-timeout",
+            "5",
+            "--log-format",
+            "json",
+            "--database-url",
+            url,
+            env={"HYREX_LIKE_DATABASE_URL": url},
+        )
+        assert done(first, 30).status == "completed"
+        held = wapp.until_released.send({"n": 2})
+        wait_until(lambda: read_events(out_dir, "start"), 30, what="the held task to start")
+        _refuse_login(database_url, role, w.pid)
+        wait_until(
+            lambda: "database_refused" in w.log() or w.proc.poll() is not None,
+            30,
+            what="a refused reconnect",
+        )
+        assert w.proc.poll() is None, "the worker stopped at the first refusal"
+        (out_dir / "release-2").touch()  # it finishes while the worker cannot write
+        wait_until(lambda: read_events(out_dir, "end"), 30, what="the held task to end")
+        assert w.proc.wait(60) == 2
+        text = w.log()
+    events = _log_events(text)
+    refused = [e for e in events if e["event"] == "database_refused"]
+    assert refused and refused[0]["error"] == f'role "{role}" is not permitted to log in'
+    assert "HYREX_LIKE_DATABASE_URL" in refused[0]["hint"]
+    [lost] = [e for e in events if e["event"] == "worker_results_lost"]
+    assert lost["task_ids"] == [str(held.id)]
+    [line] = [t for t in text.splitlines() if t.startswith("hyrex-like: error:")]
+    assert "while it was running" in line
+    assert f'role "{role}" is not permitted to log in' in line
+    assert "HYREX_LIKE_DATABASE_URL" in line
+    assert PASSWORD not in text
+    assert held.refresh().status == "running"  # left to the rescuers, its result lost
+
+
+def test_a_refusal_that_heals_within_the_window_does_not_stop_the_worker(
+    wapp, app_worker, out_dir, database_url, schema
+):
+    """A refusal while running can be a passing fault (an LDAP server briefly away, a database
+    created again, a role whose LOGIN comes back): the worker keeps what finished meanwhile,
+    reconnects once it is let in, and goes on."""
+    first = wapp.record.send({"n": 1})
+    with _login_role(database_url) as role:
+        url = _url_with(database_url, user=role)
+        w = app_worker(
+            "--processes",
+            "1",
+            "--startup-timeout",
+            "300",
+            "--database-url",
+            url,
+            env={"HYREX_LIKE_DATABASE_URL": url},
+        )
+        assert done(first, 30).status == "completed"
+        held = wapp.until_released.send({"n": 2})
+        wait_until(lambda: read_events(out_dir, "start"), 30, what="the held task to start")
+        _refuse_login(database_url, role, w.pid)
+        wait_until(
+            lambda: "database_refused" in w.log() or w.proc.poll() is not None,
+            30,
+            what="a refused reconnect",
+        )
+        assert w.proc.poll() is None, "the worker stopped at the first refusal"
+        (out_dir / "release-2").touch()
+        wait_until(lambda: read_events(out_dir, "end"), 30, what="the held task to end")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role} LOGIN")
+        assert done(held, 60).status == "completed"
+        assert [r.status for r in held.task_runs] == ["completed"]
+        assert done(wapp.record.send({"n": 3}), 30).status == "completed"
+        assert "database_reconnected" in w.log()
+        assert w.proc.poll() is None
+        assert w.stop() == 0
+    assert [e["n"] for e in read_events(out_dir, "start")] == [2]  # ran once

@@ -207,6 +207,20 @@ def _spawn(arg: Spawn) -> int:
     return child.pid
 
 
+def lead_a_group_and_leave_a_child(pidfile: str, then: str) -> None:
+    """A stand-in executor for `multiprocessing` (not a task): it leads a session and process
+    group, as executors do, starts a child in it, writes the child's pid, then exits ("exit")
+    or waits to be killed ("wait")."""
+    os.setsid()
+    child = subprocess.Popen(["sleep", "600"])
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(str(child.pid))
+    os.replace(pidfile + ".tmp", pidfile)
+    if then == "wait":
+        time.sleep(600)
+    os._exit(0)
+
+
 @hy.task(max_retries=0)
 def spawn_child(arg: Spawn) -> int:
     return _spawn(arg)

@@ -1,4 +1,5 @@
-"""An app whose on_error handler is slow: `hyrex-like run-worker slow_handler_app:hy`.
+"""An app whose on_error handler blocks until the test releases it:
+`hyrex-like run-worker slow_handler_app:hy`.
 
 Events go, one JSON line each, to ``$HYREX_TEST_OUT/events.jsonl`` (as in worker_app.py).
 """
@@ -14,7 +15,8 @@ from hyrex_like import HyrexRegistry
 
 hy = HyrexRegistry()
 
-HANDLER_SECONDS = 5.0
+RELEASE = "release"
+"""The file (in ``$HYREX_TEST_OUT``) the test creates to let the slow handler return."""
 
 
 def note(kind: str, **data: Any) -> None:
@@ -30,8 +32,12 @@ def note(kind: str, **data: Any) -> None:
 
 
 def slow_handler(exc: Exception) -> None:
+    """Blocks until the test creates the release file (10 minutes at most)."""
     note("handler_start", type=type(exc).__name__)
-    time.sleep(HANDLER_SECONDS)
+    release = os.path.join(os.environ.get("HYREX_TEST_OUT", "."), RELEASE)
+    deadline = time.monotonic() + 600
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.02)
     note("handler_end", type=type(exc).__name__)
 
 

@@ -73,6 +73,18 @@ def record(item: Item) -> int:
 
 
 @hy.task
+def until_released(item: Item) -> int:
+    """Runs until the test creates ``$HYREX_TEST_OUT/release-<n>`` (10 minutes at most)."""
+    note("start", n=item.n, attempt=_attempt())
+    release = os.path.join(os.environ.get("HYREX_TEST_OUT", "."), f"release-{item.n}")
+    deadline = time.monotonic() + 600
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    note("end", n=item.n)
+    return item.n
+
+
+@hy.task
 def nap(job: Nap) -> int:
     note("start", n=job.n, attempt=_attempt())
     time.sleep(job.seconds)
