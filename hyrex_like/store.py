@@ -25,7 +25,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg import pq, sql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from .config import Settings, redact_dsn
 from .embedded import embedded_database_url
@@ -281,6 +281,23 @@ def _translate(exc: psycopg.Error, what: str) -> DatabaseError:
     return DatabaseError(f"{what} failed: {type(exc).__name__}: {exc}")
 
 
+def _sending(task: NewTask) -> str:
+    """What a send of ``task`` is called in its errors (built on failure only)."""
+    return f"sending task {task.task_name!r}"
+
+
+def _retry_failed(what: str, first: psycopg.Error, again: psycopg.Error) -> DatabaseError:
+    """The error of a send whose retry (see `Store.insert_task`) failed too: both causes."""
+    if isinstance(again, PoolTimeout):
+        retry = f"no connection within connect_timeout ({again})"
+    else:
+        retry = f"{type(again).__name__}: {again}"
+    return DatabaseError(
+        f"{what} failed: its connection was lost ({type(first).__name__}: "
+        f"{str(first).strip()}); retried once on a fresh connection: {retry}"
+    )
+
+
 class PooledConnection(psycopg.Connection[Any]):
     """A connection of the store's pool (and the waker's): adds `run_prepared`."""
 
@@ -482,14 +499,19 @@ class Store:
         elif loop.is_running():  # its loop runs in another thread: close it there
             future = asyncio.run_coroutine_threadsafe(apool.close(), loop)
             future.result(timeout=self.settings.connect_timeout + 10)
-        elif not loop.is_closed():
+        elif running is None and not loop.is_closed():  # a stopped loop, from sync code
             loop.run_until_complete(apool.close())
         else:
-            # The loop is gone, and with it the pool's tasks: nothing can await its close.
-            # Close the sockets of its idle connections directly (psycopg_pool keeps them in
-            # `_pool`; a connection out on loan died with its task).
+            # The loop is gone, and with it the pool's tasks: nothing can await its close. Or
+            # it stopped, and this thread runs another loop, which forbids running it. Close
+            # the sockets of its idle connections directly (psycopg_pool keeps them in
+            # `_pool`; a connection out on loan died with its task, or waits on that loop).
             for conn in list(getattr(apool, "_pool", ())):
                 conn.pgconn.finish()
+            if not loop.is_closed():  # its workers stop if that loop ever runs again
+                task = loop.create_task(apool.close())
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
 
     # -- waking workers --------------------------------------------------------------------
 
@@ -641,7 +663,6 @@ class Store:
     def insert_task(self, task: NewTask, conn: psycopg.Connection[Any] | None = None) -> None:
         """Insert one task: on ``conn``, in its transaction (workers wake when it commits);
         else on a pooled connection, in a transaction of its own."""
-        what = f"sending task {task.task_name!r}"
         try:
             if conn is not None:
                 with self._in_schema(conn) as cur:
@@ -654,37 +675,44 @@ class Store:
             c = pool.getconn()
             try:
                 c.run_prepared("insert_task", task.params())
-            except psycopg.Error:  # without a SQLSTATE when the link is gone
+            except psycopg.Error as exc:  # without a SQLSTATE when the link is gone
                 if not c.broken:
                     raise
-                lost = True
+                lost: psycopg.Error | None = exc
             else:
-                lost = False
+                lost = None
             finally:
                 pool.putconn(c)  # a broken connection is discarded by the pool
-            if lost:
-                self._send_again(lambda c: c.run_prepared("insert_task", task.params()), what)
+            if lost is not None:
+                self._send_again(
+                    lambda c: c.run_prepared("insert_task", task.params()), _sending(task), lost
+                )
         except psycopg.Error as exc:
-            raise _translate(exc, what) from exc
+            raise _translate(exc, _sending(task)) from exc
         self._wake()
 
-    def _send_again(self, send: Callable[[PooledConnection], None], what: str) -> None:
-        """The retry of a send whose pooled connection was dead (see above)."""
+    def _send_again(
+        self, send: Callable[[PooledConnection], None], what: str, first: psycopg.Error
+    ) -> None:
+        """The retry of a send whose pooled connection was dead (see above), waiting for a
+        connection no longer than a connect would (``connect_timeout``)."""
         pool = self.pool()
         pool.check()  # drops every idle connection the restart killed, not one per send
         log.warning("send_retried", reason="connection lost", what=what)
-        with pool.connection() as c:
-            try:
-                send(c)
-            except psycopg.errors.UniqueViolation as exc:
-                if exc.diag.constraint_name != "task_pkey":
-                    raise
-                # the first try committed before the connection died: done already
+        try:
+            with pool.connection(timeout=self.settings.connect_timeout) as c:
+                try:
+                    send(c)
+                except psycopg.errors.UniqueViolation as exc:
+                    if exc.diag.constraint_name != "task_pkey":
+                        raise
+                    # the first try committed before the connection died: done already
+        except psycopg.Error as exc:
+            raise _retry_failed(what, first, exc) from first
 
     async def ainsert_task(
         self, task: NewTask, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> None:
-        what = f"sending task {task.task_name!r}"
         try:
             if conn is not None:
                 async with self._ain_schema(conn) as cur:
@@ -692,26 +720,39 @@ class Store:
                     await cur.execute(q("notify_workers"), {"channel": self.channel})
                 return
             pool = await self.apool()
-            lost = False
+            lost: psycopg.Error | None = None
             async with pool.connection() as c:
                 try:
                     await c.execute(q("insert_task"), task.params(), prepare=True)
-                except psycopg.Error:
+                except psycopg.Error as exc:
                     if not c.broken:
                         raise
-                    lost = True
-            if lost:  # see insert_task
-                await pool.check()
-                log.warning("send_retried", reason="connection lost", what=what)
-                async with pool.connection() as c:
-                    try:
-                        await c.execute(q("insert_task"), task.params(), prepare=True)
-                    except psycopg.errors.UniqueViolation as exc:
-                        if exc.diag.constraint_name != "task_pkey":
-                            raise
+                    lost = exc
+            if lost is not None:  # see insert_task
+                await self._asend_again(pool, task, lost)
         except psycopg.Error as exc:
-            raise _translate(exc, what) from exc
+            raise _translate(exc, _sending(task)) from exc
         self._wake()
+
+    async def _asend_again(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        task: NewTask,
+        first: psycopg.Error,
+    ) -> None:
+        """`_send_again` for `ainsert_task`."""
+        what = _sending(task)
+        await pool.check()
+        log.warning("send_retried", reason="connection lost", what=what)
+        try:
+            async with pool.connection(timeout=self.settings.connect_timeout) as c:
+                try:
+                    await c.execute(q("insert_task"), task.params(), prepare=True)
+                except psycopg.errors.UniqueViolation as exc:
+                    if exc.diag.constraint_name != "task_pkey":
+                        raise
+        except psycopg.Error as exc:
+            raise _retry_failed(what, first, exc) from first
 
     def insert_tasks(
         self, tasks: Sequence[NewTask], conn: psycopg.Connection[Any] | None = None
@@ -726,22 +767,24 @@ class Store:
                     self._copy(conn, tasks)
                     cur.execute(q("notify_workers"), {"channel": self.channel})
                 return
-            lost = False
+            lost: psycopg.Error | None = None
             with self.pool().connection() as c:
                 try:
                     with c.transaction():
                         self._copy(c, tasks)
-                except psycopg.Error:
+                except psycopg.Error as exc:
                     if not c.broken:
                         raise
-                    lost = True
-            if lost:  # see insert_task; the COPY is one transaction, so all rows or none
+                    lost = exc
+            if (
+                lost is not None
+            ):  # see insert_task; the COPY is one transaction, so all rows or none
 
                 def copy_again(c: PooledConnection) -> None:
                     with c.transaction():
                         self._copy(c, tasks)
 
-                self._send_again(copy_again, what)
+                self._send_again(copy_again, what, lost)
         except psycopg.Error as exc:
             raise _translate(exc, what) from exc
         self._wake()

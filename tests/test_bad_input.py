@@ -670,6 +670,173 @@ def test_nesting_is_refused_at_send_exactly_past_what_a_worker_can_load(
     assert count(database_url, schema) == 2
 
 
+def _leaf_in_dicts(containers: int) -> dict[str, Any]:
+    """``{"a": {"a": ... {"leaf": 1}}}``: the number 1 inside ``containers`` dicts."""
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(containers - 1):
+        value = {"a": value}
+    return value
+
+
+def _leaf_in_lists(containers: int) -> list[Any]:
+    """``[[...[1]...]]``: the number 1 inside ``containers`` lists."""
+    value: list[Any] = [1]
+    for _ in range(containers - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("shape", [_leaf_in_dicts, _leaf_in_lists])
+def test_nesting_with_a_value_innermost_is_refused_exactly_past_what_a_worker_can_load(
+    registry, database_url, schema, shape
+):
+    """A value innermost sits one level below its container: the parser's limit counts it, so
+    such a payload holds one container fewer than one whose innermost container is empty."""
+
+    @registry.task
+    def tree(data: Any) -> None:
+        pass
+
+    deepest = shape(MAX_NESTING_DEPTH - 1)  # the number at level MAX_NESTING_DEPTH
+    handle = tree.send(deepest)
+    [(stored,)] = query(
+        database_url, schema, "SELECT args::text FROM task WHERE id = %s", [handle.id]
+    )
+    assert tree.load_payload(stored) == deepest  # the worker's loader reads it
+    too_deep = shape(MAX_NESTING_DEPTH)
+    with pytest.raises(pydantic.ValidationError, match="recursion limit"):
+        tree.load_payload(json.dumps(too_deep))  # one level more: no worker could load it
+    with pytest.raises(PayloadNotSerializable) as info:
+        tree.send(too_deep)
+    message = str(info.value)
+    assert f"nested {MAX_NESTING_DEPTH + 1} levels deep" in message, message
+    assert f"MAX_NESTING_DEPTH ({MAX_NESTING_DEPTH})" in message, message
+    assert count(database_url, schema) == 1
+    # a result: the same rule
+    result = hostile_results_app.hy.tasks["deepest"]
+    assert json.loads(result.dump_result({"v": shape(MAX_NESTING_DEPTH - 2)})) == {
+        "v": shape(MAX_NESTING_DEPTH - 2)
+    }
+    with pytest.raises(PayloadNotSerializable, match="MAX_NESTING_DEPTH"):
+        result.dump_result({"v": shape(MAX_NESTING_DEPTH - 1)})
+
+
+def test_the_words_nan_and_infinity_inside_strings_are_stored_as_sent(
+    registry, database_url, schema
+):
+    @registry.task
+    def film(data: dict[str, Any]) -> None:
+        pass
+
+    texts = ["Infinity War", "NaN", "-Infinity", "a,NaN", "[Infinity", "x:-Infinity", '{"a":NaN}']
+    payload = {"titles": texts, "NaN": {"Infinity": "NaN"}, "n": 1.5}
+    handle = film.send(payload)
+    [(stored,)] = query(database_url, schema, "SELECT args FROM task WHERE id = %s", [handle.id])
+    assert stored == payload
+    for number in (math.nan, math.inf, -math.inf):
+        with pytest.raises(PayloadNotSerializable, match=r"\$\.titles\[1\] is"):
+            film.send({"titles": ["Infinity War", number]})
+    assert count(database_url, schema) == 1
+
+
+def test_the_non_finite_search_runs_only_where_a_dump_puts_a_number():
+    """The words in strings skip the parse in the common case; every real constant is found."""
+    from hyrex_like.registry import _JSON_NON_FINITE
+
+    for text in [b'{"title":"Infinity War"}', b'["NaN is not a number"]', b'"Infinity"']:
+        assert _JSON_NON_FINITE.search(text) is None, text
+    for text in [b"NaN", b"-Infinity", b'{"a":NaN}', b"[Infinity]", b"[1,-Infinity]"]:
+        assert _JSON_NON_FINITE.search(text) is not None, text
+
+
+# ---------------------------------------------------- pydantic without ``_use_prebuilt``
+
+
+class Inner(BaseModel):
+    value: float
+
+
+class Outer(BaseModel):
+    inner: Inner
+    note: str | None = None
+
+
+@pytest.fixture
+def checked_serializer(monkeypatch):
+    """Tasks registered meanwhile serialize as on pydantic 2.11-2.12 (`_CheckedSerializer`)."""
+    from hyrex_like import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_SERIALIZER_MODE", "checked")
+
+
+def test_without_the_prebuilt_opt_out_the_checked_serializer_is_chosen(monkeypatch):
+    """pydantic < 2.13 refuses ``_use_prebuilt`` (a TypeError at registration, once); 2.11 and
+    2.12 then build models' prebuilt serializers in, which ignore ``ser_json_inf_nan``, as
+    does this one without the keyword: the probe sees it and picks the checked serializer."""
+    from hyrex_like import registry as registry_module
+
+    works = registry_module._schema_serializer_works
+    version = tuple(int(part) for part in pydantic.VERSION.split(".")[:2])
+    assert registry_module._PREBUILT_OPT_OUT is (version >= (2, 13))
+    assert registry_module._json_serializer(pydantic.TypeAdapter(Outer)).__class__.__name__ == (
+        "SchemaSerializer" if works() else "_CheckedSerializer"
+    )
+    monkeypatch.setattr(registry_module, "_PREBUILT_OPT_OUT", False)
+    works.cache_clear()
+    try:
+        hy = HyrexRegistry("postgresql://u@h/db")
+
+        @hy.task
+        def measure(reading: Outer) -> Outer:
+            return reading
+
+        checked = isinstance(measure._payload_serializer, registry_module._CheckedSerializer)
+        assert checked is not works()
+        assert checked or version <= (2, 10)  # before prebuilt serializers, ours works as is
+        with pytest.raises(PayloadNotSerializable, match=r"\$\.inner\.value is nan"):
+            measure.dump_payload({"inner": {"value": math.nan}})
+    finally:
+        works.cache_clear()
+
+
+def test_the_checked_serializer_refuses_what_the_fast_one_does(
+    checked_serializer, registry, database_url, schema
+):
+    from hyrex_like.registry import _CheckedSerializer
+
+    @registry.task
+    def measure(reading: Outer) -> Outer:
+        return reading
+
+    @registry.task
+    def keep(m: AsStrings) -> None:
+        pass
+
+    assert isinstance(measure._payload_serializer, _CheckedSerializer)
+    for number in (math.nan, math.inf, -math.inf):
+        with pytest.raises(PayloadNotSerializable) as info:
+            measure.send({"inner": {"value": number}, "note": None})
+        message = str(info.value)
+        assert f"task measure cannot be stored as JSON: $.inner.value is {number!r}" in message
+        assert "JSON cannot hold" in message, message
+        with pytest.raises(PayloadNotSerializable, match=r"returned a value.*\$\.inner\.value"):
+            measure.dump_result(Outer(inner=Inner(value=number)))
+    with pytest.raises(PayloadNotSerializable, match="NUL"):
+        measure.send({"inner": {"value": 1}, "note": "a\x00b"})
+    # what JSON holds goes through as it is, null included
+    measure.send({"inner": {"value": 2.5}, "note": None})
+    assert json.loads(measure.dump_result(Outer(inner=Inner(value=1)))) == {
+        "inner": {"value": 1.0},
+        "note": None,
+    }
+    keep.send(AsStrings(value=math.nan))  # the model's own choice stands
+    rows = query(database_url, schema, "SELECT args FROM task")
+    assert sorted(json.dumps(r[0], sort_keys=True) for r in rows) == [
+        json.dumps({"inner": {"value": 2.5}, "note": None}, sort_keys=True),
+        json.dumps({"value": "NaN"}),
+    ]
+
+
 def test_many_brackets_that_are_not_deep_are_accepted(registry, database_url, schema):
     @registry.task
     def rows(data: list[dict[str, Any]]) -> None:

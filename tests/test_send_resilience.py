@@ -5,6 +5,8 @@ tried once more, without ever writing a task twice. Backends are really terminat
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +14,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from hyrex_like import DatabaseError, HyrexRegistry
+from hyrex_like import DatabaseError, HyrexRegistry, Settings
+from hyrex_like import store as store_module
 
-from .helpers import count, query
+from .helpers import TcpProxy, count, query
 
 
 @pytest.fixture
@@ -143,7 +146,8 @@ def test_a_send_that_committed_before_its_connection_died_is_not_written_twice(
     new = echo._new_task(1, [])
     hy.store.insert_task(new)
     # replay the retry path itself: the row is there, so the duplicate key means "done"
-    hy.store._send_again(lambda c: c.run_prepared("insert_task", new.params()), "test")
+    lost = psycopg.OperationalError("the connection was lost")
+    hy.store._send_again(lambda c: c.run_prepared("insert_task", new.params()), "test", lost)
     assert count(database_url, schema, f"id = '{new.id}'") == 1
 
 
@@ -189,6 +193,118 @@ def test_asend_on_a_new_event_loop_opens_a_new_async_pool(
 
     asyncio.run(on_a_new_loop())
     assert count(database_url, schema) == 9
+
+
+def test_asend_and_aclose_after_a_loop_that_stopped_without_closing(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    """A pool left on a loop that is neither running nor closed (``loop.run_until_complete``
+    done with, the loop kept) is dropped from a new loop without running the old one, which
+    asyncio forbids while another loop runs: its connections are closed directly."""
+    echo = hy.tasks["echo"]
+    old = asyncio.new_event_loop()
+    try:
+        old.run_until_complete(echo.asend(1))
+        pids = old.run_until_complete(_fill_apool(hy))
+        asyncio.run(echo.asend(2))
+        assert _wait_gone(database_url, pids)
+
+        old.run_until_complete(echo.asend(3))  # a pool on the old loop again, stopped again
+        pids = old.run_until_complete(_fill_apool(hy))
+        asyncio.run(hy.aclose())
+        assert hy.store.idle()
+        assert _wait_gone(database_url, pids)
+        # each old pool's own close waits for the old loop to run again: the first one's ran
+        # with asend(3); the second runs now, and stops that pool's workers
+        closing = [t for t in store_module._closing if t.get_loop() is old]
+        assert len(closing) == 1
+        old.run_until_complete(asyncio.gather(*closing))
+        assert not [t for t in store_module._closing if t.get_loop() is old]
+    finally:
+        old.close()
+    assert count(database_url, schema) == 3
+
+
+class _Proxy(TcpProxy):
+    """`TcpProxy` whose ``down()`` refuses the very next connection too: closing a listening
+    socket does not wake a thread blocked in its ``accept()``, which keeps it listening and
+    lets one more connection through; shutting it down first does."""
+
+    def down(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().down()
+
+
+def _unreachable_after_one_send(
+    database_url: str, schema: str
+) -> tuple[_Proxy, HyrexRegistry, Settings]:
+    """A registry whose pooled connections go through a proxy that is then taken down: the
+    next send finds its connection dead and retries while the server stays unreachable."""
+    proxy = _Proxy(database_url)
+    proxy.up()
+    # One connection: a pool that may grow opens another in the background after a send,
+    # which could slip past down() while the proxy is still connecting it.
+    settings = Settings.from_env(
+        database_url=proxy.url, schema_name=schema, connect_timeout=1.0, pool_max_size=1
+    )
+    registry = HyrexRegistry(settings=settings)
+
+    @registry.task
+    def echo(n: int) -> int:
+        return n
+
+    return proxy, registry, settings
+
+
+@pytest.mark.parametrize("how", ["send", "send_many", "asend"])
+def test_a_send_retried_while_the_server_is_unreachable_fails_within_connect_timeout(
+    database_url: str, schema: str, how: str
+) -> None:
+    proxy, registry, settings = _unreachable_after_one_send(database_url, schema)
+    echo = registry.tasks["echo"]
+
+    def send_twice() -> tuple[BaseException | None, float]:
+        echo.send_many([1]) if how == "send_many" else echo.send(1)
+        proxy.down()
+        started = time.monotonic()
+        try:
+            echo.send_many([2]) if how == "send_many" else echo.send(2)
+        except DatabaseError as exc:
+            return exc, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    async def asend_twice() -> tuple[BaseException | None, float]:
+        await echo.asend(1)
+        proxy.down()
+        started = time.monotonic()
+        try:
+            await echo.asend(2)
+        except DatabaseError as exc:
+            return exc, time.monotonic() - started
+        finally:
+            await registry.aclose()
+        return None, time.monotonic() - started
+
+    try:
+        error, elapsed = asyncio.run(asend_twice()) if how == "asend" else send_twice()
+    finally:
+        proxy.down()
+        registry.close()
+    assert isinstance(error, DatabaseError), error
+    what = "sending 1 tasks" if how == "send_many" else "sending task 'echo'"
+    assert elapsed < settings.connect_timeout + 5, elapsed  # not the pool's 30 s default
+    message = str(error)
+    assert f"{what} failed" in message, message
+    assert "retried once" in message and "connect_timeout" in message, message
+    first = error.__cause__
+    assert isinstance(first, psycopg.Error), repr(first)  # the original failure
+    assert f"connection was lost ({type(first).__name__}: {str(first).strip()})" in message
+    assert count(database_url, schema) == 1
 
 
 def test_registry_is_a_context_manager_sync_and_async(database_url: str, schema: str) -> None:

@@ -47,6 +47,11 @@ async def fetch(url: str) -> int:
     return len(url)
 
 
+@hy.task(queue="io")
+async def beat() -> str:
+    return "ok"
+
+
 @hy.task
 def double(n: int) -> Doubled:
     return Doubled(n=n, doubled=2 * n)
@@ -72,6 +77,14 @@ n: int = tick()
 tick.send()
 coro = fetch("https://example.org")
 fetch.send("https://example.org")
+# An async task's result is what it returns once awaited; a direct call is the coroutine.
+fetched: int = fetch.send("https://example.org").wait().result
+fetched_handle: TaskHandle[int] = fetch.with_config(priority=9).send("https://example.org")
+not_awaited: int = fetch("https://example.org")  # BAD-ASYNC-CALL assignment "Coroutine"
+wrong_fetch: str = fetch.send("x").wait().result  # BAD-ASYNC-RESULT assignment "int"
+fetch.send(3)  # BAD-ASYNC-SEND arg-type "int"
+beaten: str = beat.send().wait().result
+beat.send(1)  # BAD-ASYNC-NO-PAYLOAD arg-type "int"
 reveal_type(process_file)  # REVEAL
 doubled: int = double.send(2).wait().result.doubled
 double.send(2).wait().result.tripled  # BAD-RESULT attr-defined "tripled"
@@ -86,7 +99,9 @@ with hy:
 async def web_handler() -> int:
     async with hy:
         h = await double.asend(3)
-        return h.result.doubled
+        length: int = await fetch("https://example.org")
+        text: str = await beat()
+        return h.result.doubled + length + len(text) + (await fetch.asend("x")).result
 """
 
 
