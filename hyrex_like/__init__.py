@@ -26,6 +26,7 @@ from .errors import (
 )
 from .registry import (
     MAX_NESTING_DEPTH,
+    AsyncTaskDefinition,
     HyrexRegistry,
     TaskConfig,
     TaskDefinition,
@@ -38,6 +39,7 @@ from .registry import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncTaskDefinition",
     "ConfigurationError",
     "DatabaseError",
     "DuplicateTaskName",

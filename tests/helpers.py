@@ -271,6 +271,10 @@ class TcpProxy:
     def down(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            try:  # close() alone does not wake the thread blocked in accept()
+                listener.shutdown(self._socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
