@@ -35,6 +35,7 @@ from .registry import (
     TaskRun,
     TaskSender,
 )
+from .states import RunStatus, TaskStatus
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "NoTaskContext",
     "PayloadNotSerializable",
     "PayloadTooLarge",
+    "RunStatus",
     "SchemaNotReady",
     "Settings",
     "TaskAttemptError",
@@ -65,6 +67,7 @@ __all__ = [
     "TaskNotFound",
     "TaskRun",
     "TaskSender",
+    "TaskStatus",
     "TaskTimeout",
     "TaskWaitTimeout",
     "WorkerError",

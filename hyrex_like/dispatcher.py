@@ -62,11 +62,22 @@ from .executor import (
 from .logs import LEVELS, get_logger
 from .outages import URL_HINT, refusal
 from .registry import HyrexRegistry, check_name
+from .states import RunStatus, TaskStatus
 from .store import ClaimedRow, FinishedRow, WorkerQueries
 
 log = get_logger("hyrex_like.worker")
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError)
+
+# Statuses on the per-task paths, looked up once and as cheap to compare as str literals: an
+# attempt is recorded with a RunStatus member (compared by identity); counters and what the
+# database returns (plain str) use the plain values.
+_COMPLETED = RunStatus.COMPLETED
+_INTERRUPTED = RunStatus.INTERRUPTED
+_COMPLETED_STR = RunStatus.COMPLETED.value
+_INTERRUPTED_STR = RunStatus.INTERRUPTED.value
+_QUEUED_STR = TaskStatus.QUEUED.value
+_FAILED_STR = TaskStatus.FAILED.value
 
 
 MAX_PROCESSES = 512
@@ -352,12 +363,12 @@ class Dispatcher:
         self._old_handlers: dict[int, Any] = {}
         self.stats = {
             "claimed": 0,
-            "completed": 0,
+            _COMPLETED_STR: 0,
             "failed_attempts": 0,
-            "interrupted": 0,  # by the shutdown: requeued, not the task's fault
+            _INTERRUPTED_STR: 0,  # by the shutdown: requeued, not the task's fault
             "given_back": 0,  # claimed, never started: handed back at shutdown
-            "timed_out": 0,
-            "lost": 0,
+            RunStatus.TIMED_OUT.value: 0,
+            RunStatus.LOST.value: 0,
             "rescued": 0,
             "executor_restarts": 0,
             "db_reconnects": 0,
@@ -531,7 +542,7 @@ class Dispatcher:
             if ex.assigned:
                 self._kill(ex)
                 head = ex.assigned.popleft()
-                self._record(head, "interrupted", True, None, "WorkerShutdown", why, None)
+                self._record(head, _INTERRUPTED, True, None, "WorkerShutdown", why, None)
                 self.log.warning(
                     "task_interrupted",
                     task_id=str(head.task_id),
@@ -1055,17 +1066,17 @@ class Dispatcher:
         ex.head_started = time.monotonic() if ex.assigned else None
         kind = msg[0]
         if kind == OK:
-            self._record(job, "completed", True, msg[5], None, None, None, msg[3], msg[4])
+            self._record(job, _COMPLETED, True, msg[5], None, None, None, msg[3], msg[4])
         elif kind == ERR:
             _, _, _, started, finished, etype, emsg, tb, retryable = msg
-            self._record(job, "failed", retryable, None, etype, emsg, tb, started, finished)
+            self._record(job, RunStatus.FAILED, retryable, None, etype, emsg, tb, started, finished)
         elif kind == SKIP:
             self._giveback.append(job)
 
     def _record(
         self,
         job: Job,
-        status: str,
+        status: RunStatus,
         retryable: bool,
         result: str | None,
         error_type: str | None,
@@ -1089,10 +1100,10 @@ class Dispatcher:
                 finished if finished is not None else time.time(),
             )
         )
-        if status == "completed":
-            self.stats["completed"] += 1
-        elif status == "interrupted":
-            self.stats["interrupted"] += 1
+        if status is _COMPLETED:
+            self.stats[_COMPLETED_STR] += 1
+        elif status is _INTERRUPTED:
+            self.stats[_INTERRUPTED_STR] += 1
         else:
             self.stats["failed_attempts"] += 1
 
@@ -1195,8 +1206,8 @@ class Dispatcher:
                     if code < 0
                     else f"executor process {ex.process.pid} exited with code {code}"
                 )
-                self.stats["lost"] += 1
-                self._record(head, "lost", True, None, "ExecutorLost", why, None)
+                self.stats[RunStatus.LOST.value] += 1
+                self._record(head, RunStatus.LOST, True, None, "ExecutorLost", why, None)
                 self.log.warning(
                     "task_lost",
                     task_id=str(head.task_id),
@@ -1233,8 +1244,8 @@ class Dispatcher:
             self._kill(ex)
             ex.assigned.popleft()
             why = f"attempt ran past its timeout of {head.timeout:g}s; its executor was killed"
-            self.stats["timed_out"] += 1
-            self._record(head, "timed_out", True, None, "TaskTimeout", why, None)
+            self.stats[RunStatus.TIMED_OUT.value] += 1
+            self._record(head, RunStatus.TIMED_OUT, True, None, "TaskTimeout", why, None)
             self.log.warning(
                 "task_timed_out",
                 task_id=str(head.task_id),
@@ -1324,7 +1335,7 @@ class Dispatcher:
                     row.task_id,
                     row.task_name,
                     row.attempt,
-                    "failed",
+                    RunStatus.FAILED,
                     False,
                     None,
                     "ResultRejected",
@@ -1346,10 +1357,10 @@ class Dispatcher:
         by_id = {r.task_id: r for r in rows}
         for task_id, status, run_after, attempts in returned:
             row = by_id.get(task_id)
-            if status == "queued":
+            if status == _QUEUED_STR:
                 delay = (run_after - now_wall).total_seconds()
                 self._retry_at = min(self._retry_at, time.monotonic() + max(0.0, delay))
-                if row is not None and row.status == "interrupted":
+                if row is not None and row.status is _INTERRUPTED:
                     self.log.info(
                         "task_requeued",
                         task_id=str(task_id),
@@ -1367,7 +1378,7 @@ class Dispatcher:
                         error=row.error_message,
                         delay=round(max(0.0, delay), 3),
                     )
-            elif status == "failed":
+            elif status == _FAILED_STR:
                 self.log.error(
                     "task_failed",
                     task_id=str(task_id),
@@ -1378,7 +1389,7 @@ class Dispatcher:
                 )
         if self._info:  # one line per task: --log-level warning saves ~5% in tiny tasks
             for row in rows:
-                if row.status == "completed":
+                if row.status is _COMPLETED:
                     self.log.info(
                         "task_completed",
                         task_id=str(row.task_id),

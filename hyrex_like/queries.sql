@@ -27,7 +27,7 @@ WITH picked AS (
     SELECT id
     FROM task
     WHERE status = 'queued'
-      AND run_after <= coalesce(%(now)s::timestamptz, now())
+      AND run_after <= now()
       AND task_name = ANY(%(task_names)s::text[])
       AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
     ORDER BY priority DESC, run_after, id
@@ -179,7 +179,7 @@ UPDATE worker SET status = 'stopped', stopped_at = now() WHERE id = %(id)s
 WITH dead AS (
     SELECT id FROM worker
     WHERE status = 'running'
-      AND heartbeat_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_seconds)s)
+      AND heartbeat_at < now() - make_interval(secs => %(stale_seconds)s)
     FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE worker AS w SET status = 'lost', stopped_at = now()

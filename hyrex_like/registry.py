@@ -46,12 +46,12 @@ from .errors import (
     TaskNotFound,
     TaskWaitTimeout,
 )
+from .states import TASK_FINAL, RunStatus, TaskStatus
 from .store import NewTask, RunRow, Store, TaskRow, new_task_id, new_task_ids
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-FINAL_STATUSES = frozenset({"completed", "failed", "canceled"})
 _NAME_MAX = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # An escaped NUL in JSON text (an even number of backslashes before it means it is literal).
@@ -197,7 +197,7 @@ class TaskRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     attempt_number: int
-    status: str
+    status: RunStatus
     worker_id: uuid.UUID | None
     started_at: datetime
     finished_at: datetime | None
@@ -251,7 +251,7 @@ class TaskHandle(Generic[R]):
 
     def __repr__(self) -> str:
         # Unread, a handle comes from a send, which wrote the task queued.
-        status = self._row.status if self._row else "queued"
+        status = self._row.status if self._row else TaskStatus.QUEUED
         return f"<TaskHandle {self._label()} {status}>"
 
     def _label(self) -> str:
@@ -275,7 +275,7 @@ class TaskHandle(Generic[R]):
         return self._row
 
     @property
-    def status(self) -> str:
+    def status(self) -> TaskStatus:
         """Status as of the last refresh: queued, running, completed, failed or canceled."""
         return self._loaded().status
 
@@ -289,7 +289,7 @@ class TaskHandle(Generic[R]):
         are in `last_error` and `task_runs`). The stored JSON is ``handle.row.result``.
         """
         row = self._loaded()
-        if row.status != "completed":
+        if row.status != TaskStatus.COMPLETED:
             raise TaskNotCompleted(self._no_result_message(row), status=row.status)
         if self._result is _UNSET:
             self._result = self._rebuild(row.result)
@@ -309,7 +309,7 @@ class TaskHandle(Generic[R]):
             raise
 
     def _no_result_message(self, row: TaskRow) -> str:
-        if row.status in FINAL_STATUSES:
+        if row.status in TASK_FINAL:
             error = self.last_error
             detail = f"; last error {error['type']}: {error['message']}" if error else ""
             return (
@@ -326,7 +326,7 @@ class TaskHandle(Generic[R]):
         """The error of the latest failed attempt while the task has not completed; None once
         it completed (every attempt's error stays in `task_runs`)."""
         row = self._loaded()
-        if row.status == "completed" or row.last_error is None:
+        if row.status == TaskStatus.COMPLETED or row.last_error is None:
             return None
         stored = row.last_error
         return TaskError(type=stored["type"], message=stored["message"], attempt=stored["attempt"])
@@ -364,7 +364,7 @@ class TaskHandle(Generic[R]):
 
     @property
     def done(self) -> bool:
-        return self._loaded().status in FINAL_STATUSES
+        return self._loaded().status in TASK_FINAL
 
     def wait(self, timeout: float | None = 60.0, poll_interval: float = 0.05) -> TaskHandle[R]:
         """Refresh until the task is completed, failed or canceled; raise TaskWaitTimeout."""

@@ -31,6 +31,7 @@ from .config import Settings, redact_dsn
 from .embedded import embedded_database_url
 from .errors import ConfigurationError, DatabaseError, SchemaNotReady
 from .logs import get_logger
+from .states import RunStatus, TaskStatus
 from .waker import Waker
 
 log = get_logger("hyrex_like.store")
@@ -183,7 +184,7 @@ class TaskRow:
     task_name: str
     queue: str
     priority: int
-    status: str
+    status: TaskStatus
     args: Any
     max_retries: int
     timeout_seconds: float | None
@@ -207,7 +208,7 @@ class RunRow:
 
     task_id: uuid.UUID
     attempt_number: int
-    status: str
+    status: RunStatus
     worker_id: uuid.UUID | None
     started_at: datetime
     finished_at: datetime | None
@@ -821,7 +822,10 @@ class Store:
                     runs = cur.execute(q("get_task_runs"), {"id": task_id}).fetchall()
         except psycopg.Error as exc:
             raise _translate(exc, f"reading task {task_id}") from exc
-        return (TaskRow(**row) if row else None), [RunRow(**r) for r in runs]
+        return (
+            (TaskRow(**(row | {"status": TaskStatus(row["status"])})) if row else None),
+            [RunRow(**(r | {"status": RunStatus(r["status"])})) for r in runs],
+        )
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run the named statement on a pooled connection; for small admin reads."""
@@ -885,7 +889,7 @@ class FinishedRow(NamedTuple):
     task_id: uuid.UUID
     task_name: str
     attempt: int
-    status: str  # completed | failed | timed_out | lost | interrupted
+    status: RunStatus  # a final one: RUN_FINAL
     retryable: bool
     result: str | None
     error_type: str | None
@@ -949,7 +953,6 @@ class WorkerQueries:
         task_names: list[str],
         queues: list[str],
         limit: int,
-        now: datetime | None = None,
     ) -> list[ClaimedRow]:
         cur = conn.execute(
             q("claim_tasks"),
@@ -958,7 +961,6 @@ class WorkerQueries:
                 "task_names": task_names,
                 "queues": queues,
                 "limit": limit,
-                "now": now,
             },
             prepare=True,
         )
@@ -1056,7 +1058,6 @@ class WorkerQueries:
     def rescue(
         conn: psycopg.Connection[Any],
         stale_seconds: float,
-        now: datetime | None = None,
         *,
         full: bool = True,
     ) -> tuple[int, int]:
@@ -1067,7 +1068,7 @@ class WorkerQueries:
         """
         row = conn.execute(
             q("rescue_lost_tasks"),
-            {"stale_seconds": stale_seconds, "now": now, "full": full},
+            {"stale_seconds": stale_seconds, "full": full},
             prepare=True,
         ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -22,6 +22,7 @@ from typing import Any
 
 from .context import HyrexContext, _reset_context, _set_context
 from .registry import HyrexRegistry, TaskDefinition, TaskSender
+from .states import TaskStatus
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class SentTask:
     task_name: str
     queue: str
     priority: int
-    status: str
+    status: TaskStatus
     args: Any
     attempt_count: int
     created_at: datetime
@@ -51,9 +52,8 @@ def run_task(
     ``async def`` tasks run to completion, and the return value must be storable as JSON.
     Exceptions propagate (``on_error`` is not called).
     """
-    sender = task if isinstance(task, TaskSender) else task
-    definition = sender.definition
-    config = sender.config
+    definition = task.definition  # a definition is its own sender, with its own config
+    config = task.config
     args_json = definition.dump_payload(payload) if definition.param_name else "null"
     value = definition.load_payload(args_json)
     ctx = HyrexContext(
@@ -80,14 +80,17 @@ def sent_tasks(
     registry: HyrexRegistry,
     task_name: str | None = None,
     *,
-    status: str | None = None,
+    status: TaskStatus | str | None = None,
     limit: int = 1000,
 ) -> list[SentTask]:
     """Tasks in the registry's database, oldest first, optionally by name and status."""
     rows = registry.store.execute(
         "list_tasks", {"task_name": task_name, "status": status, "limit": limit}
     )
-    return [SentTask(*row) for row in rows]
+    return [
+        SentTask(tid, name, queue, prio, TaskStatus(state), args, attempts, created)
+        for tid, name, queue, prio, state, args, attempts, created in rows
+    ]
 
 
 __all__ = ["SentTask", "run_task", "sent_tasks"]

@@ -7,7 +7,7 @@ import pydantic
 import pytest
 from pydantic import BaseModel
 
-from hyrex_like import HyrexRegistry, TaskNotCompleted
+from hyrex_like import HyrexRegistry, RunStatus, TaskNotCompleted, TaskStatus
 
 from .apps import basic_app
 from .helpers import query
@@ -37,6 +37,7 @@ def test_a_fresh_handle_says_queued(registry: HyrexRegistry, database_url: str, 
     assert repr(handle) == f"<TaskHandle double {handle.id} queued>"
     _complete(database_url, schema, handle.id, '{"n": 4, "doubled": 8}')
     assert repr(handle.refresh()) == f"<TaskHandle double {handle.id} completed>"
+    assert handle.status is TaskStatus.COMPLETED and handle.row.status is TaskStatus.COMPLETED
 
 
 def test_result_comes_back_as_the_return_type(
@@ -122,4 +123,6 @@ def test_a_task_completed_after_retries_has_no_last_error_and_keeps_its_history(
         "attempt": 1,
     }
     assert second.error is None
+    assert (first.status, second.status) == (RunStatus.FAILED, RunStatus.COMPLETED)
+    assert type(first.status) is RunStatus and handle.status is TaskStatus.COMPLETED
     assert w.stop() == 0

@@ -4,6 +4,7 @@ sql/schema.sql."""
 
 from __future__ import annotations
 
+import ast
 import enum
 import re
 
@@ -240,3 +241,15 @@ def test_statuses_equal_the_strings_they_store() -> None:
     stored: str = "queued"  # as read back from a row
     assert stored == TaskStatus.QUEUED and f"{RunStatus.TIMED_OUT}" == "timed_out"
     assert "completed" in TASK_FINAL
+
+
+def test_the_package_names_statuses_only_through_the_enums() -> None:
+    # A status spelled as a bare string outside states.py would be a second definition of it.
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}"
+        for path in sorted((ROOT / "hyrex_like").rglob("*.py"))
+        if path.name != "states.py"
+        for node in ast.walk(ast.parse(path.read_text("utf-8")))
+        if isinstance(node, ast.Constant) and node.value in ALL_STATUSES
+    ]
+    assert not found, "use TaskStatus/RunStatus/WorkerStatus (hyrex_like/states.py) instead"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from hyrex_like import HyrexRegistry, get_hyrex_context
+from hyrex_like import HyrexRegistry, TaskStatus, get_hyrex_context
 from hyrex_like.errors import PayloadNotSerializable
 from hyrex_like.testing import run_task, sent_tasks
 
@@ -20,6 +20,10 @@ def test_run_task_round_trips_payload_and_sets_context(registry: HyrexRegistry) 
         return {"id": order.order_id, "queue": ctx.queue, "attempt": ctx.attempt_number}
 
     assert run_task(handle, {"order_id": "7"}) == {"id": 7, "queue": "orders", "attempt": 1}
+    # a sender runs with its own config, the definition's is untouched
+    urgent = handle.with_config(queue="urgent")
+    assert run_task(urgent, {"order_id": 8}) == {"id": 8, "queue": "urgent", "attempt": 1}
+    assert run_task(handle, {"order_id": 9})["queue"] == "orders"
     with pytest.raises(ValidationError):
         run_task(handle, {"order_id": "seven"})
 
@@ -52,5 +56,8 @@ def test_sent_tasks_lists_what_was_sent(registry: HyrexRegistry) -> None:
     [task] = sent_tasks(registry, "welcome")
     assert task.args == "ann@example.com"
     assert task.status == "queued"
+    assert task.status is TaskStatus.QUEUED
     assert len(sent_tasks(registry)) == 2
     assert sent_tasks(registry, status="completed") == []
+    assert sent_tasks(registry, status=TaskStatus.COMPLETED) == []
+    assert len(sent_tasks(registry, status=TaskStatus.QUEUED)) == 2
