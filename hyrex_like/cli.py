@@ -14,7 +14,7 @@ import annotated_types
 import pydantic
 
 from .config import Settings, redact_dsn
-from .dispatcher import MAX_PROCESSES, WorkerOptions, default_processes
+from .dispatcher import MAX_PROCESSES, WorkerOptions
 from .errors import HyrexLikeError, InvalidTaskOption
 from .logs import LEVELS, configure_logging
 from .outages import URL_HINT, refusal
@@ -74,6 +74,11 @@ def _bounded(name: str) -> Callable[[str], Any]:
     return parse
 
 
+def _default(name: str) -> Any:
+    """The default of ``WorkerOptions.<name>``: written there once, shown by ``--help``."""
+    return WorkerOptions.model_fields[name].get_default(call_default_factory=True)
+
+
 def _queue_name(text: str) -> str:
     """A queue name as ``@hy.task(queue=...)`` accepts it (the same check, not a copy)."""
     try:
@@ -107,12 +112,17 @@ def _parser() -> argparse.ArgumentParser:
             "--schema",
             help="PostgreSQL schema for the tables (default: $HYREX_LIKE_SCHEMA, else hyrex_like)",
         )
-        p.add_argument("--log-level", choices=LEVELS, default="info", help="default: info")
+        p.add_argument(
+            "--log-level",
+            choices=LEVELS,
+            default=_default("log_level"),
+            help="default: %(default)s",
+        )
         p.add_argument(
             "--log-format",
             choices=("console", "json"),
-            default="console",
-            help="console (readable) or json (one object per line); default: console",
+            default=_default("log_format"),
+            help="console (readable) or json (one object per line); default: %(default)s",
         )
 
     w = sub.add_parser(
@@ -138,47 +148,47 @@ def _parser() -> argparse.ArgumentParser:
         "--processes",
         "-p",
         type=_bounded("processes"),
-        default=default_processes(),
+        default=_default("processes"),
         help="executor processes running task code (default: the CPU count, at most "
         f"{MAX_PROCESSES}: %(default)s)",
     )
     w.add_argument(
         "--prefetch",
         type=_bounded("prefetch"),
-        default=16,
+        default=_default("prefetch"),
         help="tasks an executor holds at most: a batch when idle, topped up when half done; "
         "lower it for long tasks, raise it for many tiny ones (default: %(default)s)",
     )
     w.add_argument(
         "--grace-period",
         type=_bounded("grace_period"),
-        default=30.0,
+        default=_default("grace_period"),
         help="seconds running tasks get to finish after SIGTERM before they are "
         "requeued (default: %(default)s); a second signal stops at once",
     )
     w.add_argument(
         "--stale-after",
         type=_bounded("stale_after"),
-        default=30.0,
+        default=_default("stale_after"),
         help="seconds without heartbeat after which another worker's running tasks "
         "are requeued (default: %(default)s)",
     )
     w.add_argument(
         "--heartbeat-interval",
         type=_bounded("heartbeat_interval"),
-        default=2.0,
+        default=_default("heartbeat_interval"),
         help="seconds between heartbeats (default: %(default)s)",
     )
     w.add_argument(
         "--poll-interval",
         type=_bounded("poll_interval"),
-        default=1.0,
+        default=_default("poll_interval"),
         help="seconds between polls when no notification arrives (default: %(default)s)",
     )
     w.add_argument(
         "--startup-timeout",
         type=_bounded("startup_timeout"),
-        default=15.0,
+        default=_default("startup_timeout"),
         help="seconds to keep trying to reach the database at start, and to keep retrying "
         "once running when the database refuses the worker (a role that may not log in, a "
         "database that does not exist...) before it stops with exit code 2; at start a refusal "
@@ -227,8 +237,10 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from .dispatcher import Dispatcher
+    """The flags as `WorkerOptions` (refused in flag terms before the app is imported), then
+    the `Worker` that ``hy.worker(...)`` makes from code (`main` configured logging)."""
     from .executor import load_registry
+    from .runner import Worker
 
     try:
         options = WorkerOptions(
@@ -249,7 +261,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())  # like `python -m`: apps in the working directory import
     registry = load_registry(args.app)
     registry.configure(database_url=args.database_url, schema_name=args.schema)
-    return Dispatcher(registry, args.app, options).run()
+    return Worker(registry, options, app=args.app).run()
 
 
 def _first_problem(exc: pydantic.ValidationError) -> str:
