@@ -647,7 +647,10 @@ class Dispatcher:
 
     def _install_signals(self) -> None:
         # SIGHUP too: closing the terminal a worker runs in stops it gracefully (its executors
-        # lead their own sessions, so the hang-up does not reach them).
+        # lead their own sessions, so the hang-up does not reach them). Only the main thread
+        # may set handlers: a worker run on another thread is stopped with request_stop.
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 

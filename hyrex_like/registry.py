@@ -1064,6 +1064,10 @@ class _Decorator:
         return self._registry._register(fn, self._name, self._options)
 
 
+if typing.TYPE_CHECKING:
+    from .runner import Worker
+
+
 class HyrexRegistry:
     """A set of tasks and the database they are sent to.
 
@@ -1199,6 +1203,47 @@ class HyrexRegistry:
     def migrate(self) -> list[int]:
         """Create or upgrade the schema now (otherwise it happens on first use)."""
         return self.store.migrate()
+
+    def worker(
+        self,
+        *,
+        queues: Iterable[str] | None = None,
+        processes: int | None = None,
+        prefetch: int | None = None,
+        grace_period: float | None = None,
+        heartbeat_interval: float | None = None,
+        stale_after: float | None = None,
+        poll_interval: float | None = None,
+        startup_timeout: float | None = None,
+        log_level: str | None = None,
+        log_format: str | None = None,
+        app: str | None = None,
+    ) -> Worker:
+        """A worker for these tasks in this process: ``hy.worker(queues=["emails"]).run()``.
+
+        The options are ``hyrex-like run-worker``'s (None: its default), checked now: a bad
+        one raises `ConfigurationError` naming it. ``run()`` blocks until `Worker.stop` (or
+        SIGTERM/SIGINT from the main thread) and returns the exit code; ``start()``/``with``
+        run it on a thread. Executors import the app by ``app`` (``module:attribute``), by
+        default the module-level name that holds this registry. Logging is configured only
+        if ``log_level`` or ``log_format`` is given. See `hyrex_like.runner`.
+        """
+        from .runner import Worker  # at call time: the registry never imports the dispatcher
+
+        return Worker.create(
+            self,
+            app=app,
+            queues=queues,
+            processes=processes,
+            prefetch=prefetch,
+            grace_period=grace_period,
+            heartbeat_interval=heartbeat_interval,
+            stale_after=stale_after,
+            poll_interval=poll_interval,
+            startup_timeout=startup_timeout,
+            log_level=log_level,
+            log_format=log_format,
+        )
 
     def close(self) -> None:
         """Close the connection pools (sync and async) and the wake-up thread's connection.
