@@ -87,6 +87,16 @@ def get_hyrex_context(default: object = _NO_DEFAULT) -> object:
     return value
 
 
+def lineage(ctx: HyrexContext | None) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """``(parent_id, root_id)`` for a task sent under ``ctx``: the running task, or for a direct
+    call the task that call runs in (a local id is stored nowhere, so it is never a parent)."""
+    if ctx is None:
+        return None, None
+    if ctx.is_local:
+        return ctx.parent_id, ctx.root_id
+    return ctx.task_id, ctx.root_id or ctx.task_id
+
+
 def _current_context() -> HyrexContext | None:
     """The current context or None (the registry's own use: a send records its parent)."""
     value = _current.get()

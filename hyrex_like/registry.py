@@ -33,6 +33,7 @@ from .context import (
     _reset_context,
     _resolve,
     _set_context,
+    lineage,
 )
 from .errors import (
     ConfigurationError,
@@ -443,12 +444,7 @@ class TaskSender(Generic[T, R]):
         """The row for one task; sent from inside a task, it records that task as its parent
         (from a direct call, the task that call runs in, if any: a local id is stored nowhere)."""
         c = self.config
-        if ctx is None:
-            parent = root = None
-        elif ctx.is_local:
-            parent, root = ctx.parent_id, ctx.root_id
-        else:
-            parent, root = ctx.task_id, ctx.root_id or ctx.task_id
+        parent, root = lineage(ctx)
         return NewTask(
             task_id,
             self.definition.name,
@@ -585,12 +581,7 @@ class TaskDefinition(TaskSender[T, R]):
     def _local_context(self, outer: HyrexContext | None) -> HyrexContext:
         """The context of a direct call: nothing is stored, so the id is fresh and local, and
         a task sent from here records the enclosing task (if any) as its parent."""
-        if outer is None:
-            parent = root = None
-        elif outer.is_local:
-            parent, root = outer.parent_id, outer.root_id
-        else:
-            parent, root = outer.task_id, outer.root_id or outer.task_id
+        parent, root = lineage(outer)
         c = self.config
         return HyrexContext(
             task_id=new_task_id(),
