@@ -83,8 +83,8 @@ def main() -> int:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(60)
 
-    statuses = collections.Counter(h.status for h in handles)
-    runs = collections.Counter(r.status for h in handles for r in h.task_runs)
+    statuses = collections.Counter(h.status.value for h in handles)
+    runs = collections.Counter(r.status.value for h in handles for r in h.task_runs)
     retried = sum(1 for h in handles if h.attempt_count > 1)
     print()
     print(f"all {len(handles)} tasks final in {elapsed:.2f}s (worker exit code {code})")
@@ -95,7 +95,7 @@ def main() -> int:
     attempts = [
         (
             r.attempt_number,
-            r.status,
+            r.status.value,
             f"{r.error['type']}: {r.error['message']}" if r.error else "ok",
         )
         for r in h.task_runs
