@@ -22,6 +22,7 @@ from .helpers import (
     query,
     read_events,
     run_cli,
+    server_address,
     terminate_backends,
     wait_until,
     worker_ids,
@@ -367,8 +368,8 @@ def _url_with(database_url: str, **changes: str) -> str:
     if parts.scheme not in ("postgresql", "postgres") or parts.password:
         pytest.skip("needs a postgresql:// URL without a password")
     user = changes.get("user", parts.username or "postgres")
-    host = parts.hostname or "127.0.0.1"
-    port = changes.get("port", str(parts.port or 5432))
+    host, given_port = server_address(database_url)  # the server given, never a default
+    port = changes.get("port", str(given_port))
     query_ = changes.get("query", parts.query)
     netloc = f"{user}:{PASSWORD}@{host}:{port}"
     return urllib.parse.urlunsplit(
