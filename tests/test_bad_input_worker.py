@@ -420,6 +420,10 @@ def test_replacing_dead_executors_kills_every_dead_ones_group_before_any_reap(
             ready = mpc.wait(exited, 30)
             assert ready, "the stand-in executors did not exit"
             exited = [s for s in exited if s not in ready]
+        # A sentinel reads as closed while the process is still exiting, a moment before it is
+        # a zombie that waitid sees: wait (without reaping) until both are.
+        for ex in d._executors:
+            os.waitid(os.P_PID, ex.process.pid, os.WEXITED | os.WNOWAIT)
         d._reap()
         assert d.stats["executor_restarts"] == 2
         for pid in left:
