@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from hyrex_like import ConfigurationError, HyrexRegistry, SchemaNotReady, Settings
-from hyrex_like.store import SCHEMA_VERSION_LOCK, latest_version, migrations, q
+from hyrex_like.db import SCHEMA_VERSION_LOCK, latest_version, migrations, q
 
 from .helpers import ROOT, query, wait_until
 

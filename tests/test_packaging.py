@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hyrex_like.store import latest_version
+from hyrex_like.db import latest_version
 
 from .helpers import ROOT, query
 

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from hyrex_like import HyrexRegistry
-from hyrex_like.store import latest_version, q
+from hyrex_like.db import latest_version, q
 
 from .helpers import ROOT
 

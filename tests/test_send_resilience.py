@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from hyrex_like import DatabaseError, HyrexRegistry, Settings
-from hyrex_like import store as store_module
+from hyrex_like.db import pools as store_module
 
 from .helpers import TcpProxy, count, query
 

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from hyrex_like import HyrexRegistry
 from hyrex_like.config import Settings
-from hyrex_like.waker import Waker
+from hyrex_like.db import Waker
 
 from .helpers import count, query
 

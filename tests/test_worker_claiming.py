@@ -148,7 +148,7 @@ def test_finishing_and_giving_back_a_batch_look_up_each_task_on_a_small_table(
 
     import psycopg
 
-    from hyrex_like.store import WORKER_PLANNER_OPTIONS, FinishedRow, WorkerQueries, q
+    from hyrex_like.db import WORKER_PLANNER_OPTIONS, FinishedRow, WorkerQueries, q
 
     @registry.task
     def small(n: int) -> int:

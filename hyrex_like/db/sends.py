@@ -1,0 +1,247 @@
+"""Sending tasks: one (sync or async) or many by COPY, on a pooled connection or the caller's.
+
+A send on a pooled connection that turns out dead (the server restarted, or the backend was
+terminated) is tried once more on a live one: the pool only learns that its idle connections
+died when one is used. The task id is chosen by the client, so the retry cannot write a second
+row: a duplicate key means the first try committed after all. Sends on a caller's connection are
+never retried: the transaction is theirs.
+
+The sync and async call paths stand side by side and only do the I/O; the statements and
+parameters (`NewTask.params`) and the retry decisions (`_lost_connection`, `_retrying`,
+`_settle_retry`) are written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from ..logs import get_logger
+from .errors import _retry_failed, _translate
+from .pools import PooledConnection
+from .queries import _SET_SEARCH_PATH, _SWAP_SEARCH_PATH, q
+from .rows import NewTask
+
+if TYPE_CHECKING:
+    from .client import Store
+
+# The database layer's events keep the logger name documented before it became a package.
+log = get_logger("hyrex_like.store")
+
+# The columns of ``copy_tasks``; args and run_after go as text: the server parses them (the
+# JSON is dumped already).
+_COPY_TYPES = [
+    "uuid",
+    "text",
+    "text",
+    "int2",
+    "text",
+    "int4",
+    "float8",
+    "float8[]",
+    "text",
+    "uuid",
+    "uuid",
+]
+
+
+def _sending(task: NewTask) -> str:
+    """What a send of ``task`` is called in its errors (built on failure only)."""
+    return f"sending task {task.task_name!r}"
+
+
+# -- the retry decisions, for both paths ---------------------------------------------------
+
+
+def _lost_connection(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], exc: psycopg.Error
+) -> psycopg.Error:
+    """The first try on a pooled connection raised ``exc`` (without a SQLSTATE when the link
+    is gone): it is the cause of a retry if the connection was lost, else it is raised again."""
+    if not conn.broken:
+        raise exc
+    return exc
+
+
+def _retrying(what: str) -> None:
+    log.warning("send_retried", reason="connection lost", what=what)
+
+
+def _settle_retry(what: str, first: psycopg.Error, again: psycopg.Error) -> None:
+    """The retry raised ``again``: done if the first try had committed before its connection
+    died (its task id is taken), else the error naming both causes."""
+    if (
+        isinstance(again, psycopg.errors.UniqueViolation)
+        and again.diag.constraint_name == "task_pkey"
+    ):
+        return
+    raise _retry_failed(what, first, again) from first
+
+
+def send_again(
+    pool: ConnectionPool[PooledConnection],
+    send: Callable[[PooledConnection], object],
+    what: str,
+    first: psycopg.Error,
+    timeout: float,
+) -> None:
+    """The retry of a send whose pooled connection was dead, waiting for a connection no
+    longer than a connect would (``timeout``: the ``connect_timeout``)."""
+    pool.check()  # drops every idle connection the restart killed, not one per send
+    _retrying(what)
+    try:
+        with pool.connection(timeout=timeout) as c:
+            send(c)
+    except psycopg.Error as again:
+        _settle_retry(what, first, again)
+
+
+async def asend_again(
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+    send: Callable[[psycopg.AsyncConnection[Any]], Awaitable[object]],
+    what: str,
+    first: psycopg.Error,
+    timeout: float,
+) -> None:
+    """`send_again` on the async pool."""
+    await pool.check()
+    _retrying(what)
+    try:
+        async with pool.connection(timeout=timeout) as c:
+            await send(c)
+    except psycopg.Error as again:
+        _settle_retry(what, first, again)
+
+
+# -- a caller's connection -----------------------------------------------------------------
+# A caller's own connection (send(conn=...)) has its own search_path, while our statements
+# name tables unqualified. Point it at our schema for the call only and put the caller's
+# value back; if the statement failed, the caller's rollback undoes the change itself.
+
+
+@contextmanager
+def _in_schema(store: Store, conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Any]]:
+    store.ensure_schema()
+    with conn.cursor() as cur:
+        row = cur.execute(_SWAP_SEARCH_PATH, (store.schema,)).fetchone()
+        assert row is not None
+        yield cur
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            cur.execute(_SET_SEARCH_PATH, (row[0],))
+
+
+@asynccontextmanager
+async def _ain_schema(
+    store: Store, conn: psycopg.AsyncConnection[Any]
+) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+    await store.aensure_schema()
+    async with conn.cursor() as cur:
+        row = await (await cur.execute(_SWAP_SEARCH_PATH, (store.schema,))).fetchone()
+        assert row is not None
+        yield cur
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            await cur.execute(_SET_SEARCH_PATH, (row[0],))
+
+
+# -- the call paths ------------------------------------------------------------------------
+
+
+def insert_task(store: Store, task: NewTask, conn: psycopg.Connection[Any] | None) -> None:
+    """`Store.insert_task`."""
+    try:
+        if conn is not None:
+            with _in_schema(store, conn) as cur:
+                cur.execute(q("insert_task"), task.params())
+                cur.execute(q("notify_workers"), {"channel": store.channel})
+            return
+        # The hot path of `send`: getconn/putconn rather than the pool's context manager
+        # (which commits an autocommit connection: ~15 us), and libpq without a cursor.
+        pool = store.pool()
+        c = pool.getconn()
+        try:
+            c.run_prepared("insert_task", task.params())
+        except psycopg.Error as exc:
+            lost: psycopg.Error | None = _lost_connection(c, exc)
+        else:
+            lost = None
+        finally:
+            pool.putconn(c)  # a broken connection is discarded by the pool
+        if lost is not None:
+            store._send_again(
+                lambda c: c.run_prepared("insert_task", task.params()), _sending(task), lost
+            )
+    except psycopg.Error as exc:
+        raise _translate(exc, _sending(task)) from exc
+    store.wake_workers()
+
+
+async def ainsert_task(
+    store: Store, task: NewTask, conn: psycopg.AsyncConnection[Any] | None
+) -> None:
+    """`Store.ainsert_task`."""
+    try:
+        if conn is not None:
+            async with _ain_schema(store, conn) as cur:
+                await cur.execute(q("insert_task"), task.params())
+                await cur.execute(q("notify_workers"), {"channel": store.channel})
+            return
+        pool = await store.apool()
+        lost: psycopg.Error | None = None
+        async with pool.connection() as c:
+            try:
+                await c.execute(q("insert_task"), task.params(), prepare=True)
+            except psycopg.Error as exc:
+                lost = _lost_connection(c, exc)
+        if lost is not None:
+            await asend_again(
+                pool,
+                lambda c: c.execute(q("insert_task"), task.params(), prepare=True),
+                _sending(task),
+                lost,
+                store.settings.connect_timeout,
+            )
+    except psycopg.Error as exc:
+        raise _translate(exc, _sending(task)) from exc
+    store.wake_workers()
+
+
+def insert_tasks(
+    store: Store, tasks: Sequence[NewTask], conn: psycopg.Connection[Any] | None
+) -> None:
+    """`Store.insert_tasks`."""
+    if not tasks:
+        return
+    what = f"sending {len(tasks)} tasks"
+    try:
+        if conn is not None:
+            with _in_schema(store, conn) as cur:
+                _copy(conn, tasks)
+                cur.execute(q("notify_workers"), {"channel": store.channel})
+            return
+        lost: psycopg.Error | None = None
+        with store.pool().connection() as c:
+            try:
+                _copy_committed(c, tasks)
+            except psycopg.Error as exc:
+                lost = _lost_connection(c, exc)
+        if lost is not None:  # the COPY is one transaction, so all rows or none
+            store._send_again(lambda c: _copy_committed(c, tasks), what, lost)
+    except psycopg.Error as exc:
+        raise _translate(exc, what) from exc
+    store.wake_workers()
+
+
+def _copy_committed(conn: psycopg.Connection[Any], tasks: Iterable[NewTask]) -> None:
+    with conn.transaction():
+        _copy(conn, tasks)
+
+
+def _copy(conn: psycopg.Connection[Any], tasks: Iterable[NewTask]) -> None:
+    with conn.cursor() as cur, cur.copy(q("copy_tasks")) as copy:
+        copy.set_types(_COPY_TYPES)
+        for task in tasks:
+            copy.write_row(task.copy_row())

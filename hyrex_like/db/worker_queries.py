@@ -1,0 +1,169 @@
+"""The statements a worker runs over connections it owns (not pooled), and the session
+settings of those connections. psycopg errors propagate, so the worker can tell a dropped
+connection from a bad row."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .queries import q
+from .rows import ClaimedRow, FinishedRow, _array_literal, _array_text
+
+# Session settings of the worker's connections. Queue tables change size faster than
+# statistics follow (a fresh table holding 20,000 queued rows looks empty to the planner),
+# and then it sorts the whole queue on every claim. Every worker statement is an index
+# lookup or an ordered index scan by design, so steer the planner away from the rest.
+WORKER_PLANNER_OPTIONS = (
+    "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off "
+    "-c enable_mergejoin=off -c enable_material=off"
+)
+
+
+WORKER_TCP_OPTIONS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+class WorkerQueries:
+    """The statements a worker runs, over a connection it owns."""
+
+    @staticmethod
+    def claim(
+        conn: psycopg.Connection[Any],
+        worker_id: uuid.UUID,
+        task_names: list[str],
+        queues: list[str],
+        limit: int,
+    ) -> list[ClaimedRow]:
+        cur = conn.execute(
+            q("claim_tasks"),
+            {
+                "worker_id": worker_id,
+                "task_names": task_names,
+                "queues": queues,
+                "limit": limit,
+            },
+            prepare=True,
+        )
+        return [ClaimedRow._make(row) for row in cur.fetchall()]
+
+    @staticmethod
+    def finish_params(worker_id: uuid.UUID, rows: Sequence[FinishedRow]) -> dict[str, Any]:
+        """``finish_runs``' parameters: one array literal per column, built by joining text.
+
+        (psycopg adapts a list element by element in Python, which cost more than the
+        statement; one JSON document cost the database ~1 us more per row to take apart.)
+        Results are JSON already; a JSON null is stored as SQL NULL.
+        """
+        return {
+            "worker_id": worker_id,
+            "task_ids": _array_literal([str(r.task_id) for r in rows]),
+            "attempts": _array_literal([str(r.attempt) for r in rows]),
+            "statuses": _array_literal([r.status for r in rows]),  # a fixed set of words
+            "retryable": _array_literal(["t" if r.retryable else "f" for r in rows]),
+            "results": _array_text(None if r.result == "null" else r.result for r in rows),
+            "error_types": _array_text(r.error_type for r in rows),
+            "error_messages": _array_text(r.error_message for r in rows),
+            "tracebacks": _array_text(r.traceback for r in rows),
+            # finite floats: repr is a valid float8 literal
+            "started": _array_literal(
+                ["NULL" if r.started_at is None else repr(r.started_at) for r in rows]
+            ),
+            "finished": _array_literal([repr(r.finished_at) for r in rows]),
+        }
+
+    @staticmethod
+    def finish(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID, rows: Sequence[FinishedRow]
+    ) -> list[tuple[uuid.UUID, str, datetime, int]]:
+        cur = conn.execute(
+            q("finish_runs"), WorkerQueries.finish_params(worker_id, rows), prepare=True
+        )
+        return [(row[0], row[1], row[2], row[3]) for row in cur.fetchall()]
+
+    @staticmethod
+    def give_back(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID, items: Sequence[tuple[uuid.UUID, int]]
+    ) -> int:
+        cur = conn.execute(
+            q("give_back_tasks"),
+            {
+                "worker_id": worker_id,
+                "task_ids": [i[0] for i in items],
+                "attempts": [i[1] for i in items],
+            },
+        )
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def give_back_unknown(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID, known: Sequence[uuid.UUID]
+    ) -> int:
+        cur = conn.execute(q("give_back_unknown"), {"worker_id": worker_id, "known": list(known)})
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def register(
+        conn: psycopg.Connection[Any],
+        worker_id: uuid.UUID,
+        hostname: str,
+        pid: int,
+        queues: list[str],
+        task_names: list[str],
+        processes: int,
+    ) -> None:
+        conn.execute(
+            q("register_worker"),
+            {
+                "id": worker_id,
+                "hostname": hostname,
+                "pid": pid,
+                "queues": queues,
+                "task_names": task_names,
+                "processes": processes,
+            },
+        )
+
+    @staticmethod
+    def heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> bool:
+        """True if our worker row is still ours (False: another worker declared us lost)."""
+        return conn.execute(q("heartbeat"), {"id": worker_id}, prepare=True).fetchone() is not None
+
+    @staticmethod
+    def stop(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:
+        conn.execute(q("stop_worker"), {"id": worker_id})
+
+    @staticmethod
+    def rescue(
+        conn: psycopg.Connection[Any],
+        stale_seconds: float,
+        *,
+        full: bool = True,
+    ) -> tuple[int, int]:
+        """Requeue tasks of workers with stale heartbeats: (workers marked lost, tasks).
+
+        ``full`` also requeues running tasks whose worker is not running at all; that reads
+        every running task, so a worker asks for it only every ``stale_seconds``.
+        """
+        row = conn.execute(
+            q("rescue_lost_tasks"),
+            {"stale_seconds": stale_seconds, "full": full},
+            prepare=True,
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    @staticmethod
+    def listen(conn: psycopg.Connection[Any], channel: str) -> None:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
