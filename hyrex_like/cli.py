@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from .store import Store
+    from .db import Store
 
     settings = Settings.from_env(database_url=args.database_url, schema_name=args.schema)
     store = Store(settings)
