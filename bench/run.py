@@ -297,7 +297,7 @@ FROM hyrex_like.task WHERE status = 'completed'
 
 def explain_claim(url: str, limit: int) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the worker's claim statement, rolled back."""
-    from hyrex_like.store import WORKER_PLANNER_OPTIONS, q
+    from hyrex_like.db import WORKER_PLANNER_OPTIONS, q
 
     params = {
         "worker_id": uuid.uuid4(),
@@ -316,10 +316,10 @@ def explain_claim(url: str, limit: int) -> str:
 def explain_finish(url: str, limit: int) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the worker's finish statement for ``limit`` claimed tasks,
     all inside one rolled-back transaction."""
-    from hyrex_like.store import WORKER_PLANNER_OPTIONS, FinishedRow, WorkerQueries, q
+    from hyrex_like.db import WORKER_PLANNER_OPTIONS, FinishedRow, WorkerQueries, q
 
     wid = uuid.uuid4()
-    # the worker's own session settings (see hyrex_like.store.WORKER_PLANNER_OPTIONS)
+    # the worker's own session settings (see hyrex_like.db.WORKER_PLANNER_OPTIONS)
     with psycopg.connect(url, options="-c search_path=hyrex_like " + WORKER_PLANNER_OPTIONS) as c:
         rows = WorkerQueries.claim(c, wid, ["noop"], [], limit)
         now = time.time()

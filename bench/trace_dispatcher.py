@@ -28,8 +28,8 @@ import psycopg  # noqa: E402
 from bench_app import hy  # noqa: E402
 
 from hyrex_like import dispatcher as D  # noqa: E402
+from hyrex_like.db import WorkerQueries  # noqa: E402
 from hyrex_like.logs import configure_logging  # noqa: E402
-from hyrex_like.store import WorkerQueries  # noqa: E402
 
 rows_per: dict[str, Counter[int]] = defaultdict(Counter)
 time_in: dict[str, float] = defaultdict(float)
