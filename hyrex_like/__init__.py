@@ -24,18 +24,12 @@ from .errors import (
     TaskWaitTimeout,
     WorkerError,
 )
-from .registry import (
-    MAX_NESTING_DEPTH,
-    AsyncTaskDefinition,
-    HyrexRegistry,
-    TaskConfig,
-    TaskDefinition,
-    TaskError,
-    TaskHandle,
-    TaskRun,
-    TaskSender,
-)
+from .handle import TaskError, TaskHandle, TaskRun
+from .payloads import MAX_NESTING_DEPTH
+from .registry import HyrexRegistry
 from .states import RunStatus, TaskStatus
+from .task import AsyncTaskDefinition, TaskDefinition, TaskSender
+from .task_config import TaskConfig
 
 __version__ = "0.1.0"
 

@@ -21,8 +21,9 @@ from datetime import datetime
 from typing import Any
 
 from .context import HyrexContext, _reset_context, _set_context
-from .registry import HyrexRegistry, TaskDefinition, TaskSender
+from .registry import HyrexRegistry
 from .states import TaskStatus
+from .task import TaskDefinition, TaskSender
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def run_task(
     ``async def`` tasks run to completion, and the return value must be storable as JSON.
     Exceptions propagate (``on_error`` is not called).
     """
-    definition = task.definition  # a definition is its own sender, with its own config
+    definition = task.definition  # a definition sends as itself, with its own config
     config = task.config
     args_json = definition.dump_payload(payload) if definition.param_name else "null"
     value = definition.load_payload(args_json)

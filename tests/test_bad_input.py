@@ -741,7 +741,7 @@ def test_the_words_nan_and_infinity_inside_strings_are_stored_as_sent(
 
 def test_the_non_finite_search_runs_only_where_a_dump_puts_a_number():
     """The words in strings skip the parse in the common case; every real constant is found."""
-    from hyrex_like.registry import _JSON_NON_FINITE
+    from hyrex_like.payloads import _JSON_NON_FINITE
 
     for text in [b'{"title":"Infinity War"}', b'["NaN is not a number"]', b'"Infinity"']:
         assert _JSON_NON_FINITE.search(text) is None, text
@@ -764,7 +764,7 @@ class Outer(BaseModel):
 @pytest.fixture
 def checked_serializer(monkeypatch):
     """Tasks registered meanwhile serialize as on pydantic 2.11-2.12 (`_CheckedSerializer`)."""
-    from hyrex_like import registry as registry_module
+    from hyrex_like import payloads as registry_module
 
     monkeypatch.setattr(registry_module, "_SERIALIZER_MODE", "checked")
 
@@ -773,7 +773,7 @@ def test_without_the_prebuilt_opt_out_the_checked_serializer_is_chosen(monkeypat
     """pydantic < 2.13 refuses ``_use_prebuilt`` (a TypeError at registration, once); 2.11 and
     2.12 then build models' prebuilt serializers in, which ignore ``ser_json_inf_nan``, as
     does this one without the keyword: the probe sees it and picks the checked serializer."""
-    from hyrex_like import registry as registry_module
+    from hyrex_like import payloads as registry_module
 
     works = registry_module._schema_serializer_works
     version = tuple(int(part) for part in pydantic.VERSION.split(".")[:2])
@@ -802,7 +802,7 @@ def test_without_the_prebuilt_opt_out_the_checked_serializer_is_chosen(monkeypat
 def test_the_checked_serializer_refuses_what_the_fast_one_does(
     checked_serializer, registry, database_url, schema
 ):
-    from hyrex_like.registry import _CheckedSerializer
+    from hyrex_like.payloads import _CheckedSerializer
 
     @registry.task
     def measure(reading: Outer) -> Outer:
