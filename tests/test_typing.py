@@ -147,7 +147,7 @@ def test_mypy_flags_exactly_the_wrong_payloads(tmp_path: Path):
     # The checker sees the payload and result types, not Any.
     assert re.search(
         rf"app\.py:{reveal}: note: Revealed type is "
-        r'"hyrex_like\.registry\.TaskDefinition\[app\.ProcessContext, '
+        r'"hyrex_like\.task\.TaskDefinition\[app\.ProcessContext, '
         r'(builtins\.)?dict\[(builtins\.)?str, (builtins\.)?str\]\]"',
         out,
     ), out
