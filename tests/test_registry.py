@@ -273,6 +273,20 @@ def test_with_config_can_be_chained(hy):
     assert (process_file.config.priority, process_file.config.queue) == (5, "default")
 
 
+def test_a_sender_is_not_a_definition_but_knows_its_definition(hy):
+    """`with_config` gives a sender (a definition plus overrides), not another definition."""
+    from hyrex_like.task import TaskDefinition
+
+    @hy.task
+    def process_file(context: ProcessContext) -> None:
+        pass
+
+    sender = process_file.with_config(priority=9).with_config(queue="q2")
+    assert isinstance(process_file, TaskDefinition)
+    assert not isinstance(sender, TaskDefinition)
+    assert sender.definition is process_file and process_file.definition is process_file
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("priority", 0), ("priority", 11), ("max_retries", -1), ("timeout_seconds", 0), ("queue", "")],
