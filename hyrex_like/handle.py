@@ -10,9 +10,9 @@ from typing import Any, Generic, TypedDict, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from .db import RunRow, Store, TaskRow
 from .errors import TaskNotCompleted, TaskNotFound, TaskWaitTimeout
 from .states import TASK_FINAL, RunStatus, TaskStatus
-from .store import RunRow, Store, TaskRow
 from .task_config import _UNSET
 
 R = TypeVar("R")

@@ -15,10 +15,10 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .config import Settings
+from .db import Store
 from .errors import ConfigurationError, DuplicateTaskName, InvalidTaskId, InvalidTaskOption
 from .handle import TaskHandle
 from .signature import _inspect_function
-from .store import Store
 from .task import AsyncTaskDefinition
 from .task import TaskDefinition as TaskDefinition  # re-exported: the worker imports it here
 from .task_config import _UNSET, _config

@@ -28,10 +28,11 @@ from .context import (
     _set_context,
     lineage,
 )
+from .db import NewTask
 from .errors import InvalidTaskOption, PayloadNotSerializable, PayloadTooLarge
 from .handle import TaskHandle
+from .ids import new_task_id, new_task_ids
 from .payloads import _ANY_SERIALIZER, _json_problem, _json_serializer, _serialization_problem
-from .store import NewTask, new_task_id, new_task_ids
 from .task_config import _UNSET, TaskConfig, _config
 
 if typing.TYPE_CHECKING:
