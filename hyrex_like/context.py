@@ -42,7 +42,7 @@ class HyrexContext(BaseModel):
 
 class _LazyContext:
     """A context built on first use: most tasks never ask for theirs, and building the model
-    for every attempt was a measurable share of an executor's time per tiny task."""
+    per attempt costs an executor time on tiny tasks."""
 
     __slots__ = ("_make", "_ctx")
 

@@ -24,12 +24,9 @@ _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _JSON_NON_FINITE = re.compile(rb"(?:\A|[:\[,])-?(?:NaN|Infinity)")
 
 MAX_NESTING_DEPTH = 201
-"""The deepest level a value may sit at in a payload or a result, counted as pydantic's JSON
-parser (which loads payloads in the worker) counts: the whole payload is level 1 and the items
-of an array or object one level below it. So a number or a string may sit inside at most 200
-arrays/objects, and so may an empty ``[]`` or ``{}`` (a value itself, making 201 levels of
-brackets). The parser refuses anything deeper, and so does a send (and a worker
-storing a result, by the same check): every task sent can be loaded."""
+"""The deepest level a value may sit at in a payload or result, as the worker's JSON parser
+(pydantic's) counts: the payload is level 1, so a value sits inside at most 200 arrays/objects.
+Sends and stored results refuse deeper ones, as that parser would: every task sent can be loaded."""
 
 _FFFD = "\ufffd".encode()  # what pydantic writes for a lone surrogate in a dict key
 _ANY_SERIALIZER = SchemaSerializer(pydantic_core.core_schema.any_schema())
@@ -179,13 +176,11 @@ def _json_problem(data: bytes, plain: Callable[[], Any]) -> str | None:
     Each check is a substring scan or two in the common case; the exact check runs only
     when a scan finds a suspect. ``plain`` gives the value as Python data (keys unchanged).
     """
-    # (the substring first: the regex, with its look-behind, costs ~3 us even on a short text)
+    # The substring first: the regex, with its look-behind, is slow even on a short text.
     if b"\\u0000" in data and _JSON_NUL.search(data):
         return "it contains a NUL character (\\u0000) in a string; PostgreSQL JSON cannot store it"
-    # A value at level L (the payload is level 1, a container's items one level below it)
-    # sits inside L - 1 arrays or objects, so the opening brackets (counting any inside
-    # strings too) bound the depth: only a payload with enough of them parses in full, with
-    # the parser the worker uses, so the limit is exactly what a worker can read.
+    # Opening brackets (even inside strings) bound the depth: only a payload with enough of
+    # them is parsed in full, by the worker's parser, so the limit is exactly what it reads.
     if data.count(b"[") + data.count(b"{") >= MAX_NESTING_DEPTH:
         try:
             pydantic_core.from_json(data, cache_strings=False)

@@ -26,9 +26,8 @@ class PooledConnection(psycopg.Connection[Any]):
 
     def run_prepared(self, name: str, params: Mapping[str, Any]) -> None:
         """Run the named statement (no rows back) straight through libpq, prepared once per
-        connection: no cursor and no adapters, ~30 us less per call than ``cursor.execute``,
-        which is most of what `send` costs on top of the round trip. Values go as text:
-        None, str, or anything whose ``str()`` PostgreSQL parses (int, float)."""
+        connection, with no cursor and no adapters (the cheap path for `send`). Values go as
+        text: None, str, or anything whose ``str()`` PostgreSQL parses (int, float)."""
         key, statement, order = numbered(name)
         values: Any = [  # libpq takes None as NULL (the stub says Sequence[Buffer])
             None if (v := params[k]) is None else (v if isinstance(v, str) else str(v)).encode()
@@ -114,10 +113,9 @@ def close_apool(
     elif running is None and not loop.is_closed():  # a stopped loop, from sync code
         loop.run_until_complete(apool.close())
     else:
-        # The loop is gone, and with it the pool's tasks: nothing can await its close. Or
-        # it stopped, and this thread runs another loop, which forbids running it. Close
-        # the sockets of its idle connections directly (psycopg_pool keeps them in
-        # `_pool`; a connection out on loan died with its task, or waits on that loop).
+        # The loop is gone (with the pool's tasks), or stopped while this thread runs another:
+        # nothing can await the close, so close the idle connections' sockets directly (kept
+        # in psycopg_pool's `_pool`; one out on loan died with its task or waits on that loop).
         for conn in list(getattr(apool, "_pool", ())):
             conn.pgconn.finish()
         if not loop.is_closed():  # its workers stop if that loop ever runs again

@@ -158,8 +158,8 @@ def insert_task(store: Store, task: NewTask, conn: psycopg.Connection[Any] | Non
                 cur.execute(q("insert_task"), task.params())
                 cur.execute(q("notify_workers"), {"channel": store.channel})
             return
-        # The hot path of `send`: getconn/putconn rather than the pool's context manager
-        # (which commits an autocommit connection: ~15 us), and libpq without a cursor.
+        # The hot path of `send`: getconn/putconn, as the pool's context manager commits
+        # even an autocommit connection, and libpq without a cursor.
         pool = store.pool()
         c = pool.getconn()
         try:

@@ -15,10 +15,9 @@ from psycopg import sql
 from .queries import q
 from .rows import ClaimedRow, FinishedRow, _array_literal, _array_text
 
-# Session settings of the worker's connections. Queue tables change size faster than
-# statistics follow (a fresh table holding 20,000 queued rows looks empty to the planner),
-# and then it sorts the whole queue on every claim. Every worker statement is an index
-# lookup or an ordered index scan by design, so steer the planner away from the rest.
+# Session settings of the worker's connections: queue tables outgrow their statistics, and the
+# planner then sorts the whole queue per claim. Every worker statement is an index lookup or an
+# ordered index scan by design, so steer the planner away from the rest.
 WORKER_PLANNER_OPTIONS = (
     "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off "
     "-c enable_mergejoin=off -c enable_material=off"
@@ -59,11 +58,9 @@ class WorkerQueries:
 
     @staticmethod
     def finish_params(worker_id: uuid.UUID, rows: Sequence[FinishedRow]) -> dict[str, Any]:
-        """``finish_runs``' parameters: one array literal per column, built by joining text.
-
-        (psycopg adapts a list element by element in Python, which cost more than the
-        statement; one JSON document cost the database ~1 us more per row to take apart.)
-        Results are JSON already; a JSON null is stored as SQL NULL.
+        """``finish_runs``' parameters: one array literal per column, built by joining text
+        (cheaper than psycopg's list adaptation or one JSON document). Results are JSON already;
+        a JSON null is stored as SQL NULL.
         """
         return {
             "worker_id": worker_id,
