@@ -204,10 +204,9 @@ class EmbeddedServer:
             if postmaster.status == "ready" and postmaster.accepts():
                 return postmaster
             if postmaster.runs_elsewhere(self.data_dir):
-                # A pid file left by a server that was never stopped (a reboot, a kill -9 of
-                # the postmaster) whose pid now belongs to another process: PostgreSQL itself
-                # would refuse to start while that process lives. It is not a server, so the
-                # file is stale (the start lock keeps our own starters away meanwhile).
+                # Left by an unclean stop (a reboot, a kill -9), its pid reused by another
+                # process: stale, yet PostgreSQL would refuse to start while that process
+                # lives (the start lock keeps our own starters away meanwhile).
                 log.warning(
                     "embedded_database_stale_pid_file",
                     data_dir=str(self.data_dir),

@@ -44,13 +44,10 @@ class _NonFinite(ValueError):
 
 
 class _CheckedSerializer:
-    """The adapter's own serializer (non-finite numbers come out as null, or as its models
-    chose), plus a search for the numbers that became null: pydantic 2.11 and 2.12 build a
-    model's prebuilt serializer into ours, which ignores our ``ser_json_inf_nan``, and have no
-    public way to opt out. The search walks the value only when the JSON holds a null.
-
-    (Imprecise in one corner: a model that chose ``ser_json_inf_nan="strings"`` is refused
-    when its payload also holds a null somewhere.)"""
+    """The adapter's own serializer plus a search for non-finite numbers it wrote as null:
+    pydantic 2.11 and 2.12 build a model's prebuilt serializer into ours, ignoring our
+    ``ser_json_inf_nan``, with no public way to opt out. The search runs only when the JSON
+    holds a null (so a model that chose "strings" is refused if its payload holds a null)."""
 
     def __init__(self, adapter: TypeAdapter[Any]) -> None:
         self._serializer = adapter.serializer
