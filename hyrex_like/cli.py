@@ -239,8 +239,8 @@ def _migrate(args: argparse.Namespace) -> int:
 def _run_worker(args: argparse.Namespace) -> int:
     """The flags as `WorkerOptions` (refused in flag terms before the app is imported), then
     the `Worker` that ``hy.worker(...)`` makes from code (`main` configured logging)."""
-    from .executor import load_registry
     from .runner import Worker
+    from .worker.app import load_registry
 
     try:
         options = WorkerOptions(

@@ -46,24 +46,15 @@ from .errors import (
     TaskTimeout,
     WorkerError,
 )
-from .executor import (
-    DRAIN_SIGNAL,
-    ERR,
-    OK,
-    SKIP,
-    Job,
-    call_on_error,
-    describe_error,
-    executor_exited,
-    executor_main,
-    kill_executor_group,
-    set_os_thread_name,
-)
 from .logs import LEVELS, get_logger
 from .outages import URL_HINT, refusal
 from .registry import HyrexRegistry, check_name
 from .states import RunStatus, TaskStatus
 from .store import ClaimedRow, FinishedRow, WorkerQueries
+from .worker.executor import executor_main
+from .worker.failures import call_on_error, describe_error
+from .worker.processes import executor_exited, kill_executor_group, set_os_thread_name
+from .worker.protocol import DRAIN_SIGNAL, ERR, OK, SKIP, Job
 
 log = get_logger("hyrex_like.worker")
 

@@ -24,9 +24,9 @@ import pydantic
 
 from .dispatcher import Dispatcher, WorkerOptions
 from .errors import ConfigurationError, WorkerError
-from .executor import load_registry
 from .logs import configure_logging
 from .registry import HyrexRegistry
+from .worker.app import load_registry
 
 
 def worker_options(**given: Any) -> WorkerOptions:

@@ -365,7 +365,7 @@ def _stand_in_executor(pidfile: Path, then: str) -> Any:
 def test_an_executor_group_is_killed_while_its_pid_is_ours_and_never_after_the_reap(
     out_dir, children
 ):
-    from hyrex_like.executor import kill_executor_group
+    from hyrex_like.worker.processes import kill_executor_group
 
     executor = _stand_in_executor(out_dir / "alive.pid", "wait")
     child = _child_pid(out_dir / "alive.pid", children)
@@ -382,7 +382,7 @@ def test_no_signal_goes_to_the_group_id_of_an_executor_already_reaped(out_dir, c
     """Once reaped, an executor's pid (its group's id) may be given to another process group;
     a second kill (a shutdown whose grace period ran out, a refused start) must send nothing.
     The id is kept observable here: a child left in the reaped executor's group holds it."""
-    from hyrex_like.executor import kill_executor_group
+    from hyrex_like.worker.processes import kill_executor_group
 
     executor = _stand_in_executor(out_dir / "left.pid", "exit")
     child = _child_pid(out_dir / "left.pid", children)

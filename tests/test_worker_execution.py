@@ -115,7 +115,7 @@ def test_a_task_returning_none_stores_sql_null_and_a_value_its_json(
 
 
 def test_the_executor_reads_a_job_s_fields_where_job_wire_puts_them():
-    from hyrex_like import executor as e
+    from hyrex_like.worker import protocol as e
 
     job = e.Job(uuid.uuid4(), "name", "q", 5, '{"n": 1}', 3, 0, None, None, None)
     wire = job.wire()

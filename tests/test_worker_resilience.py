@@ -208,7 +208,7 @@ def test_a_drain_signal_sent_while_an_executor_starts_waits_for_its_handler(wapp
     its handler in place (a spawned one imports for ~0.3 s first), it would kill it: the
     dispatcher blocks the signal while it starts one, so it is delivered, and obeyed, later."""
     from hyrex_like.dispatcher import Dispatcher, WorkerOptions
-    from hyrex_like.executor import Job
+    from hyrex_like.worker.protocol import Job
 
     d = Dispatcher(wapp.hy, "tests.apps.worker_app:hy", WorkerOptions(processes=1))
     ex = d._spawn(0)  # spawned, not forked: a fresh interpreter
@@ -232,7 +232,7 @@ def test_an_app_that_takes_over_the_drain_signal_does_not_keep_executors_from_dr
     it imports) that installs its own would leave the executor deaf to a stopping worker. The
     executor puts its handler back, and says so."""
     from hyrex_like.dispatcher import Dispatcher, WorkerOptions
-    from hyrex_like.executor import Job
+    from hyrex_like.worker.protocol import Job
 
     from .apps import sigusr1_app
 

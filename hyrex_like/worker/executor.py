@@ -1,0 +1,264 @@
+"""The executor: a child process of the dispatcher that runs task code.
+
+It receives batches of jobs over a pipe, runs them one at a time (``async def`` tasks on an
+event loop it keeps), and sends one result message per job. It knows nothing of the database,
+and of signals only one: before each job it checks its ``draining`` flag, which the parent
+raises with SIGUSR1 (`DRAIN_SIGNAL`) when it begins to stop, so on shutdown it hands back the
+jobs it has not started. SIGINT and SIGTERM are ignored: the parent decides when it stops.
+
+What a task does cannot take the executor down with it, short of killing the process: whatever
+it raises (``KeyboardInterrupt``, any ``BaseException``, an exception whose ``str`` raises)
+fails its attempt with its own type and traceback; standard streams it closed or replaced are
+put back before the next task (`_StdStreams`). Each executor leads a session (and process
+group) of its own, so the parent can kill it together with the processes its tasks started
+(`kill_executor_group`); a child that detaches into a session or group of its own is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sys
+import time
+import uuid
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pydantic
+import structlog
+
+from ..config import Settings
+from ..context import HyrexContext, _LazyContext, _reset_context, _set_context
+from ..errors import PayloadNotSerializable
+from ..registry import HyrexRegistry, TaskDefinition
+from .app import load_registry
+from .failures import _describe_failure, call_on_error
+from .processes import _libc, set_os_thread_name
+from .protocol import _W_ARGS, _W_ATTEMPT, _W_KEY, _W_NAME, DRAIN_SIGNAL, ERR, OK, READY, SKIP, Job
+from .streams import _StdStreams
+
+log = structlog.get_logger("hyrex_like.executor")
+
+_draining = False
+
+
+def _on_drain_signal(signum: int, frame: Any) -> None:
+    global _draining
+    _draining = True
+
+
+def _install_drain_handler() -> None:
+    signal.signal(DRAIN_SIGNAL, _on_drain_signal)
+    signal.siginterrupt(DRAIN_SIGNAL, False)
+
+
+PROCESS_NAME = b"hyrex-executor"
+"""What ``ps -o comm``, ``top`` and ``/proc/<pid>/comm`` show for an executor (Linux)."""
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us if the dispatcher dies, so no task runs unsupervised, and name
+    the process (a forked executor's command line is its parent's)."""
+    if sys.platform.startswith("linux"):
+        try:
+            _libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover
+            pass
+    set_os_thread_name(PROCESS_NAME)
+
+
+def _lead_own_session() -> None:
+    """Become the leader of a new session and process group, before any task runs.
+
+    What a worker owns is its executors' process groups: the processes its tasks start stay in
+    their executor's group unless they leave it on purpose (``start_new_session=True``,
+    ``process_group=0``, ``setsid``), and `kill_executor_group` kills the group whenever the
+    parent kills or stops an executor. A session rather than only a group: with no controlling
+    terminal, a task that touches the terminal is never stopped by job control (SIGTTIN,
+    SIGTTOU) as a background group would be. The terminal's Ctrl-C now reaches the parent
+    only, which stops its executors itself (they ignore SIGINT anyway)."""
+    try:
+        os.setsid()
+    except OSError:  # pragma: no cover - already a group leader: not started by a dispatcher
+        pass
+
+
+def executor_main(
+    app: str,
+    settings: Settings,
+    conn: Connection,
+    draining: bool,
+    log_level: str,
+    log_format: str,
+    worker_id: uuid.UUID,
+) -> None:
+    """Entry point of an executor process."""
+    global _draining
+    _lead_own_session()
+    _die_with_parent()
+    # The parent decides when we stop; a Ctrl-C or a SIGTERM sent to the whole process group
+    # must not kill a task halfway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _draining = _draining or draining
+    # A forked executor inherits what importing the app in the parent installed.
+    inherited = signal.getsignal(DRAIN_SIGNAL)
+    _install_drain_handler()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})  # a pending one arrives now
+    from ..logs import configure_logging
+
+    configure_logging(log_level, log_format)
+    registry = load_registry(app)
+    replaced = signal.getsignal(DRAIN_SIGNAL) is not _on_drain_signal
+    if replaced or callable(inherited):
+        # Importing the app installed its own: without ours a stopping worker could not hand
+        # back the jobs an executor has not started (they would run, or be interrupted).
+        log.warning(
+            "drain_signal_handler_replaced",
+            signal=DRAIN_SIGNAL.name,
+            detail="importing the app installed its own handler; hyrex-like needs this signal "
+            "to stop executors cleanly and has put its handler back",
+        )
+        _install_drain_handler()
+    registry.configure(**settings.model_dump())
+    conn.send((READY, os.getpid()))
+    Executor(registry, conn, worker_id, (log_level, log_format)).serve()
+    # Nothing left to clean up but the pools a task may have opened; skipping the interpreter's
+    # slow teardown makes a worker's shutdown (and every restart in tests) quicker.
+    registry.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+class Executor:
+    def __init__(
+        self,
+        registry: HyrexRegistry,
+        conn: Connection,
+        worker_id: uuid.UUID,
+        logging_config: tuple[str, str] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.conn = conn
+        self.worker_id = worker_id
+        self.log = log.bind(worker_id=str(worker_id))
+        self.loop = asyncio.new_event_loop()
+        self.logging_config = logging_config  # (level, format), to redo it on a new stderr
+        self.streams = _StdStreams()
+
+    def serve(self) -> None:
+        conn = self.conn
+        streams = self.streams
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            if batch is None:
+                return
+            for wire in batch:
+                if _draining:
+                    result = (SKIP, wire[_W_KEY], wire[_W_ATTEMPT])
+                else:
+                    result = self.run(wire)
+                    if not streams.intact():
+                        self._restore_streams(wire)
+                # Each result leaves before the next job starts: holding results to send them
+                # in groups would lose them, and re-run their tasks, if the next job crashed
+                # this process.
+                try:
+                    # plain pickle: Connection.send builds a ForkingPickler per message,
+                    # which was a third of an executor's time per tiny task
+                    conn.send_bytes(pickle.dumps([result], pickle.HIGHEST_PROTOCOL))
+                except OSError:
+                    return  # the parent is gone
+
+    def run(self, wire: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Run one job, given as sent (`Job.wire`): the `Job` itself, with its UUIDs, is built
+        only if the task asks for its context or fails (~1 us saved per tiny task)."""
+        key, task_name, attempt = wire[_W_KEY], wire[_W_NAME], wire[_W_ATTEMPT]
+        definition = self.registry.get_task(task_name)
+        started = time.time()
+        if definition is None:  # claims filter by name, so only a changed app gets here
+            return (
+                ERR,
+                key,
+                attempt,
+                started,
+                time.time(),
+                "TaskNotRegistered",
+                f"task {task_name!r} is not registered in this worker's app",
+                None,
+                False,
+            )
+        token = _set_context(_LazyContext(lambda: self._context(Job.from_wire(wire))))
+        retryable = True
+        try:
+            try:
+                payload = definition.load_payload(wire[_W_ARGS])
+            except pydantic.ValidationError:
+                retryable = False  # the stored args will not validate next time either
+                raise
+            value = definition.call(payload)
+            if definition.is_async or asyncio.iscoroutine(value):
+                value = self.loop.run_until_complete(value)
+            try:
+                result = definition.dump_result(value)
+            except PayloadNotSerializable:
+                retryable = False
+                raise
+            return (OK, key, attempt, started, time.time(), result)
+        # Every BaseException: the executor ignores SIGINT and SIGTERM and its drain signal only
+        # sets a flag, so a KeyboardInterrupt, a SystemExit, a CancelledError, a GeneratorExit
+        # or a custom BaseException here was raised by the task. It fails the attempt; it must
+        # not end the executor (the attempt would be "lost", its real error with it).
+        except BaseException as exc:
+            finished = time.time()
+            error_type, message, tb = _describe_failure(exc)
+            if not self.streams.intact():  # on_error and our log must be able to print
+                self._restore_streams(wire)
+            self._on_error(definition, exc, Job.from_wire(wire))
+            return (ERR, key, attempt, started, finished, error_type, message, tb, retryable)
+        finally:
+            _reset_context(token)
+
+    def _context(self, job: Job) -> HyrexContext:
+        return HyrexContext.model_construct(
+            task_id=job.task_id,
+            task_name=job.task_name,
+            attempt_number=job.attempt,
+            max_retries=job.max_retries,
+            queue=job.queue,
+            priority=job.priority,
+            parent_id=job.parent_id,
+            root_id=job.root_id,
+            worker_id=self.worker_id,
+        )
+
+    def _on_error(self, definition: TaskDefinition[Any, Any], exc: BaseException, job: Job) -> None:
+        call_on_error(
+            definition, exc, job, self.loop.run_until_complete, self.log, contain=(BaseException,)
+        )
+
+    def _restore_streams(self, wire: tuple[Any, ...]) -> None:
+        repaired, new_stderr = self.streams.restore()
+        if new_stderr and self.logging_config is not None:
+            # structlog holds the stderr object it was configured with: the closed one
+            from ..logs import configure_logging
+
+            configure_logging(*self.logging_config)
+            # a fresh proxy: `log` has cached the logger it made with the old configuration
+            fresh = structlog.get_logger("hyrex_like.executor")
+            self.log = fresh.bind(worker_id=str(self.worker_id))
+        self.log.warning(
+            "standard_streams_restored",
+            task_id=str(uuid.UUID(bytes=wire[_W_KEY])),
+            task_name=wire[_W_NAME],
+            attempt=wire[_W_ATTEMPT],
+            repaired=repaired,
+            detail="the task left the executor's standard streams broken; they were put back "
+            "for the tasks after it",
+        )

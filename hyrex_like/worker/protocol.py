@@ -1,0 +1,94 @@
+"""The pipe protocol between the dispatcher and its executors: the one module both sides import.
+
+The parent sends batches of jobs (`encode_batch`: a pickled list of `Job.wire` tuples, or
+``None`` to stop); an executor answers with pickled lists of result tuples (shapes below) and
+once, at start, ``("ready", pid)``. `DRAIN_SIGNAL` is part of the protocol too: the parent sends
+it, the executor obeys it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Job:
+    """A claimed task attempt, as handed to an executor."""
+
+    task_id: uuid.UUID
+    task_name: str
+    queue: str
+    priority: int
+    args: str
+    attempt: int
+    max_retries: int
+    timeout: float | None
+    parent_id: uuid.UUID | None
+    root_id: uuid.UUID | None
+
+    def wire(self) -> tuple[Any, ...]:
+        """The job as sent to an executor: a plain tuple, ids as bytes (cheap to pickle)."""
+        return (
+            self.task_id.bytes,
+            self.task_name,
+            self.queue,
+            self.priority,
+            self.args,
+            self.attempt,
+            self.max_retries,
+            self.timeout,
+            self.parent_id.bytes if self.parent_id else None,
+            self.root_id.bytes if self.root_id else None,
+        )
+
+    @classmethod
+    def from_wire(cls, w: tuple[Any, ...]) -> Job:
+        return cls(
+            uuid.UUID(bytes=w[0]),
+            w[1],
+            w[2],
+            w[3],
+            w[4],
+            w[5],
+            w[6],
+            w[7],
+            uuid.UUID(bytes=w[8]) if w[8] else None,
+            uuid.UUID(bytes=w[9]) if w[9] else None,
+        )
+
+
+# Positions in `Job.wire` the executor reads without building the Job.
+_W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
+
+# Result messages: lists of tuples, task ids as 16 bytes:
+#   ("ok",   task_id, attempt, started, finished, result_json)
+#   ("err",  task_id, attempt, started, finished, type, message, traceback, retryable)
+#   ("skip", task_id, attempt)                  not started: the worker is draining
+# and once, at start: ("ready", pid).
+OK, ERR, SKIP = "ok", "err", "skip"
+
+READY = "ready"
+
+TOP_UP_BYTES = 16_384
+"""A top-up batch (sent to a busy executor) stays well under a pipe buffer (64 KiB on Linux),
+so the send never blocks on an executor busy with a long task."""
+
+
+def encode_batch(jobs: list[Job]) -> bytes:
+    """One pipe message holding ``jobs`` (plain pickle: cheaper than ``Connection.send``)."""
+    return pickle.dumps([job.wire() for job in jobs], pickle.HIGHEST_PROTOCOL)
+
+
+DRAIN_SIGNAL = signal.SIGUSR1
+"""Sent by the dispatcher to its executors when it begins to stop: start no further jobs.
+
+A signal and a flag, not a shared ``multiprocessing.Event``: checking a semaphore-backed event
+before every job cost ~1 us per task, and creating one started multiprocessing's resource
+tracker (a third interpreter) at every worker start; now only a spawned replacement executor
+starts it. The dispatcher blocks the signal while it starts an executor, so it stays pending
+until `executor_main` has its handler in place. The handler restarts interrupted system calls
+(``siginterrupt(False)``), so native code inside a running task does not see EINTR."""
