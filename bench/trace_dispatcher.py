@@ -28,8 +28,11 @@ import psycopg  # noqa: E402
 from bench_app import hy  # noqa: E402
 
 from hyrex_like import dispatcher as D  # noqa: E402
+from hyrex_like.config import WorkerOptions  # noqa: E402
 from hyrex_like.db import WorkerQueries  # noqa: E402
 from hyrex_like.logs import configure_logging  # noqa: E402
+from hyrex_like.worker.completer import Completer  # noqa: E402
+from hyrex_like.worker.executors import ExecutorPool  # noqa: E402
 
 rows_per: dict[str, Counter[int]] = defaultdict(Counter)
 time_in: dict[str, float] = defaultdict(float)
@@ -51,14 +54,14 @@ def _wrap_query(name: str) -> None:
     setattr(WorkerQueries, name, staticmethod(wrapped))
 
 
-_dispatch = D.Dispatcher._dispatch
+_dispatch = ExecutorPool.dispatch
 
 
-def _counting_dispatch(self: D.Dispatcher) -> None:
+def _counting_dispatch(self: ExecutorPool) -> None:
     """Counts the jobs in each batch the loop sends to an executor (a batch is one message)."""
-    before = [len(ex.batches) for ex in self._executors]
+    before = [len(ex.batches) for ex in self.executors]
     _dispatch(self)
-    for ex, n in zip(self._executors, before, strict=False):
+    for ex, n in zip(self.executors, before, strict=False):
         for size in list(ex.batches)[n:]:
             rows_per["jobs per pipe message to an executor"][size] += 1
 
@@ -71,25 +74,29 @@ class TracingDispatcher(D.Dispatcher):
         super()._step()
 
 
-for _step_name in (
-    "_sync",
-    "_dispatch",
-    "_wait",
-    "_collect",
-    "_reap",
-    "_enforce_timeouts",
-    "_flush",
-    "_maintain",
-):
+def _time_step(owner: Any, name: str, label: str) -> None:
+    original = getattr(owner, name)
 
-    def _timed(self: Any, *args: Any, _n: str = _step_name, **kw: Any) -> Any:
+    def _timed(self: Any, *args: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return getattr(D.Dispatcher, _n)(self, *args, **kw)
+            return original(self, *args, **kw)
         finally:
-            time_in[f"step {_n}"] += time.perf_counter() - t0
+            time_in[f"step {label}"] += time.perf_counter() - t0
 
-    setattr(TracingDispatcher, _step_name, _timed)
+    setattr(owner, name, _timed)
+
+
+for _owner, _name in (
+    (TracingDispatcher, "_sync"),
+    (TracingDispatcher, "_wait"),
+    (TracingDispatcher, "_maintain"),
+    (ExecutorPool, "collect"),
+    (ExecutorPool, "reap"),
+    (ExecutorPool, "enforce_timeouts"),
+    (Completer, "flush"),
+):
+    _time_step(_owner, _name, _name.lstrip("_"))
 
 
 def _hist(c: Counter[int]) -> dict[str, Any]:
@@ -112,9 +119,10 @@ def main() -> int:
     R.prefill(url, args.n)
     _wrap_query("claim")
     _wrap_query("finish")
-    D.Dispatcher._dispatch = _counting_dispatch  # type: ignore[method-assign]
+    ExecutorPool.dispatch = _counting_dispatch  # type: ignore[method-assign]
+    _time_step(ExecutorPool, "dispatch", "dispatch")
     hy.configure(database_url=url)
-    options = D.WorkerOptions(processes=args.processes, prefetch=args.prefetch, log_level="warning")
+    options = WorkerOptions(processes=args.processes, prefetch=args.prefetch, log_level="warning")
     disp = TracingDispatcher(hy, "bench_app:hy", options)
     t: dict[str, float] = {}
 

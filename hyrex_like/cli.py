@@ -13,8 +13,7 @@ from typing import Any
 import annotated_types
 import pydantic
 
-from .config import Settings, redact_dsn
-from .dispatcher import MAX_PROCESSES, WorkerOptions
+from .config import MAX_PROCESSES, Settings, WorkerOptions, redact_dsn
 from .errors import HyrexLikeError, InvalidTaskOption
 from .logs import LEVELS, configure_logging
 from .outages import URL_HINT, refusal

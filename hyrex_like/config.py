@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigurationError
+from .logs import LEVELS
 
 ENV_PREFIX = "HYREX_LIKE_"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
@@ -108,3 +109,68 @@ def redact_dsn(dsn: str | None) -> str:
     # URL query form: ?password=... and conninfo form: password=...
     redacted = re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", r"\1***", redacted)
     return redacted
+
+
+MAX_PROCESSES = 512
+"""The most executor processes a worker runs (``--processes``)."""
+
+
+def default_processes(cpu_count: Callable[[], int | None] = os.cpu_count) -> int:
+    """The default ``--processes``: one executor per CPU, at most `MAX_PROCESSES` (so a larger
+    machine still starts with no flags); 1 when the count is unknown."""
+    return max(1, min(cpu_count() or 1, MAX_PROCESSES))
+
+
+class WorkerOptions(BaseModel):
+    """How a worker runs. The CLI maps its flags onto these."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    queues: tuple[str, ...] = ()
+    """Queues to serve; empty means every queue."""
+    processes: int = Field(default_factory=default_processes, ge=1, le=MAX_PROCESSES)
+    prefetch: int = Field(default=16, ge=1, le=10_000)
+    """Jobs handed to an idle executor at once (raise it for many tiny tasks)."""
+    grace_period: float = Field(default=30.0, ge=0)
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    stale_after: float = Field(default=30.0, gt=0)
+    """Seconds without a heartbeat after which a worker's running tasks are requeued."""
+    poll_interval: float = Field(default=1.0, gt=0)
+    startup_timeout: float = Field(default=15.0, ge=0)
+    """How long to keep trying to reach the database at start before giving up; also how
+    long a refusal for good (`outages.refusal`) met while running is retried before the
+    worker stops (at start, a refusal stops it at once)."""
+    log_level: str = "info"
+    log_format: str = "console"
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queues(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # what `@hy.task(queue=...)` accepts: a worker for any other name would serve nothing
+        from .registry import check_name  # (the registry imports this module)
+
+        return tuple(check_name("queue", q) for q in value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value not in LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {value!r}")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        if value not in ("console", "json"):
+            raise ValueError(f"log format must be 'console' or 'json', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> WorkerOptions:
+        if self.stale_after <= self.heartbeat_interval:
+            raise ValueError(
+                f"stale_after ({self.stale_after:g}s) must be more than heartbeat_interval "
+                f"({self.heartbeat_interval:g}s): other workers would declare this one lost "
+                "between two of its heartbeats and run its tasks a second time"
+            )
+        return self

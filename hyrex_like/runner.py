@@ -22,7 +22,8 @@ from typing import Any
 
 import pydantic
 
-from .dispatcher import Dispatcher, WorkerOptions
+from .config import WorkerOptions
+from .dispatcher import Dispatcher
 from .errors import ConfigurationError, WorkerError
 from .logs import configure_logging
 from .registry import HyrexRegistry

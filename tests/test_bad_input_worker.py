@@ -403,31 +403,32 @@ def test_replacing_dead_executors_kills_every_dead_ones_group_before_any_reap(
     import multiprocessing
     import multiprocessing.connection as mpc
 
-    from hyrex_like.dispatcher import Dispatcher, WorkerOptions, _Executor
+    from hyrex_like.dispatcher import Dispatcher, WorkerOptions
+    from hyrex_like.worker.pipe import ExecutorHandle
 
     d = Dispatcher(happ.hy, "tests.apps.hostile_app:hy", WorkerOptions(processes=2))
     pidfiles = [out_dir / f"dead-{i}.pid" for i in range(2)]
     for i, pidfile in enumerate(pidfiles):
         ours, theirs = multiprocessing.get_context("spawn").Pipe(duplex=True)
         theirs.close()
-        ex = _Executor(i, _stand_in_executor(pidfile, "exit"), ours)
+        ex = ExecutorHandle(i, _stand_in_executor(pidfile, "exit"), ours)
         ex.ready = True
-        d._executors.append(ex)
+        d.pool.executors.append(ex)
     try:
         left = [_child_pid(pidfile, children) for pidfile in pidfiles]
-        exited = [ex.process.sentinel for ex in d._executors]  # readable at exit, not reaped
+        exited = [ex.process.sentinel for ex in d.pool.executors]  # readable at exit, not reaped
         while exited:
             ready = mpc.wait(exited, 30)
             assert ready, "the stand-in executors did not exit"
             exited = [s for s in exited if s not in ready]
         # A sentinel reads as closed while the process is still exiting, a moment before it is
         # a zombie that waitid sees: wait (without reaping) until both are.
-        for ex in d._executors:
+        for ex in d.pool.executors:
             os.waitid(os.P_PID, ex.process.pid, os.WEXITED | os.WNOWAIT)
-        d._reap()
+        d.pool.reap()
         assert d.stats["executor_restarts"] == 2
         for pid in left:
             assert _killed(pid), f"child {pid} of a dead executor survived its replacement"
     finally:
-        for ex in d._executors:
-            d._kill(ex)
+        for ex in d.pool.executors:
+            d.pool.spawner.kill(ex)

@@ -211,9 +211,9 @@ def test_a_drain_signal_sent_while_an_executor_starts_waits_for_its_handler(wapp
     from hyrex_like.worker.protocol import Job
 
     d = Dispatcher(wapp.hy, "tests.apps.worker_app:hy", WorkerOptions(processes=1))
-    ex = d._spawn(0)  # spawned, not forked: a fresh interpreter
+    ex = d.pool.spawner.spawn(0)  # spawned, not forked: a fresh interpreter
     try:
-        d._signal_drain(ex)  # at once: the child is still starting
+        d.pool.spawner.signal_drain(ex)  # at once: the child is still starting
         assert ex.conn.poll(30), "the executor never became ready"
         assert ex.conn.recv()[0] == "ready"
         job = Job(uuid.uuid4(), "record", "default", 5, '{"n": 1}', 1, 0, None, None, None)
@@ -222,7 +222,7 @@ def test_a_drain_signal_sent_while_an_executor_starts_waits_for_its_handler(wapp
         assert ex.conn.recv() == [("skip", job.task_id.bytes, 1)]  # drained: not started
         assert ex.process.exitcode is None
     finally:
-        d._kill(ex)
+        d.pool.spawner.kill(ex)
 
 
 def test_an_app_that_takes_over_the_drain_signal_does_not_keep_executors_from_draining(
@@ -238,11 +238,11 @@ def test_an_app_that_takes_over_the_drain_signal_does_not_keep_executors_from_dr
 
     sigusr1_app.hy.configure(**registry.settings.model_dump())
     d = Dispatcher(sigusr1_app.hy, "tests.apps.sigusr1_app:hy", WorkerOptions(processes=1))
-    ex = d._spawn(0)
+    ex = d.pool.spawner.spawn(0)
     try:
         assert ex.conn.poll(30), "the executor never became ready"
         assert ex.conn.recv()[0] == "ready"  # the app is imported by now
-        d._signal_drain(ex)
+        d.pool.spawner.signal_drain(ex)
         job = Job(uuid.uuid4(), "echo", "default", 5, "1", 1, 0, None, None, None)
         ex.conn.send([job.wire()])
         assert ex.conn.poll(30)
@@ -251,7 +251,7 @@ def test_an_app_that_takes_over_the_drain_signal_does_not_keep_executors_from_dr
         out, err = capfd.readouterr()
         assert "drain_signal_handler_replaced" in out + err
     finally:
-        d._kill(ex)
+        d.pool.spawner.kill(ex)
         sigusr1_app.hy.close()
 
 

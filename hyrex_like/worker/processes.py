@@ -33,8 +33,8 @@ def kill_executor_group(process: Any) -> bool:
     read through ``exitcode``, or reaped by multiprocessing itself, which waits for every dead
     child it knows whenever it starts another process (``Process.start``). From then on the
     kernel may give the id to any new process or group, so nothing is sent: the parent kills
-    each executor's group before the reap (`Dispatcher._kill`, `Dispatcher._reap`, and
-    `Dispatcher._spawn` for the executors that died meanwhile), and calling this again, or
+    each executor's group before the reap (`Spawner.kill`, `ExecutorPool.reap`, and
+    `Spawner.spawn` for the executors that died meanwhile), and calling this again, or
     after the reap, does nothing. No cost per task: it runs when an executor is killed or found
     dead, with one ``waitid`` call to see that no other thread reaped it."""
     popen = process._popen

@@ -1,0 +1,277 @@
+"""The completer: writes what ended (one guarded statement per batch) and hands back what never
+started, on the writer's thread and connection, and logs each outcome once it is written.
+
+Results wait in the ledger while the database is away and are written when it is back; the
+write is guarded (task still ours, same attempt), so writing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from ..states import RunStatus, TaskStatus
+from ..store import FinishedRow, WorkerQueries
+from .connection import DB_ERRORS, Connections, describe, wait_for
+from .ledger import Ledger, WriteBatch
+
+_COMPLETED = RunStatus.COMPLETED
+_INTERRUPTED = RunStatus.INTERRUPTED
+_QUEUED_STR = TaskStatus.QUEUED.value
+_FAILED_STR = TaskStatus.FAILED.value
+
+Returned = list[tuple[uuid.UUID, str, datetime, int]]
+
+
+@dataclass
+class _Round:
+    """One write: its batch, and what came of it."""
+
+    db: psycopg.Connection[Any]
+    batch: WriteBatch
+    generation: int
+    gave_back: bool = False
+    returned: Returned | None = None  # None: not written
+    error: BaseException | None = None
+    future: Future[_Round] | None = None  # set while it runs on the writer's thread
+
+
+class Completer:
+    """Writes the ledger's finished and given-back attempts."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        conns: Connections,
+        worker_id: uuid.UUID,
+        stats: dict[str, int],
+        log: Any,
+        info: bool,
+        settle_claim: Callable[[float], bool],
+    ) -> None:
+        self.ledger = ledger
+        self.conns = conns
+        self.worker_id = worker_id
+        self.stats = stats
+        self.log = log
+        self._info = info  # one line per completed task: --log-level warning saves ~5%
+        self._settle_claim = settle_claim  # a claim's rows go back before the last write
+        self.round: _Round | None = None
+        self.retry_at = math.inf  # when the next retry written so far becomes due
+
+    def start(self) -> None:
+        """Start a write on the writer's thread, if none is in flight and one is needed."""
+        if self.round is not None or not self.ledger.has_unwritten():
+            return
+        db = self.conns.ensure()
+        if db is not None:
+            job = _Round(db, self.ledger.take_for_write(), self.conns.generation)
+            job.future = self.conns.run(self.conns.writer, db, self._run, job)
+            self.round = job
+
+    def write_now(self, db: psycopg.Connection[Any]) -> None:
+        """Write on this thread (on the way out)."""
+        self._apply(self._run(_Round(db, self.ledger.take_for_write(), self.conns.generation)))
+
+    def settle(self, deadline: float) -> bool:
+        """Take in the write in flight if it has ended, waiting until ``deadline`` at most.
+        False if it is still running."""
+        job = self.round
+        if job is None:
+            return True
+        if not wait_for(job.future, deadline):
+            return False
+        self.round = None
+        self._apply(job)
+        return True
+
+    def _run(self, job: _Round) -> _Round:
+        """The statements of one write, in order, each recorded as done only once it succeeded
+        (what did not is retried by a later write)."""
+        try:
+            if job.batch.giveback:
+                items = [(j.task_id, j.attempt) for j in job.batch.giveback]
+                WorkerQueries.give_back(job.db, self.worker_id, items)
+                job.gave_back = True
+            if job.batch.finished:
+                job.returned = self._write_finished(job.db, job.batch.finished)
+        except DB_ERRORS as exc:
+            job.error = exc
+        return job
+
+    def _write_finished(self, db: psycopg.Connection[Any], rows: list[FinishedRow]) -> Returned:
+        try:
+            return WorkerQueries.finish(db, self.worker_id, rows)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection, not the rows: keep them all for the next try
+        except psycopg.Error as exc:
+            # One row the database refuses must not block the others: isolate it.
+            if len(rows) == 1:
+                row = rows[0]
+                self.log.error(
+                    "task_result_rejected", task_id=str(row.task_id), error=describe(exc)
+                )
+                fixed = FinishedRow(
+                    row.task_id,
+                    row.task_name,
+                    row.attempt,
+                    RunStatus.FAILED,
+                    False,
+                    None,
+                    "ResultRejected",
+                    f"the database rejected this attempt's outcome: {describe(exc)}",
+                    row.traceback,
+                    row.started_at,
+                    row.finished_at,
+                )
+                return WorkerQueries.finish(db, self.worker_id, [fixed])
+            out: Returned = []
+            for row in rows:
+                out += self._write_finished(db, [row])
+            return out
+
+    def _apply(self, job: _Round) -> None:
+        batch = job.batch
+        self.ledger.written(batch)
+        if batch.giveback and not job.gave_back:
+            self.ledger.write_failed(batch.giveback, None)
+        elif batch.giveback:  # only a stopping worker gives tasks back
+            self.stats["given_back"] += len(batch.giveback)
+            self.log.info(
+                "tasks_given_back",
+                count=len(batch.giveback),
+                task_ids=[str(j.task_id) for j in batch.giveback],
+                reason="claimed but not started before the shutdown; queued again as they were",
+            )
+        if job.returned is None:
+            self.ledger.write_failed(None, batch.finished)
+        elif batch.finished:
+            self._after_write(batch.finished, job.returned)
+        # A write that failed on connections replaced since must not reset the new ones (its
+        # rows are back in the ledger).
+        if job.error is not None and job.generation == self.conns.generation:
+            self.conns.lost(job.error)
+
+    def _after_write(self, rows: Sequence[FinishedRow], returned: Returned) -> None:
+        now_wall = datetime.now(UTC)
+        by_id = {r.task_id: r for r in rows}
+        for task_id, status, run_after, attempts in returned:
+            row = by_id.get(task_id)
+            if status == _QUEUED_STR:
+                delay = (run_after - now_wall).total_seconds()
+                self.retry_at = min(self.retry_at, time.monotonic() + max(0.0, delay))
+                if row is not None and row.status is _INTERRUPTED:
+                    self.log.info(
+                        "task_requeued",
+                        task_id=str(task_id),
+                        task_name=row.task_name,
+                        attempt=row.attempt,
+                        reason="interrupted by the shutdown; this attempt does not count",
+                    )
+                elif row is not None:
+                    self.log.warning(
+                        "task_retry_scheduled",
+                        task_id=str(task_id),
+                        task_name=row.task_name,
+                        attempt=attempts,
+                        error_type=row.error_type,
+                        error=row.error_message,
+                        delay=round(max(0.0, delay), 3),
+                    )
+            elif status == _FAILED_STR:
+                self.log.error(
+                    "task_failed",
+                    task_id=str(task_id),
+                    attempt=attempts,
+                    task_name=row.task_name if row else None,
+                    error_type=row.error_type if row else None,
+                    error=row.error_message if row else None,
+                )
+        if self._info:
+            for row in rows:
+                if row.status is _COMPLETED:
+                    self.log.info(
+                        "task_completed",
+                        task_id=str(row.task_id),
+                        task_name=row.task_name,
+                        attempt=row.attempt,
+                    )
+
+    # ---------------------------------------------------------------- on the way out
+
+    def flush(self, timeout: float) -> None:
+        """Write what finished and hand back what never started, now."""
+        self._settle_claim(time.monotonic())  # a claim's rows go back (see Ledger.claimed)
+        if not self.settle(time.monotonic() + timeout):
+            return
+        if not self.ledger.has_unwritten():
+            return
+        db = self.conns.ensure()
+        if db is None:
+            return
+        self.write_now(db)
+
+    def final_flush(self, deadline: float, claim_idle: Callable[[], bool]) -> bool:
+        """Write everything before ``deadline``, then sign the worker off and close."""
+        while True:
+            self.flush(timeout=max(0.0, deadline - time.monotonic()))
+            idle = self.round is None and claim_idle()
+            if not self.ledger.has_unwritten() and idle:
+                break
+            if time.monotonic() >= deadline:
+                self.log.error(
+                    "worker_unwritten_results",
+                    results=len(self.ledger.finished),
+                    unstarted=len(self.ledger.giveback),
+                    hint="other workers requeue these tasks once this worker's heartbeat is stale",
+                )
+                return False
+            time.sleep(0.05)
+        db = self.conns.ensure()
+        if db is not None:
+            try:
+                WorkerQueries.stop(db, self.worker_id)
+            except DB_ERRORS:
+                pass
+        self.conns.close()
+        return True
+
+    def write_what_is_left(self) -> None:
+        """On the way out without reconnecting: results and unstarted tasks go through the
+        writer's connection, if it is still open."""
+        db = self.conns.db
+        if db is None or db.closed or not self.ledger.has_unwritten():
+            return
+        self.write_now(db)
+
+    def report_abandoned(self) -> None:
+        """Log, by task id, what a worker stopping without the database leaves behind: results
+        it could not write, and the tasks it holds (still marked as running)."""
+        unwritten = [r.task_id for r in self.ledger.finished]
+        if self.round is not None:  # a write still in flight may yet land
+            unwritten += [r.task_id for r in self.round.batch.finished]
+        if unwritten:
+            self.log.error(
+                "worker_results_lost",
+                tasks=len(unwritten),
+                task_ids=[str(i) for i in unwritten],
+                hint="these tasks finished but their outcome could not be written; other "
+                "workers run them again once this worker's heartbeat is stale",
+            )
+        lost = set(unwritten)
+        held = [i for i in self.ledger.known_task_ids() if i not in lost]
+        if held:
+            self.log.error(
+                "worker_abandoned_tasks",
+                tasks=len(held),
+                task_ids=[str(i) for i in held],
+                hint="other workers requeue these tasks once this worker's heartbeat is stale",
+            )

@@ -1,0 +1,271 @@
+"""The executor pool, parent side: start executors, hand them ready jobs, take in their results,
+and replace the ones that die or run past a task's timeout.
+
+Jobs move through the ledger only: `dispatch` assigns ready jobs to an executor's slot, a result
+finishes the slot's head, and an executor lost or killed ends its head (`_fail_head`, the one
+failure path) and requeues the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ..config import WorkerOptions
+from ..errors import ExecutorLost, HyrexLikeError, TaskTimeout, WorkerError
+from ..registry import HyrexRegistry
+from ..states import RunStatus
+from .ledger import Ledger
+from .pipe import ExecutorHandle
+from .processes import executor_exited, kill_executor_group
+from .protocol import ERR, OK, READY, SKIP, TOP_UP_BYTES, Job, encode_batch
+from .spawn import Spawner
+
+_COMPLETED = RunStatus.COMPLETED
+_FAILED = RunStatus.FAILED
+
+
+class ExecutorPool:
+    """The executor processes of one worker, each with a slot in the ledger."""
+
+    def __init__(
+        self,
+        registry: HyrexRegistry,
+        app: str,
+        options: WorkerOptions,
+        worker_id: uuid.UUID,
+        ledger: Ledger,
+        stats: dict[str, int],
+        on_error: Callable[[Job, HyrexLikeError], None],
+        log: Any,
+    ) -> None:
+        self.registry = registry
+        self.app = app
+        self.options = options
+        self.worker_id = worker_id
+        self.ledger = ledger
+        self.stats = stats
+        self.on_error = on_error
+        self.log = log
+        self.executors: list[ExecutorHandle] = []
+        self.spawner = Spawner(registry, app, options, worker_id, ledger, self.executors)
+        self._startup_failures = 0
+        self._debug = options.log_level == "debug"
+
+    # ---------------------------------------------------------------- dispatching
+
+    def dispatch(self) -> None:
+        """Hand ready jobs to executors: a batch to each idle one, spread evenly, and a top-up
+        to a busy one whose batch is half done, so it never waits for the parent's round trips.
+        """
+        ledger = self.ledger
+        if not ledger.ready:
+            return
+        prefetch = self.options.prefetch
+        assigned = ledger.assigned
+        open_ = [
+            ex
+            for ex in self.executors
+            if ex.ready
+            and (
+                not assigned[ex.index]
+                # At most one unread batch may sit in the pipe, and a small one, so a send
+                # can never block on an executor busy with a long task.
+                or (len(ex.batches) == 1 and len(assigned[ex.index]) <= prefetch // 2)
+            )
+        ]
+        if not open_:
+            return
+        share = max(1, min(prefetch, math.ceil(len(ledger.ready) / len(open_))))
+        for ex in sorted(open_, key=lambda e: len(assigned[e.index])):
+            if not ledger.ready:
+                break
+            held = assigned[ex.index]
+            room = min(share, prefetch - len(held) if held else prefetch)
+            batch = ledger.next_batch(room, TOP_UP_BYTES if held else None)
+            if batch is None:  # one big job: wait until it is idle
+                continue
+            if not held:
+                ex.head_started = time.monotonic()
+            ledger.assign(ex.index, batch)
+            ex.batches.append(len(batch))
+            try:
+                ex.conn.send_bytes(encode_batch(batch))
+            except OSError:
+                pass  # the executor died; reap hands its jobs on
+            if self._debug:
+                for job in batch:
+                    self.log.debug(
+                        "task_started",
+                        task_id=str(job.task_id),
+                        task_name=job.task_name,
+                        attempt=job.attempt,
+                        executor=ex.process.pid,
+                    )
+
+    # ---------------------------------------------------------------- results
+
+    def collect(self) -> None:
+        for ex in self.executors:
+            self._drain_pipe(ex)
+
+    def _drain_pipe(self, ex: ExecutorHandle) -> None:
+        try:
+            for msg in ex.read_messages():
+                if isinstance(msg, list):
+                    for result in msg:
+                        self._on_result(ex, result)
+                elif msg[0] == READY:
+                    ex.ready = True
+                    self._startup_failures = 0
+        except (EOFError, OSError):
+            pass  # dead: reap deals with it
+
+    def _on_result(self, ex: ExecutorHandle, msg: tuple[Any, ...]) -> None:
+        ledger = self.ledger
+        job = ledger.answered(ex.index)
+        if job.task_id.bytes != msg[1]:  # pragma: no cover - would be a protocol bug
+            raise WorkerError(f"executor answered for {msg[1]!r} while running {job.task_id}")
+        ex.batches[0] -= 1
+        if not ex.batches[0]:
+            ex.batches.popleft()
+        ex.head_started = time.monotonic() if ledger.assigned[ex.index] else None
+        kind = msg[0]
+        if kind == OK:
+            ledger.finish(job, _COMPLETED, True, msg[5], None, None, None, msg[3], msg[4])
+        elif kind == ERR:
+            _, _, _, started, finished, etype, emsg, tb, retryable = msg
+            ledger.finish(job, _FAILED, retryable, None, etype, emsg, tb, started, finished)
+        elif kind == SKIP:
+            ledger.give_back(job)
+
+    # ---------------------------------------------------------------- failures
+
+    def reap(self) -> None:
+        """Replace dead executors; their running attempt is lost, the rest go to others."""
+        for i, ex in enumerate(self.executors):
+            if not executor_exited(ex.process):
+                continue
+            kill_executor_group(ex.process)  # what its tasks left running, before the reap
+            self._drain_pipe(ex)  # results it sent before dying still count
+            code = ex.process.exitcode
+            if not ex.ready:
+                self._startup_failures += 1
+                if self._startup_failures > 3:
+                    raise WorkerError(
+                        f"executor processes keep dying at start (exit code {code}); "
+                        f"check that {self.app!r} imports cleanly in a fresh interpreter"
+                    )
+            if self.ledger.assigned[ex.index]:
+                why = (
+                    f"executor process {ex.process.pid} died (signal {-code})"
+                    if code < 0
+                    else f"executor process {ex.process.pid} exited with code {code}"
+                )
+                self._fail_head(ex, RunStatus.LOST, ExecutorLost(why), "task_lost", reason=why)
+            ex.close()
+            self._replace(i, ex)
+            self.log.info("executor_restarted", executor=ex.index, exit_code=code)
+
+    def enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for i, ex in enumerate(self.executors):
+            held = self.ledger.assigned[ex.index]
+            if not held or ex.head_started is None:
+                continue
+            head = held[0]
+            if not head.timeout or now - ex.head_started <= head.timeout:
+                continue
+            self._drain_pipe(ex)  # it may have just finished
+            if not held or held[0] is not head:
+                continue
+            self.spawner.kill(ex)
+            why = f"attempt ran past its timeout of {head.timeout:g}s; its executor was killed"
+            self._fail_head(
+                ex, RunStatus.TIMED_OUT, TaskTimeout(why), "task_timed_out", timeout=head.timeout
+            )
+            self._replace(i, ex)
+
+    def _fail_head(
+        self,
+        ex: ExecutorHandle,
+        status: RunStatus,
+        error: HyrexLikeError,
+        event: str,
+        **fields: Any,
+    ) -> None:
+        """The one failure path for an attempt the worker ended (its executor died or was
+        killed): record it, say so, call on_error, and run the slot's other jobs elsewhere."""
+        head = self.ledger.answered(ex.index)
+        self.stats[status.value] += 1
+        self.ledger.finish(head, status, True, None, type(error).__name__, str(error), None)
+        self.log.warning(
+            event,
+            task_id=str(head.task_id),
+            task_name=head.task_name,
+            attempt=head.attempt,
+            **fields,
+        )
+        self.on_error(head, error)
+        self.ledger.requeue_rest(ex.index)
+
+    def _replace(self, i: int, ex: ExecutorHandle) -> None:
+        self.stats["executor_restarts"] += 1
+        self.executors[i] = self.spawner.spawn(ex.index)
+
+    # ---------------------------------------------------------------- stopping
+
+    def interrupt(self, why: str) -> None:
+        """Kill executors still busy: their running attempt is requeued as interrupted (not the
+        task's fault, so not counted as a failure), the jobs they had not started go back."""
+        for ex in self.executors:
+            if self.ledger.assigned[ex.index]:
+                self.spawner.kill(ex)
+                head = self.ledger.answered(ex.index)
+                self.ledger.finish(
+                    head, RunStatus.INTERRUPTED, True, None, "WorkerShutdown", why, None
+                )
+                self.log.warning(
+                    "task_interrupted",
+                    task_id=str(head.task_id),
+                    task_name=head.task_name,
+                    attempt=head.attempt,
+                    reason=why,
+                )
+                self.ledger.give_back_rest(ex.index)
+
+    # ---------------------------------------------------------------- starting and stopping
+
+    def start(self) -> None:
+        self.spawner.start()
+
+    def drain(self) -> None:
+        self.spawner.drain()
+
+    def stop(self) -> None:
+        self.spawner.stop()
+
+    def kill_all(self) -> None:
+        self.spawner.kill_all()
+
+    # ---------------------------------------------------------------- waiting
+
+    def wait_objects(self) -> list[Any]:
+        """What the loop waits on for the executors: each pipe and each process's exit."""
+        objects: list[Any] = []
+        for ex in self.executors:
+            objects.append(ex.conn)
+            objects.append(ex.process.sentinel)
+        return objects
+
+    def timeout_deadlines(self) -> list[float]:
+        """When each running attempt with a timeout runs out (monotonic)."""
+        out = []
+        for ex in self.executors:
+            held = self.ledger.assigned[ex.index]
+            if held and ex.head_started is not None and held[0].timeout:
+                out.append(ex.head_started + held[0].timeout)
+        return out

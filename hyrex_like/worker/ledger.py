@@ -1,0 +1,213 @@
+"""The ledger: every attempt this worker holds, and where it is. The services meet here.
+
+An attempt the worker claimed is marked as running in the database until a write says
+otherwise, so the worker must never forget one. It moves through these places:
+
+    claimed --claimed()--> ready --assign()--> assigned[i] --finish()--> finished
+                             |                     |  (head: running; the rest wait in order)
+                             |                     +--give_back()/requeue_rest()--> giveback
+                             +--begin_stop()-----------------------------------> giveback
+    finished, giveback --take_for_write()--> writing --written()--> gone (in the database)
+                                                 +----write_failed()--> back where they were
+
+The claimer adds claims, the executor pool assigns, ends and requeues, the completer writes;
+none of them holds an attempt anywhere else.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..states import RunStatus
+from ..store import FinishedRow
+from .protocol import Job
+
+_COMPLETED = RunStatus.COMPLETED
+_INTERRUPTED = RunStatus.INTERRUPTED
+_COMPLETED_STR = RunStatus.COMPLETED.value
+_INTERRUPTED_STR = RunStatus.INTERRUPTED.value
+
+
+@dataclass(eq=False)  # compared by identity: `written` removes this very batch
+class WriteBatch:
+    """What one write carries: attempts to hand back unstarted, attempts that ended."""
+
+    giveback: list[Job] = field(default_factory=list)
+    finished: list[FinishedRow] = field(default_factory=list)
+
+
+class Ledger:
+    """The one owner of held attempts, plus the two flags every service reads: whether the
+    worker is stopping, and whether another claim is wanted."""
+
+    def __init__(self, processes: int, stats: dict[str, int]) -> None:
+        self.stats = stats
+        self.ready: deque[Job] = deque()  # claimed, waiting for an executor
+        # per executor slot (its index), in the order sent: the head is running
+        self.assigned: list[deque[Job]] = [deque() for _ in range(processes)]
+        self.finished: list[FinishedRow] = []  # ended, waiting for a write
+        self.giveback: list[Job] = []  # never started, to hand back to the queue
+        # what the writes under way carry (they may still land, or come back)
+        self.writing: list[WriteBatch] = []
+        self.claiming = 0  # rows asked for by the claim in flight (0: none in flight)
+        self.stopping = False
+        self.claim_wanted = True
+
+    # ---------------------------------------------------------------- claimed -> ready
+
+    def claimed(self, jobs: list[Job]) -> None:
+        """A claim's rows: ready to run, or given back if the worker stopped meanwhile."""
+        (self.giveback if self.stopping else self.ready).extend(jobs)
+
+    def begin_stop(self) -> None:
+        """From now on nothing new starts: what is ready goes back unstarted."""
+        self.stopping = True
+        self.giveback.extend(self.ready)
+        self.ready.clear()
+
+    # ---------------------------------------------------------------- ready -> assigned
+
+    def next_batch(self, room: int, byte_limit: int | None) -> list[Job] | None:
+        """Up to ``room`` ready jobs, in order, whose args stay within ``byte_limit`` (None: no
+        limit). None when the first job alone exceeds the limit: it waits for an idle one."""
+        ready = self.ready
+        batch: list[Job] = []
+        size = 0
+        while ready and len(batch) < room:
+            if byte_limit is not None and batch and size + len(ready[0].args) > byte_limit:
+                break
+            job = ready.popleft()
+            size += len(job.args)
+            batch.append(job)
+        if byte_limit is not None and size > byte_limit:
+            ready.extendleft(reversed(batch))
+            return None
+        return batch
+
+    def assign(self, slot: int, batch: list[Job]) -> None:
+        self.assigned[slot].extend(batch)
+
+    # ---------------------------------------------------------------- assigned -> finished
+
+    def answered(self, slot: int) -> Job:
+        """The head of ``slot`` has answered: it leaves the executor."""
+        return self.assigned[slot].popleft()
+
+    def finish(
+        self,
+        job: Job,
+        status: RunStatus,
+        retryable: bool,
+        result: str | None,
+        error_type: str | None,
+        error_message: str | None,
+        tb: str | None,
+        started: float | None = None,
+        finished: float | None = None,
+    ) -> None:
+        """An attempt ended (however): its run row waits for the next write."""
+        self.finished.append(
+            FinishedRow(
+                job.task_id,
+                job.task_name,
+                job.attempt,
+                status,
+                retryable,
+                result,
+                error_type,
+                error_message,
+                tb,
+                started,
+                finished if finished is not None else time.time(),
+            )
+        )
+        if status is _COMPLETED:
+            self.stats[_COMPLETED_STR] += 1
+        elif status is _INTERRUPTED:
+            self.stats[_INTERRUPTED_STR] += 1
+        else:
+            self.stats["failed_attempts"] += 1
+
+    # ---------------------------------------------------------------- assigned -> giveback
+
+    def give_back(self, job: Job) -> None:
+        """An executor handed ``job`` back unstarted (it was draining)."""
+        self.giveback.append(job)
+
+    def requeue_rest(self, slot: int) -> None:
+        """The jobs ``slot``'s executor never started: run them elsewhere (or give back if
+        stopping)."""
+        jobs = self.assigned[slot]
+        if self.stopping:
+            self.giveback.extend(jobs)
+        else:
+            self.ready.extendleft(reversed(jobs))
+        jobs.clear()
+
+    def give_back_rest(self, slot: int) -> None:
+        """The jobs ``slot``'s executor never started go back to the queue."""
+        self.giveback.extend(self.assigned[slot])
+        self.assigned[slot].clear()
+
+    # ---------------------------------------------------------------- finished -> writing
+
+    def has_unwritten(self) -> bool:
+        return bool(self.finished or self.giveback)
+
+    def take_for_write(self) -> WriteBatch:
+        """Everything waiting for a write, now carried by a write under way."""
+        batch = WriteBatch(self.giveback, self.finished)
+        self.giveback, self.finished = [], []
+        self.writing.append(batch)
+        return batch
+
+    def written(self, batch: WriteBatch) -> None:
+        """The write of ``batch`` ended; what it did not write comes back through
+        `write_failed`."""
+        self.writing.remove(batch)
+
+    def write_failed(self, giveback: list[Job] | None, finished: list[FinishedRow] | None) -> None:
+        """What a write could not do waits for the next one, ahead of what came since."""
+        if giveback:
+            self.giveback = giveback + self.giveback
+        if finished:
+            self.finished = finished + self.finished
+
+    # ---------------------------------------------------------------- views
+
+    def busy(self) -> bool:
+        """Whether an executor has something running."""
+        return any(self.assigned)
+
+    def running(self) -> int:
+        return sum(1 for jobs in self.assigned if jobs)
+
+    def unstarted(self) -> int:
+        """Claimed jobs not running yet: ready, and queued behind an executor's head."""
+        return len(self.ready) + sum(max(0, len(jobs) - 1) for jobs in self.assigned)
+
+    def in_flight(self) -> int:
+        """Tasks this worker holds as running in the database: claimed and not yet started,
+        running, and finished or handed back but not yet written."""
+        return (
+            len(self.ready)
+            + sum(len(jobs) for jobs in self.assigned)
+            + len(self.finished)
+            + len(self.giveback)
+            + sum(len(b.giveback) + len(b.finished) for b in self.writing)
+        )
+
+    def known_task_ids(self) -> list[uuid.UUID]:
+        """Every task this worker knows it holds (a reconnect hands back the others)."""
+        ids = [j.task_id for j in self.ready] + [j.task_id for j in self.giveback]
+        ids += [r.task_id for r in self.finished]
+        # a write that may still land (or be retried)
+        for batch in self.writing:
+            ids += [r.task_id for r in batch.finished]
+            ids += [j.task_id for j in batch.giveback]
+        for jobs in self.assigned:
+            ids += [j.task_id for j in jobs]
+        return ids

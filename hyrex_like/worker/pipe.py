@@ -1,0 +1,75 @@
+"""One executor as the parent holds it: its process, and its pipe read without blocking."""
+
+from __future__ import annotations
+
+import multiprocessing.connection as mpc
+import os
+import pickle
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ExecutorHandle:
+    """An executor process and its end of the pipe. Its jobs are in the ledger, under
+    ``ledger.assigned[index]``."""
+
+    index: int
+    process: Any  # a multiprocessing Process (forked or spawned)
+    conn: mpc.Connection
+    head_started: float | None = None
+    ready: bool = False
+    # sizes of the batches sent and not fully answered: the first is running, the rest wait
+    # unread in the pipe
+    batches: deque[int] = field(default_factory=deque)
+    inbox: bytearray = field(default_factory=bytearray)  # bytes read, not yet a whole message
+    _sock: socket.socket | None = None
+
+    def read_messages(self) -> list[Any]:
+        """Every message the executor has sent so far, without blocking: one read for all of
+        them (``recv`` per message cost a poll and two reads each)."""
+        if self._sock is None:
+            # The pipe is a socketpair: a socket view of its descriptor can read without
+            # blocking (MSG_DONTWAIT) while sends keep the blocking descriptor.
+            self._sock = socket.socket(fileno=os.dup(self.conn.fileno()))
+            # socket() applies socket.setdefaulttimeout(), i.e. O_NONBLOCK on the descriptor
+            # the pipe shares; sends to the executor must block.
+            self._sock.setblocking(True)
+        while True:
+            try:
+                chunk = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break  # the executor is gone; the pool's reap deals with it
+            self.inbox += chunk
+            if len(chunk) < 1 << 20:
+                break
+        out = []
+        view = self.inbox
+        pos = 0
+        # multiprocessing's framing: a signed 4-byte big-endian length (-1: an 8-byte length
+        # follows), then a pickle.
+        while len(view) - pos >= 4:
+            size = int.from_bytes(view[pos : pos + 4], "big", signed=True)
+            start = pos + 4
+            if size == -1:
+                if len(view) - pos < 12:
+                    break
+                size = int.from_bytes(view[pos + 4 : pos + 12], "big")
+                start = pos + 12
+            if len(view) - start < size:
+                break
+            out.append(pickle.loads(view[start : start + size]))
+            pos = start + size
+        if pos:
+            del self.inbox[:pos]
+        return out
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.conn.close()
