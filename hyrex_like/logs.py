@@ -5,7 +5,7 @@ decides where an event goes when it is logged:
 
 - the application (or the ``hyrex-like`` CLI, through `configure_logging`) configured
   structlog: the event goes through that configuration, as ``structlog.get_logger`` would;
-- otherwise: to the standard ``logging`` logger of the same name (``hyrex_like.store``,
+- otherwise: to the standard ``logging`` logger of the same name (``hyrex_like.db``,
   ``hyrex_like.worker``, ...), as ``event key=value ...``. With no handler configured, Python
   shows warnings and errors on stderr (``logging.lastResort``) and drops the rest, so a
   script that only sends prints nothing; ``logging.getLogger("hyrex_like")`` tunes or silences

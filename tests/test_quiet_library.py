@@ -65,7 +65,7 @@ def test_library_events_go_to_the_standard_logging_tree(database_url, schema):
     lines = [line for line in proc.stderr.splitlines() if "schema_migrated" in line]
     assert len(lines) == 1, proc.stderr
     name, level, message = lines[0].split("|", 2)
-    assert (name, level) == ("hyrex_like.store", "INFO")
+    assert (name, level) == ("hyrex_like.db", "INFO")
     assert message.startswith("schema_migrated ") and f"schema={schema} " in message
 
 

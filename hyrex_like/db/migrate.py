@@ -17,7 +17,7 @@ from ..logs import get_logger
 from .queries import q
 
 # The database layer's events keep the logger name documented before it became a package.
-log = get_logger("hyrex_like.store")
+log = get_logger("hyrex_like.db")
 
 SCHEMA_VERSION_LOCK = 0x6879726578  # "hyrex": the advisory lock key for migrations
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .client import Store
 
 # The database layer's events keep the logger name documented before it became a package.
-log = get_logger("hyrex_like.store")
+log = get_logger("hyrex_like.db")
 
 # The columns of ``copy_tasks``; args and run_after go as text: the server parses them (the
 # JSON is dumped already).

@@ -26,7 +26,7 @@ import psycopg
 
 from ..logs import get_logger
 
-log = get_logger("hyrex_like.waker")
+log = get_logger("hyrex_like.db.waker")
 
 
 class Waker:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from ..config import WorkerOptions
-from ..store import ClaimedRow, WorkerQueries
+from ..db import ClaimedRow, WorkerQueries
 from .connection import DB_ERRORS, Connections, wait_for
 from .ledger import Ledger
 from .protocol import Job

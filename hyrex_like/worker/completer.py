@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg
 
+from ..db import FinishedRow, WorkerQueries
 from ..states import RunStatus, TaskStatus
-from ..store import FinishedRow, WorkerQueries
 from .connection import DB_ERRORS, Connections, describe, wait_for
 from .ledger import Ledger, WriteBatch
 

@@ -21,10 +21,10 @@ import psycopg
 import tenacity
 
 from ..config import WorkerOptions, redact_dsn
+from ..db import WorkerQueries
 from ..errors import ConfigurationError, DatabaseError, SchemaNotReady
 from ..outages import URL_HINT, refusal
 from ..registry import HyrexRegistry
-from ..store import WorkerQueries
 from .ledger import Ledger
 from .processes import set_os_thread_name
 

@@ -21,8 +21,8 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..db import FinishedRow
 from ..states import RunStatus
-from ..store import FinishedRow
 from .protocol import Job
 
 _COMPLETED = RunStatus.COMPLETED

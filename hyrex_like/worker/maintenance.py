@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from ..config import WorkerOptions
-from ..store import WorkerQueries
+from ..db import WorkerQueries
 from .connection import Connections
 from .ledger import Ledger
 
