@@ -3,9 +3,9 @@
     python bench/trace_dispatcher.py [N] [--processes 2] [--prefetch 128]
 
 Runs a real `Dispatcher` in this process (its executors are real spawned processes) over N
-queued no-op tasks, with the library untouched: a subclass times each step of the loop and
-wrappers around `WorkerQueries.claim/finish` and the pipe's `send` count rows per round trip
-and jobs per message. Prints a histogram per call site and the wall-time split of the loop.
+queued no-op tasks, watched through its public hooks (`hyrex_like.observer.WorkerObserver`):
+the time of each step of the loop, rows per claim and per write, jobs per pipe message.
+Prints a histogram per call site and the wall-time split of the loop.
 """
 
 from __future__ import annotations
@@ -27,76 +27,37 @@ import harness as H  # noqa: E402
 import psycopg  # noqa: E402
 from bench_app import hy  # noqa: E402
 
-from hyrex_like import dispatcher as D  # noqa: E402
 from hyrex_like.config import WorkerOptions  # noqa: E402
-from hyrex_like.db import WorkerQueries  # noqa: E402
+from hyrex_like.dispatcher import Dispatcher  # noqa: E402
 from hyrex_like.logs import configure_logging  # noqa: E402
-from hyrex_like.worker.completer import Completer  # noqa: E402
-from hyrex_like.worker.executors import ExecutorPool  # noqa: E402
+from hyrex_like.observer import WorkerObserver  # noqa: E402
 
 rows_per: dict[str, Counter[int]] = defaultdict(Counter)
 time_in: dict[str, float] = defaultdict(float)
 calls: Counter[str] = Counter()
 
 
-def _wrap_query(name: str) -> None:
-    original = getattr(WorkerQueries, name)
+class Tracer(WorkerObserver):
+    """Counts rows per round trip and jobs per pipe message, and times each step of the loop,
+    through the worker's public observer hooks."""
 
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        out = original(*args, **kwargs)
-        time_in[f"sql {name}"] += time.perf_counter() - t0
-        calls[f"sql {name}"] += 1
-        size = len(out) if name == "claim" else len(args[2])
-        rows_per[name][size] += 1
-        return out
+    def claimed(self, asked: int, got: int, seconds: float) -> None:
+        time_in["sql claim"] += seconds
+        calls["sql claim"] += 1
+        rows_per["claim"][got] += 1
 
-    setattr(WorkerQueries, name, staticmethod(wrapped))
+    def written(self, rows: int, seconds: float) -> None:
+        time_in["sql finish"] += seconds
+        calls["sql finish"] += 1
+        rows_per["finish"][rows] += 1
 
+    def dispatched(self, executor: int, jobs: int) -> None:
+        rows_per["jobs per pipe message to an executor"][jobs] += 1
 
-_dispatch = ExecutorPool.dispatch
-
-
-def _counting_dispatch(self: ExecutorPool) -> None:
-    """Counts the jobs in each batch the loop sends to an executor (a batch is one message)."""
-    before = [len(ex.batches) for ex in self.executors]
-    _dispatch(self)
-    for ex, n in zip(self.executors, before, strict=False):
-        for size in list(ex.batches)[n:]:
-            rows_per["jobs per pipe message to an executor"][size] += 1
-
-
-class TracingDispatcher(D.Dispatcher):
-    """Times every step of the loop (the library's own methods, called unchanged)."""
-
-    def _step(self) -> None:
-        calls["loop iterations"] += 1
-        super()._step()
-
-
-def _time_step(owner: Any, name: str, label: str) -> None:
-    original = getattr(owner, name)
-
-    def _timed(self: Any, *args: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original(self, *args, **kw)
-        finally:
-            time_in[f"step {label}"] += time.perf_counter() - t0
-
-    setattr(owner, name, _timed)
-
-
-for _owner, _name in (
-    (TracingDispatcher, "_sync"),
-    (TracingDispatcher, "_wait"),
-    (TracingDispatcher, "_maintain"),
-    (ExecutorPool, "collect"),
-    (ExecutorPool, "reap"),
-    (ExecutorPool, "enforce_timeouts"),
-    (Completer, "flush"),
-):
-    _time_step(_owner, _name, _name.lstrip("_"))
+    def step(self, name: str, seconds: float) -> None:
+        if name == "sync":
+            calls["loop iterations"] += 1
+        time_in[f"step {name}"] += seconds
 
 
 def _hist(c: Counter[int]) -> dict[str, Any]:
@@ -117,13 +78,9 @@ def main() -> int:
     import run as R
 
     R.prefill(url, args.n)
-    _wrap_query("claim")
-    _wrap_query("finish")
-    ExecutorPool.dispatch = _counting_dispatch  # type: ignore[method-assign]
-    _time_step(ExecutorPool, "dispatch", "dispatch")
     hy.configure(database_url=url)
     options = WorkerOptions(processes=args.processes, prefetch=args.prefetch, log_level="warning")
-    disp = TracingDispatcher(hy, "bench_app:hy", options)
+    disp = Dispatcher(hy, "bench_app:hy", options, observer=Tracer())
     t: dict[str, float] = {}
 
     def watch() -> None:

@@ -25,6 +25,7 @@ from .errors import (
     WorkerError,
 )
 from .handle import TaskError, TaskHandle, TaskRun
+from .observer import WorkerObserver
 from .payloads import MAX_NESTING_DEPTH
 from .registry import HyrexRegistry
 from .states import RunStatus, TaskStatus
@@ -65,6 +66,7 @@ __all__ = [
     "TaskTimeout",
     "TaskWaitTimeout",
     "WorkerError",
+    "WorkerObserver",
     "__version__",
     "get_hyrex_context",
 ]

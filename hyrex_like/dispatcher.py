@@ -16,16 +16,18 @@ import math
 import multiprocessing.connection as mpc
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .config import MAX_PROCESSES, WorkerOptions, default_processes, redact_dsn
 from .errors import ConfigurationError, WorkerError
 from .logs import get_logger
+from .observer import GuardedObserver, WorkerObserver, times_steps
 from .registry import HyrexRegistry
 from .states import RunStatus
 from .worker.claimer import Claimer
 from .worker.completer import Completer
-from .worker.connection import DB_ERRORS, Connections
+from .worker.connection import Connections
 from .worker.executors import ExecutorPool
 from .worker.handlers import OnErrorCalls
 from .worker.ledger import Ledger
@@ -56,12 +58,21 @@ def new_stats() -> dict[str, int]:
 class Dispatcher:
     """Runs the tasks of ``registry`` (importable as ``app``) until told to stop."""
 
-    def __init__(self, registry: HyrexRegistry, app: str, options: WorkerOptions | None = None):
+    def __init__(
+        self,
+        registry: HyrexRegistry,
+        app: str,
+        options: WorkerOptions | None = None,
+        *,
+        observer: WorkerObserver | None = None,
+    ):
         self.registry = registry
         self.app = app
         self.options = options = options or WorkerOptions()
         self.worker_id = uuid.uuid4()
         self.log = log.bind(worker_id=str(self.worker_id))
+        self.observer = GuardedObserver(observer, self.log) if observer else WorkerObserver()
+        self._timed = times_steps(observer)
         self.task_names = sorted(registry.tasks)
         self.stats = new_stats()
         self.signals = Signals()
@@ -96,7 +107,13 @@ class Dispatcher:
             self.ledger, self.conns, self.worker_id, self.stats, self.log, info, self.claimer.settle
         )
         self.maintenance = Maintenance(
-            self.conns, self.ledger, options, self.worker_id, self.stats, self.log
+            lambda: registry.store.connect(worker=True),
+            self.conns.register,
+            options,
+            self.worker_id,
+            self.log,
+            on_rescued=self._rescued,
+            observer=self.observer,
         )
         self._grace_deadline = math.inf
 
@@ -137,6 +154,7 @@ class Dispatcher:
         self.pool.start()
         self.conns.ensure_schema(deadline)
         self.conns.connect_at_start(deadline)
+        self.maintenance.start()
         self.log.info(
             "worker_started",
             app=self.app,
@@ -151,13 +169,38 @@ class Dispatcher:
     def _step(self) -> None:
         if self.signals.stop_requested and not self.ledger.stopping:
             self._begin_stop()
+        if self._timed:
+            self._timed_step()
+            return
         self._sync()
         self.pool.dispatch()
         self._wait()
         self.pool.collect()
         self.pool.reap()
         self.pool.enforce_timeouts()
-        self._maintain()
+        self.claimer.poll(time.monotonic())
+
+    def _timed_step(self) -> None:
+        """`_step` with each step's time reported to the observer."""
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("sync", self._sync),
+            ("dispatch", self.pool.dispatch),
+            ("wait", self._wait),
+            ("collect", self.pool.collect),
+            ("reap", self.pool.reap),
+            ("enforce_timeouts", self.pool.enforce_timeouts),
+            ("poll", lambda: self.claimer.poll(time.monotonic())),
+        )
+        for name, step in steps:
+            began = time.perf_counter()
+            step()
+            self.observer.step(name, time.perf_counter() - began)
+
+    def _rescued(self, tasks: int) -> None:
+        """From the upkeep thread: tasks of dead workers are queued again; claim them."""
+        self.stats["rescued"] += tasks
+        self.ledger.claim_wanted = True
+        self.signals.wake()
 
     def _finished(self) -> bool:
         if not self.ledger.stopping:
@@ -174,6 +217,7 @@ class Dispatcher:
 
     def _shutdown(self) -> int:
         """After the grace period: requeue what still runs, write everything, stop executors."""
+        self.maintenance.stop()  # before the final write marks the worker stopped
         self.pool.interrupt("the worker shut down before this attempt finished")
         self.pool.stop()
         deadline = time.monotonic() + max(10.0, self.options.grace_period)
@@ -186,6 +230,7 @@ class Dispatcher:
     def _forced_shutdown(self) -> int:
         self.signals.default_handlers()
         self.log.warning("worker_forced_stop")
+        self.maintenance.stop(timeout=0.5)
         self.pool.interrupt("the worker was stopped at once (second signal)")
         self.pool.kill_all()
         self.ledger.begin_stop()
@@ -209,6 +254,7 @@ class Dispatcher:
 
         Results already in hand are written first if a connection still works; those that
         cannot be are logged apart, by task id: these tasks finished, and will run again."""
+        self.maintenance.stop(timeout=0.5)
         if self.conns.started:
             self.pool.collect()  # results the executors sent before they are killed
         self.pool.kill_all()
@@ -227,9 +273,7 @@ class Dispatcher:
         if now >= self.completer.retry_at:  # a retry written earlier is due now
             self.ledger.claim_wanted = True
             self.completer.retry_at = math.inf
-        # a due heartbeat needs the writer's connection: no new write until it is done
-        if not self.maintenance.due(time.monotonic()):
-            self.completer.start()
+        self.completer.start()
         self.claimer.start()
 
     def _settle(self, timeout: float, write: bool = True, claim: bool = True) -> bool:
@@ -254,11 +298,8 @@ class Dispatcher:
         now = time.monotonic()
         if self.signals.stop_requested and not self.ledger.stopping:
             return 0.0
-        retry_at = self.completer.retry_at
-        # A due heartbeat waits for the write in flight (it needs that connection), whose end
-        # wakes the loop: counting it here would spin the loop until then.
         writing = self.completer.round is not None
-        deadlines = [retry_at if writing else min(self.maintenance.next_run, retry_at)]
+        deadlines = [self.completer.retry_at]
         deadlines.append(self._grace_deadline if self.ledger.stopping else self.claimer.next_poll)
         # (a round in flight wakes the loop when it ends)
         if (not writing and self.ledger.has_unwritten()) or (
@@ -267,22 +308,3 @@ class Dispatcher:
             deadlines.append(now if self.conns.db is not None else self.conns.next_attempt)
         deadlines += self.pool.timeout_deadlines()
         return max(0.0, min(min(deadlines) - now, 1.0))
-
-    def _maintain(self) -> None:
-        """Poll for claims, and beat and rescue once a heartbeat interval."""
-        now = time.monotonic()
-        self.claimer.poll(now)
-        if not self.maintenance.due(now):
-            return
-        # Heartbeats share the writer's connection: once one is due, _sync starts no new write,
-        # so the one in flight (if any) is the last to wait for; the loop never blocks on it.
-        if not self._settle(0.0, claim=False):
-            return
-        self.maintenance.schedule(now)
-        db = self.conns.ensure()
-        if db is None:
-            return
-        try:
-            self.maintenance.run_once(db, now)
-        except DB_ERRORS as exc:
-            self.conns.lost(exc)

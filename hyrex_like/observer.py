@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RecordingObserver", "WorkerObserver"]
+__all__ = ["GuardedObserver", "RecordingObserver", "WorkerObserver"]
 
 
 class WorkerObserver:
@@ -49,8 +49,54 @@ class WorkerObserver:
         """A maintenance round did not run (``why``: ``not_leader`` or ``database``)."""
 
 
+class GuardedObserver(WorkerObserver):
+    """Forwards every event to ``inner``; an exception a hook raises is logged once per hook
+    and otherwise ignored."""
+
+    def __init__(self, inner: WorkerObserver, log: Any) -> None:
+        self.inner = inner
+        self._log = log
+        self._failed: set[str] = set()
+
+    def _call(self, name: str, *args: Any) -> None:
+        try:
+            getattr(self.inner, name)(*args)
+        except Exception as exc:
+            if name not in self._failed:
+                self._failed.add(name)
+                self._log.warning(
+                    "observer_failed", hook=name, error=f"{type(exc).__name__}: {exc}"
+                )
+
+    def claimed(self, asked: int, got: int, seconds: float) -> None:
+        self._call("claimed", asked, got, seconds)
+
+    def written(self, rows: int, seconds: float) -> None:
+        self._call("written", rows, seconds)
+
+    def given_back(self, rows: int) -> None:
+        self._call("given_back", rows)
+
+    def dispatched(self, executor: int, jobs: int) -> None:
+        self._call("dispatched", executor, jobs)
+
+    def step(self, name: str, seconds: float) -> None:
+        self._call("step", name, seconds)
+
+    def heartbeat(self, alive: bool) -> None:
+        self._call("heartbeat", alive)
+
+    def rescued(self, workers: int, tasks: int) -> None:
+        self._call("rescued", workers, tasks)
+
+    def maintenance_skipped(self, why: str) -> None:
+        self._call("maintenance_skipped", why)
+
+
 def times_steps(observer: WorkerObserver | None) -> bool:
     """Whether ``observer`` wants the loop's steps timed (it overrides `step`)."""
+    if isinstance(observer, GuardedObserver):
+        observer = observer.inner
     return observer is not None and type(observer).step is not WorkerObserver.step
 
 

@@ -259,3 +259,8 @@ WHERE (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
 ORDER BY created_at, id
 LIMIT %(limit)s
+
+-- try_lead_rescue --
+-- One worker per schema runs the rescue scan: the one holding this session lock. PostgreSQL
+-- releases it when that connection ends, and another worker takes it at its next pass.
+SELECT pg_try_advisory_lock(%(lock_class)s, hashtext(current_schema()))

@@ -49,6 +49,7 @@ class _Decorator:
 
 
 if typing.TYPE_CHECKING:
+    from .observer import WorkerObserver
     from .runner import Worker
 
 
@@ -202,6 +203,7 @@ class HyrexRegistry:
         log_level: str | None = None,
         log_format: str | None = None,
         app: str | None = None,
+        observer: WorkerObserver | None = None,
     ) -> Worker:
         """A worker for these tasks in this process: ``hy.worker(queues=["emails"]).run()``.
 
@@ -210,13 +212,15 @@ class HyrexRegistry:
         SIGTERM/SIGINT from the main thread) and returns the exit code; ``start()``/``with``
         run it on a thread. Executors import the app by ``app`` (``module:attribute``), by
         default the module-level name that holds this registry. Logging is configured only
-        if ``log_level`` or ``log_format`` is given. See `hyrex_like.runner`.
+        if ``log_level`` or ``log_format`` is given. ``observer`` (a `WorkerObserver`) is told
+        of claims, writes, heartbeats and rescues as they happen. See `hyrex_like.runner`.
         """
         from .runner import Worker  # at call time: the registry never imports the dispatcher
 
         return Worker.create(
             self,
             app=app,
+            observer=observer,
             queues=queues,
             processes=processes,
             prefetch=prefetch,

@@ -26,6 +26,7 @@ from .config import WorkerOptions
 from .dispatcher import Dispatcher
 from .errors import ConfigurationError, WorkerError
 from .logs import configure_logging
+from .observer import WorkerObserver
 from .registry import HyrexRegistry
 from .worker.app import load_registry
 
@@ -113,6 +114,7 @@ class Worker:
         *,
         app: str | None = None,
         configure_logs: bool = False,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.registry = registry
         self.options = options
@@ -123,16 +125,30 @@ class Worker:
         self.app = app
         """What executors import: ``module:attribute``."""
         self._configure_logs = configure_logs
+        self.observer = observer
         self._lock = threading.Lock()
         self._dispatcher: Dispatcher | None = None
         self._thread: threading.Thread | None = None
         self._outcome: int | BaseException | None = None
 
     @classmethod
-    def create(cls, registry: HyrexRegistry, *, app: str | None, **options: Any) -> Worker:
+    def create(
+        cls,
+        registry: HyrexRegistry,
+        *,
+        app: str | None,
+        observer: WorkerObserver | None = None,
+        **options: Any,
+    ) -> Worker:
         """A worker from keyword options, as `HyrexRegistry.worker` takes them."""
         log_given = options.get("log_level") is not None or options.get("log_format") is not None
-        return cls(registry, worker_options(**options), app=app, configure_logs=log_given)
+        return cls(
+            registry,
+            worker_options(**options),
+            app=app,
+            configure_logs=log_given,
+            observer=observer,
+        )
 
     def __repr__(self) -> str:
         return f"<Worker app={self.app!r} processes={self.options.processes}>"
@@ -198,7 +214,9 @@ class Worker:
             if self._configure_logs:
                 # before the dispatcher binds its logger, so it binds to this configuration
                 configure_logging(self.options.log_level, self.options.log_format)
-            self._dispatcher = Dispatcher(self.registry, self.app, self.options)
+            self._dispatcher = Dispatcher(
+                self.registry, self.app, self.options, observer=self.observer
+            )
             return self._dispatcher
 
     def _run(self, dispatcher: Dispatcher) -> int:

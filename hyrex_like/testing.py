@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from .context import HyrexContext, _reset_context, _set_context
+from .observer import RecordingObserver
 from .registry import HyrexRegistry
 from .states import TaskStatus
 from .task import TaskDefinition, TaskSender
@@ -94,4 +95,4 @@ def sent_tasks(
     ]
 
 
-__all__ = ["SentTask", "run_task", "sent_tasks"]
+__all__ = ["RecordingObserver", "SentTask", "run_task", "sent_tasks"]

@@ -33,6 +33,11 @@ WORKER_TCP_OPTIONS: dict[str, Any] = {
 }
 
 
+# The rescuer's advisory lock: this class id (b"hylr") with the schema name's hash. Two-key
+# locks never collide with the one-key migration lock.
+RESCUER_LOCK_CLASS = 0x68796C72
+
+
 class WorkerQueries:
     """The statements a worker runs, over a connection it owns."""
 
@@ -141,6 +146,12 @@ class WorkerQueries:
     @staticmethod
     def stop(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:
         conn.execute(q("stop_worker"), {"id": worker_id})
+
+    @staticmethod
+    def try_lead_rescue(conn: psycopg.Connection[Any]) -> bool:
+        """Become this schema's rescuer, if no other worker is (held until ``conn`` closes)."""
+        row = conn.execute(q("try_lead_rescue"), {"lock_class": RESCUER_LOCK_CLASS}).fetchone()
+        return bool(row and row[0])
 
     @staticmethod
     def rescue(

@@ -115,7 +115,8 @@ class Connections:
         try:
             for attempt in tenacity.Retrying(
                 stop=tenacity.stop_after_delay(1.0),
-                wait=tenacity.wait_exponential_jitter(initial=0.05, max=0.5),
+                wait=tenacity.wait_exponential(multiplier=0.05, max=0.5)
+                + tenacity.wait_random(0, 0.05),
                 retry=tenacity.retry_if_exception(
                     lambda exc: isinstance(exc, DatabaseError) and refusal(exc) is None
                 ),

@@ -1,60 +1,144 @@
-"""Upkeep: the worker's heartbeat, and the rescue of tasks held by workers whose heartbeat is
-stale. `Maintenance.run_once(db, now)` does one pass; the Dispatcher calls it when `due`, on the
-writer's connection."""
+"""Upkeep off the dispatch loop: the worker's heartbeat, and the rescue of tasks held by workers
+whose heartbeat went stale.
+
+Both run on a thread and a connection of their own, so a dead or slow database link never
+stalls dispatch, results or timeouts, and a busy loop never delays a heartbeat. The rescue
+scan runs on one elected worker per schema at a time: the one holding a session advisory lock,
+which PostgreSQL releases when that worker's connection ends, so another worker takes over at
+its next pass. `Maintenance.run_once` is one pass, callable without the thread in tests, with
+the clock injected.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from ..config import WorkerOptions
 from ..db import WorkerQueries
-from .connection import Connections
-from .ledger import Ledger
+from ..observer import WorkerObserver
+from .connection import DB_ERRORS, close_quietly, describe
+from .processes import set_os_thread_name
 
 
 class Maintenance:
-    """Heartbeat and rescuer of one worker."""
+    """Heartbeat and (when elected) rescuer of one worker."""
 
     def __init__(
         self,
-        conns: Connections,
-        ledger: Ledger,
+        connect: Callable[[], psycopg.Connection[Any]],
+        register: Callable[[psycopg.Connection[Any]], None],
         options: WorkerOptions,
         worker_id: uuid.UUID,
-        stats: dict[str, int],
         log: Any,
+        *,
+        on_rescued: Callable[[int], None] = lambda tasks: None,
+        observer: WorkerObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.conns = conns
-        self.ledger = ledger
+        self._connect = connect
+        self._register = register
         self.options = options
         self.worker_id = worker_id
-        self.stats = stats
         self.log = log
-        self.next_run = 0.0  # monotonic
+        self._on_rescued = on_rescued
+        self.observer = observer or WorkerObserver()
+        self.clock = clock
+        self.db: psycopg.Connection[Any] | None = None
+        self.leader = False  # holds the rescuer lock on `db`
         self._next_full_rescue = 0.0  # see WorkerQueries.rescue
+        self._unavailable = False  # logged once per outage
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def due(self, now: float) -> bool:
-        return now >= self.next_run
+    # ---------------------------------------------------------------- the thread
 
-    def schedule(self, now: float) -> None:
-        """The next pass is one heartbeat interval after ``now``."""
-        self.next_run = now + self.options.heartbeat_interval
+    def start(self) -> None:
+        """Beat (and rescue) now, then every heartbeat interval, on a thread of its own."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="hyrex-upkeep", daemon=True)
+        self._thread.start()
 
-    def run_once(self, db: psycopg.Connection[Any], now: float) -> None:
-        """Beat, and requeue what stale workers hold. Database errors are the caller's."""
-        if not WorkerQueries.heartbeat(db, self.worker_id):
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread (after the pass under way) and close its connection, which hands
+        the rescuer's lock to another worker. A pass stuck on a dead link is left behind:
+        the thread is a daemon."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return
+        self.close()
+
+    def _serve(self) -> None:
+        set_os_thread_name(b"hyrex-upkeep")
+        while not self._stop.is_set():
+            started = self.clock()
+            self.run_once(started)
+            left = started + self.options.heartbeat_interval - self.clock()
+            self._stop.wait(max(0.0, left))
+
+    # ---------------------------------------------------------------- one pass
+
+    def run_once(self, now: float | None = None) -> None:
+        """Beat; if elected (or elected now), requeue what stale workers hold. Database errors
+        end the pass and drop the connection; the next pass reconnects."""
+        now = self.clock() if now is None else now
+        try:
+            db = self._ensure()
+            self._beat(db)
+            if not self.leader:
+                self.leader = WorkerQueries.try_lead_rescue(db)
+                if self.leader:
+                    self.log.info("rescuer_elected")
+            if self.leader:
+                self._rescue(db, now)
+            else:
+                self.observer.maintenance_skipped("not_leader")
+        except DB_ERRORS as exc:
+            if not self._unavailable:
+                self.log.warning("upkeep_database_unavailable", error=describe(exc))
+            self._unavailable = True
+            self.close()
+            self.observer.maintenance_skipped("database")
+
+    def _ensure(self) -> psycopg.Connection[Any]:
+        if self.db is None or self.db.closed:
+            self.close()
+            self.db = self._connect()
+            if self._unavailable:
+                self.log.info("upkeep_database_reconnected")
+            self._unavailable = False
+        return self.db
+
+    def _beat(self, db: psycopg.Connection[Any]) -> None:
+        alive = WorkerQueries.heartbeat(db, self.worker_id)
+        if not alive:
             # Another worker declared us lost (we were away too long) and requeued our
             # tasks; our late results will be ignored. Carry on as a fresh registration.
             self.log.warning("worker_declared_lost_reregistering")
-            self.conns.register(db)
+            self._register(db)
+        self.observer.heartbeat(alive)
+
+    def _rescue(self, db: psycopg.Connection[Any], now: float) -> None:
         full = now >= self._next_full_rescue
         workers, tasks = WorkerQueries.rescue(db, self.options.stale_after, full=full)
         if full:
             self._next_full_rescue = now + self.options.stale_after
         if tasks or workers:
-            self.stats["rescued"] += tasks
-            self.ledger.claim_wanted = True
             self.log.warning("lost_tasks_requeued", workers=workers, tasks=tasks)
+            self._on_rescued(tasks)
+        self.observer.rescued(workers, tasks)
+
+    def close(self) -> None:
+        """Drop the connection (and with it the rescuer's lock)."""
+        if self.db is not None:
+            close_quietly(self.db)
+        self.db = None
+        self.leader = False
