@@ -264,3 +264,7 @@ LIMIT %(limit)s
 -- One worker per schema runs the rescue scan: the one holding this session lock. PostgreSQL
 -- releases it when that connection ends, and another worker takes it at its next pass.
 SELECT pg_try_advisory_lock(%(lock_class)s, hashtext(current_schema()))
+
+-- release_rescue --
+-- A stopping rescuer hands over at once rather than when its connection's end is noticed.
+SELECT pg_advisory_unlock(%(lock_class)s, hashtext(current_schema()))

@@ -154,6 +154,10 @@ class WorkerQueries:
         return bool(row and row[0])
 
     @staticmethod
+    def release_rescue(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(q("release_rescue"), {"lock_class": RESCUER_LOCK_CLASS})
+
+    @staticmethod
     def rescue(
         conn: psycopg.Connection[Any],
         stale_seconds: float,

@@ -137,8 +137,14 @@ class Maintenance:
         self.observer.rescued(workers, tasks)
 
     def close(self) -> None:
-        """Drop the connection (and with it the rescuer's lock)."""
+        """Drop the connection (and with it the rescuer's lock, handed over at once if the
+        connection still works)."""
         if self.db is not None:
+            if self.leader and not self.db.closed:
+                try:
+                    WorkerQueries.release_rescue(self.db)
+                except DB_ERRORS:
+                    pass  # the lock ends with the session anyway
             close_quietly(self.db)
         self.db = None
         self.leader = False
