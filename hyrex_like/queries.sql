@@ -268,3 +268,11 @@ SELECT pg_try_advisory_lock(%(lock_class)s, hashtext(current_schema()))
 -- release_rescue --
 -- A stopping rescuer hands over at once rather than when its connection's end is noticed.
 SELECT pg_advisory_unlock(%(lock_class)s, hashtext(current_schema()))
+
+-- watch_client --
+-- Server-side keepalives on the upkeep connection: if the worker's host vanishes, the server
+-- ends its session (freeing the rescuer's lock) in about 30 s, not after the OS's 2 hours.
+SELECT set_config('tcp_keepalives_idle', '10', false),
+       set_config('tcp_keepalives_interval', '5', false),
+       set_config('tcp_keepalives_count', '3', false),
+       set_config('tcp_user_timeout', '30000', false)

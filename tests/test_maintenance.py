@@ -89,6 +89,8 @@ def test_one_worker_per_schema_rescues_and_another_takes_over_when_it_goes(
     a.run_once()
     b.run_once()
     assert (a.leader, b.leader) == (True, False)
+    # the server itself watches the rescuer's client: a vanished host frees the lock in ~30 s
+    assert a.db.execute("SHOW tcp_keepalives_idle").fetchone() in (("10",), ("10s",))
     assert first.counts["rescued"] == 1 and second.counts["rescued"] == 0
     assert second.last["maintenance_skipped"] == ("not_leader",)
     assert first.last["heartbeat"] == (True,) and second.last["heartbeat"] == (True,)

@@ -154,6 +154,11 @@ class WorkerQueries:
         return bool(row and row[0])
 
     @staticmethod
+    def watch_client(conn: psycopg.Connection[Any]) -> None:
+        """Have the server notice within ~30 s if this connection's client vanishes."""
+        conn.execute(q("watch_client"))
+
+    @staticmethod
     def release_rescue(conn: psycopg.Connection[Any]) -> None:
         conn.execute(q("release_rescue"), {"lock_class": RESCUER_LOCK_CLASS})
 

@@ -112,6 +112,7 @@ class Maintenance:
         if self.db is None or self.db.closed:
             self.close()
             self.db = self._connect()
+            WorkerQueries.watch_client(self.db)
             if self._unavailable:
                 self.log.info("upkeep_database_reconnected")
             self._unavailable = False
