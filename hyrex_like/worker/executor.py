@@ -2,9 +2,11 @@
 
 It receives batches of jobs over a pipe, runs them one at a time (``async def`` tasks on an
 event loop it keeps), and sends one result message per job. It knows nothing of the database,
-and of signals only one: before each job it checks its ``draining`` flag, which the parent
-raises with SIGUSR1 (`DRAIN_SIGNAL`) when it begins to stop, so on shutdown it hands back the
-jobs it has not started. SIGINT and SIGTERM are ignored: the parent decides when it stops.
+and of signals only two. Before each job it checks its ``draining`` flag, which the parent
+raises with `DRAIN_SIGNAL` when it begins to stop, so on shutdown it hands back the jobs it has
+not started. `TAKE_BACK_SIGNAL` asks it, while a long task runs, to hand back at once the jobs
+queued behind that task (`_take_back`), so they run elsewhere. SIGINT and SIGTERM are ignored:
+the parent decides when it stops.
 
 What a task does cannot take the executor down with it, short of killing the process: whatever
 it raises (``KeyboardInterrupt``, any ``BaseException``, an exception whose ``str`` raises)
@@ -23,6 +25,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -36,7 +39,19 @@ from ..registry import HyrexRegistry, TaskDefinition
 from .app import load_registry
 from .failures import _describe_failure, call_on_error
 from .processes import _libc, set_os_thread_name
-from .protocol import _W_ARGS, _W_ATTEMPT, _W_KEY, _W_NAME, DRAIN_SIGNAL, ERR, OK, READY, SKIP, Job
+from .protocol import (
+    _W_ARGS,
+    _W_ATTEMPT,
+    _W_KEY,
+    _W_NAME,
+    DRAIN_SIGNAL,
+    ERR,
+    OK,
+    READY,
+    SKIP,
+    TAKE_BACK_SIGNAL,
+    Job,
+)
 from .streams import _StdStreams
 
 log = structlog.get_logger("hyrex_like.executor")
@@ -49,9 +64,65 @@ def _on_drain_signal(signum: int, frame: Any) -> None:
     _draining = True
 
 
-def _install_drain_handler() -> None:
+# The take-back state, at module level because the signal handler works on it.
+_pending: deque[tuple[Any, ...]] = deque()  # jobs received and not started, in order
+_conn: Connection | None = None  # the pipe, once the executor serves
+_IDLE, _RECEIVING, _WRITING = 0, 1, 2
+_pipe = _IDLE  # what the main thread is doing with the pipe: a handler never cuts into it
+_take_back_wanted = False  # asked for during a write: answered right after it
+_stopped = False  # a take-back read the parent's stop message from the pipe
+
+
+def _on_take_back_signal(signum: int, frame: Any) -> None:
+    global _take_back_wanted
+    if _pipe == _RECEIVING:
+        return  # waiting for a batch: everything received so far has been answered
+    _take_back_wanted = True
+    if _pipe == _IDLE:
+        _take_back()
+
+
+def _take_back() -> None:
+    """Answer SKIP at once for every job held and not started: those received (`_pending`)
+    and the batches still waiting in the pipe. Runs in the main thread, from the handler (at
+    the next bytecode boundary, even inside a task) or right after a result was sent. A job is
+    started once the main loop has popped it from `_pending`: the two never share one."""
+    global _pipe, _take_back_wanted, _stopped
+    conn = _conn
+    _pipe = _WRITING  # a handler that runs meanwhile only asks again (the loop below)
+    try:
+        while _take_back_wanted and conn is not None:
+            _take_back_wanted = False
+            skipped = [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in _pending]
+            _pending.clear()
+            # The parent sends whole messages, so one that has begun to arrive ends soon.
+            while not _stopped and conn.poll(0):
+                batch = conn.recv()
+                if batch is None:
+                    _stopped = True
+                else:
+                    skipped += [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in batch]
+            if skipped:
+                conn.send_bytes(pickle.dumps(skipped, pickle.HIGHEST_PROTOCOL))
+    except (OSError, EOFError):
+        pass  # the parent is gone: the main loop finds out at its next send or receive
+    finally:
+        _take_back_wanted = False
+        _pipe = _IDLE
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal past the first
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+
+
+def _install_handlers() -> None:
     signal.signal(DRAIN_SIGNAL, _on_drain_signal)
     signal.siginterrupt(DRAIN_SIGNAL, False)
+    signal.signal(TAKE_BACK_SIGNAL, _on_take_back_signal)
+    signal.siginterrupt(TAKE_BACK_SIGNAL, False)
 
 
 PROCESS_NAME = b"hyrex-executor"
@@ -95,7 +166,7 @@ def executor_main(
     worker_id: uuid.UUID,
 ) -> None:
     """Entry point of an executor process."""
-    global _draining
+    global _draining, _conn
     _lead_own_session()
     _die_with_parent()
     # The parent decides when we stop; a Ctrl-C or a SIGTERM sent to the whole process group
@@ -104,26 +175,32 @@ def executor_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _draining = _draining or draining
     # A forked executor inherits what importing the app in the parent installed.
-    inherited = signal.getsignal(DRAIN_SIGNAL)
-    _install_drain_handler()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL})  # a pending one arrives now
+    inherited = [signal.getsignal(DRAIN_SIGNAL), signal.getsignal(TAKE_BACK_SIGNAL)]
+    _install_handlers()
+    # a pending one arrives now (a take-back finds nothing to take yet)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {DRAIN_SIGNAL, TAKE_BACK_SIGNAL})
     from ..logs import configure_logging
 
     configure_logging(log_level, log_format)
     registry = load_registry(app)
-    replaced = signal.getsignal(DRAIN_SIGNAL) is not _on_drain_signal
-    if replaced or callable(inherited):
-        # Importing the app installed its own: without ours a stopping worker could not hand
-        # back the jobs an executor has not started (they would run, or be interrupted).
-        log.warning(
-            "drain_signal_handler_replaced",
-            signal=DRAIN_SIGNAL.name,
-            detail="importing the app installed its own handler; hyrex-like needs this signal "
-            "to stop executors cleanly and has put its handler back",
-        )
-        _install_drain_handler()
+    for signum, ours, before in (
+        (DRAIN_SIGNAL, _on_drain_signal, inherited[0]),
+        (TAKE_BACK_SIGNAL, _on_take_back_signal, inherited[1]),
+    ):
+        if signal.getsignal(signum) is not ours or callable(before):
+            # Importing the app installed its own: without ours a stopping worker could not
+            # hand back the jobs an executor has not started (they would run, or be
+            # interrupted), nor take them back from behind a long task.
+            log.warning(
+                "drain_signal_handler_replaced",
+                signal=_signal_name(signum),
+                detail="importing the app installed its own handler; hyrex-like needs this "
+                "signal to run executors cleanly and has put its handler back",
+            )
+    _install_handlers()
     registry.configure(**settings.model_dump())
     conn.send((READY, os.getpid()))
+    _conn = conn
     Executor(registry, conn, worker_id, (log_level, log_format)).serve()
     # Nothing left to clean up but the pools a task may have opened; skipping the interpreter's
     # slow teardown makes a worker's shutdown (and every restart in tests) quicker.
@@ -150,31 +227,46 @@ class Executor:
         self.streams = _StdStreams()
 
     def serve(self) -> None:
+        global _pipe
         conn = self.conn
         streams = self.streams
+        pending = _pending
         while True:
-            try:
-                batch = conn.recv()
-            except (EOFError, OSError):
-                return  # the parent is gone
-            if batch is None:
-                return
-            for wire in batch:
-                if _draining:
-                    result = (SKIP, wire[_W_KEY], wire[_W_ATTEMPT])
-                else:
-                    result = self.run(wire)
-                    if not streams.intact():
-                        self._restore_streams(wire)
-                # Each result leaves before the next job starts: holding results to send them
-                # in groups would lose them, and re-run their tasks, if the next job crashed
-                # this process.
+            if not pending:
+                if _stopped:
+                    return
+                _pipe = _RECEIVING
                 try:
-                    # plain pickle: Connection.send builds a ForkingPickler per message,
-                    # which was a third of an executor's time per tiny task
-                    conn.send_bytes(pickle.dumps([result], pickle.HIGHEST_PROTOCOL))
-                except OSError:
+                    batch = conn.recv()
+                except (EOFError, OSError):
                     return  # the parent is gone
+                finally:
+                    _pipe = _IDLE
+                if batch is None:
+                    return
+                pending.extend(batch)
+                continue
+            wire = pending.popleft()  # started from here on: a take-back no longer sees it
+            if _draining:
+                result = (SKIP, wire[_W_KEY], wire[_W_ATTEMPT])
+            else:
+                result = self.run(wire)
+                if not streams.intact():
+                    self._restore_streams(wire)
+            # Each result leaves before the next job starts: holding results to send them in
+            # groups would lose them, and re-run their tasks, if the next job crashed this
+            # process.
+            _pipe = _WRITING
+            try:
+                # plain pickle: Connection.send builds a ForkingPickler per message, which was
+                # a third of an executor's time per tiny task
+                conn.send_bytes(pickle.dumps([result], pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                return  # the parent is gone
+            finally:
+                _pipe = _IDLE
+            if _take_back_wanted:  # asked for during the send
+                _take_back()
 
     def run(self, wire: tuple[Any, ...]) -> tuple[Any, ...]:
         """Run one job, given as sent (`Job.wire`): the `Job` itself, with its UUIDs, is built

@@ -2,8 +2,8 @@
 
 The parent sends batches of jobs (`encode_batch`: a pickled list of `Job.wire` tuples, or
 ``None`` to stop); an executor answers with pickled lists of result tuples (shapes below) and
-once, at start, ``("ready", pid)``. `DRAIN_SIGNAL` is part of the protocol too: the parent sends
-it, the executor obeys it.
+once, at start, ``("ready", pid)``. `DRAIN_SIGNAL` and `TAKE_BACK_SIGNAL` are part of the
+protocol too: the parent sends them, the executor obeys them.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ _W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
 # Result messages: lists of tuples, task ids as 16 bytes:
 #   ("ok",   task_id, attempt, started, finished, result_json)
 #   ("err",  task_id, attempt, started, finished, type, message, traceback, retryable)
-#   ("skip", task_id, attempt)                  not started: the worker is draining
-# and once, at start: ("ready", pid).
+#   ("skip", task_id, attempt)                  not started: draining, or taken back
+# and once, at start: ("ready", pid). A skip may come before the result of the job running then
+# (a take-back answers at once): the parent matches skips by task id.
 OK, ERR, SKIP = "ok", "err", "skip"
 
 READY = "ready"
@@ -92,3 +93,12 @@ tracker (a third interpreter) at every worker start; now only a spawned replacem
 starts it. The dispatcher blocks the signal while it starts an executor, so it stays pending
 until `executor_main` has its handler in place. The handler restarts interrupted system calls
 (``siginterrupt(False)``), so native code inside a running task does not see EINTR."""
+
+
+TAKE_BACK_SIGNAL: int = signal.SIGRTMIN + 4 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
+"""Sent by the dispatcher to an executor busy with a long task: answer SKIP at once for every job
+it holds and has not started (those received and those still in the pipe), so they run
+elsewhere. Later batches are still accepted. A real-time signal (SIGRTMIN+4; SIGUSR2 where
+there are none), unlikely to clash with an app's own. The handler takes back whatever is held
+when it runs, so a repeated or late one is harmless. Blocked while an executor starts, like
+`DRAIN_SIGNAL`, and restarting interrupted system calls too."""

@@ -1,5 +1,5 @@
-"""Starting and stopping executor processes: fork or spawn, the drain signal, kill with the
-process group (never after the reap: see `processes.kill_executor_group`)."""
+"""Starting and stopping executor processes: fork or spawn, the drain and take-back signals,
+kill with the process group (never after the reap: see `processes.kill_executor_group`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .executor import executor_main
 from .ledger import Ledger
 from .pipe import ExecutorHandle
 from .processes import executor_exited, kill_executor_group
-from .protocol import DRAIN_SIGNAL
+from .protocol import DRAIN_SIGNAL, TAKE_BACK_SIGNAL
 
 
 class Spawner:
@@ -90,9 +90,9 @@ class Spawner:
         # Starting a process reaps every dead child multiprocessing knows: the group of an
         # executor that died meanwhile is killed first, while its id is still its own.
         self._kill_exited_groups()
-        # The child inherits the blocked signal and unblocks it once its handler is in place:
-        # a drain signal sent while it starts waits for it instead of killing it.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {DRAIN_SIGNAL})
+        # The child inherits the blocked signals and unblocks them once its handlers are in
+        # place: a signal sent while it starts waits for it instead of killing it.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {DRAIN_SIGNAL, TAKE_BACK_SIGNAL})
         try:
             process.start()
         finally:
@@ -107,11 +107,12 @@ class Spawner:
 
     @staticmethod
     def signal_drain(ex: ExecutorHandle) -> None:
-        if not executor_exited(ex.process):  # (not reaped here: reap kills its group first)
-            try:
-                os.kill(ex.process.pid, DRAIN_SIGNAL)
-            except ProcessLookupError:
-                pass  # it died; reap deals with that
+        _send(ex, DRAIN_SIGNAL)
+
+    @staticmethod
+    def take_back(ex: ExecutorHandle) -> None:
+        """Ask ``ex`` to hand back at once the jobs it holds and has not started."""
+        _send(ex, TAKE_BACK_SIGNAL)
 
     def stop(self) -> None:
         """Ask every executor to exit, wait up to 5 s, then kill each with its group."""
@@ -146,6 +147,14 @@ class Spawner:
         for ex in self.executors:
             if executor_exited(ex.process):
                 kill_executor_group(ex.process)
+
+
+def _send(ex: ExecutorHandle, signum: int) -> None:
+    if not executor_exited(ex.process):  # (not reaped here: reap kills its group first)
+        try:
+            os.kill(ex.process.pid, signum)
+        except ProcessLookupError:
+            pass  # it died; reap deals with that
 
 
 def _forked_executor(inherited: list[Any], *args: Any) -> None:
