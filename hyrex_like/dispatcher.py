@@ -104,7 +104,14 @@ class Dispatcher:
         )
         info = options.log_level in ("debug", "info")
         self.completer = Completer(
-            self.ledger, self.conns, self.worker_id, self.stats, self.log, info, self.claimer.settle
+            self.ledger,
+            self.conns,
+            self.worker_id,
+            self.stats,
+            self.log,
+            info,
+            self.claimer.settle,
+            self.pool.running_heads,
         )
         self.maintenance = Maintenance(
             lambda: registry.store.connect(worker=True),
@@ -307,4 +314,5 @@ class Dispatcher:
         ):
             deadlines.append(now if self.conns.db is not None else self.conns.next_attempt)
         deadlines += self.pool.timeout_deadlines()
+        deadlines.append(self.completer.next_mark())
         return max(0.0, min(min(deadlines) - now, 1.0))

@@ -36,7 +36,11 @@ class TaskRun(BaseModel):
     attempt_number: int
     status: RunStatus
     worker_id: uuid.UUID | None
-    started_at: datetime
+    claimed_at: datetime | None
+    """When a worker claimed this attempt (None for runs recorded before schema version 4)."""
+    started_at: datetime | None
+    """When the body began, as its worker saw it; None if it never did (or the worker has not
+    said so yet: a worker reports a start once the body has run a little while)."""
     finished_at: datetime | None
     result: Any = None
     """The attempt's result as stored (JSON); ``handle.result`` is the typed one."""
@@ -59,6 +63,7 @@ class TaskRun(BaseModel):
             attempt_number=row.attempt_number,
             status=row.status,
             worker_id=row.worker_id,
+            claimed_at=row.claimed_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
             result=row.result,

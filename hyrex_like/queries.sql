@@ -44,6 +44,7 @@ WITH picked AS (
     RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count, t.max_retries,
               t.timeout_seconds, t.parent_id, t.root_id
 ), opened AS (
+    -- claimed_at defaults to now(); started_at stays NULL until the worker says the body began
     INSERT INTO task_run (task_id, attempt_number, status, worker_id)
     SELECT id, attempt_count, 'running', %(worker_id)s FROM claimed
 )
@@ -157,6 +158,22 @@ WITH undone AS (
 )
 SELECT count(*) AS n FROM undone
 
+-- mark_runs_started --
+-- When bodies still running began (epoch seconds, as the worker saw them), for the rescuer: a
+-- dead worker's run with a start is lost, one without is undone. Only this worker's open runs.
+-- (The guard compares with input columns for the reason given at finish_runs.)
+WITH input AS MATERIALIZED (
+    SELECT i.task_id, i.attempt, to_timestamp(i.started) AS started_at,
+           'running'::text AS status, %(worker_id)s::uuid AS worker_id
+    FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[], %(started)s::double precision[])
+         AS i(task_id, attempt, started)
+)
+UPDATE task_run AS r
+SET started_at = i.started_at
+FROM input AS i
+WHERE r.task_id = i.task_id AND r.attempt_number = i.attempt AND r.status = i.status
+  AND r.worker_id = i.worker_id
+
 -- register_worker --
 INSERT INTO worker (id, hostname, pid, queues, task_names, processes)
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(task_names)s, %(processes)s)
@@ -172,10 +189,14 @@ RETURNING id
 UPDATE worker SET status = 'stopped', stopped_at = now() WHERE id = %(id)s
 
 -- rescue_lost_tasks --
--- Requeue the running tasks of workers whose heartbeat is stale, close their open runs as
--- lost, and mark those workers lost. Such an attempt was not the task's fault, so it is
--- requeued whatever its retry budget. With %(full)s, also the running tasks of any worker that
--- is not running (or has no row): those an earlier rescue skipped while they were locked.
+-- Requeue the running tasks of workers whose heartbeat is stale and mark those workers lost.
+-- An attempt whose body began (its run has a start: see mark_runs_started) is closed as lost;
+-- not being the task's fault, it is requeued whatever its retry budget. A claim whose body
+-- never began is undone as a give-back is (run row deleted, attempt count restored). A body
+-- that began after its worker's last mark looks unstarted and is undone too: the task runs
+-- again either way, that attempt just goes unrecorded. With %(full)s, also the running tasks
+-- of any worker that is not running (or has no row): those an earlier rescue skipped while
+-- they were locked.
 WITH dead AS (
     SELECT id FROM worker
     WHERE status = 'running'
@@ -200,22 +221,33 @@ WITH dead AS (
       AND NOT EXISTS (SELECT 1 FROM worker AS w
                       WHERE w.id = t.worker_id AND w.status = 'running')
     FOR UPDATE OF t SKIP LOCKED
+), held AS (
+    SELECT o.id, o.attempt_count, r.started_at IS NOT NULL AS began
+    FROM (SELECT * FROM orphans UNION ALL SELECT * FROM strays) AS o
+    LEFT JOIN task_run AS r ON r.task_id = o.id AND r.attempt_number = o.attempt_count
 ), requeued AS (
     UPDATE task AS t
     SET status = 'queued', worker_id = NULL, run_after = now(),
-        last_error = jsonb_build_object('type', 'WorkerLost',
-                                        'message', 'the worker running this attempt stopped '
-                                                   'heartbeating or is gone', 'attempt',
-                                        o.attempt_count)
-    FROM (SELECT * FROM orphans UNION ALL SELECT * FROM strays) AS o
-    WHERE t.id = o.id
-    RETURNING t.id, t.attempt_count
+        attempt_count = CASE WHEN h.began THEN t.attempt_count ELSE t.attempt_count - 1 END,
+        last_error = CASE WHEN h.began
+                          THEN jsonb_build_object('type', 'WorkerLost',
+                                                  'message', 'the worker running this attempt '
+                                                             'stopped heartbeating or is gone',
+                                                  'attempt', h.attempt_count)
+                          ELSE t.last_error END
+    FROM held AS h
+    WHERE t.id = h.id
+    RETURNING t.id, h.attempt_count AS attempt, h.began
 ), closed AS (
     UPDATE task_run AS r
     SET status = 'lost', finished_at = now(), error_type = 'WorkerLost',
         error_message = 'the worker running this attempt stopped heartbeating or is gone'
     FROM requeued AS q
-    WHERE r.task_id = q.id AND r.attempt_number = q.attempt_count
+    WHERE q.began AND r.task_id = q.id AND r.attempt_number = q.attempt
+), dropped AS (
+    DELETE FROM task_run AS r
+    USING requeued AS q
+    WHERE NOT q.began AND r.task_id = q.id AND r.attempt_number = q.attempt
 )
 SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued) AS tasks,
        CASE WHEN (SELECT count(*) FROM requeued) > 0
@@ -228,8 +260,8 @@ SELECT id, task_name, queue, priority, status, args, max_retries, timeout_second
 FROM task WHERE id = %(id)s
 
 -- get_task_runs --
-SELECT task_id, attempt_number, status, worker_id, started_at, finished_at, result, error_type,
-       error_message, traceback
+SELECT task_id, attempt_number, status, worker_id, claimed_at, started_at, finished_at, result,
+       error_type, error_message, traceback
 FROM task_run WHERE task_id = %(id)s ORDER BY attempt_number
 
 -- migrations_table_exists --

@@ -1,6 +1,6 @@
--- hyrex-like schema, version 3: the current schema, written out whole.
+-- hyrex-like schema, version 4: the current schema, written out whole.
 --
--- What migrations 0001..0003 produce, as one readable file (tests/test_schema_file.py applies
+-- What migrations 0001..0004 produce, as one readable file (tests/test_schema_file.py applies
 -- both to fresh schemas and compares the catalogs). The numbered migrations stay the way a
 -- database gets here; change the schema with a new migration, then bring this file and the
 -- version above in line with it. Names are unqualified: it runs with search_path set to the
@@ -80,12 +80,13 @@ CREATE TABLE task_run (
                     CHECK (status IN ('running', 'completed', 'failed', 'timed_out', 'lost',
                                       'interrupted')),
     worker_id       uuid,
-    started_at      timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,  -- when the body began, as the worker saw it (NULL: never did)
     finished_at     timestamptz,
     result          jsonb,
     error_type      text,
     error_message   text,
     traceback       text,
+    claimed_at      timestamptz DEFAULT now(),  -- when a worker claimed it (NULL: before v4)
     -- No surrogate id: it cost every claimed task a sequence call and a second index entry.
     CONSTRAINT task_run_pkey PRIMARY KEY (task_id, attempt_number)
 ) WITH (fillfactor = 75);  -- room on the page so closing a run (an UPDATE) can be a HOT update

@@ -363,7 +363,7 @@ def test_upgrade_from_version_2_moves_the_task_checks_to_domains_in_place(databa
         [(filenode,)] = c.execute("SELECT pg_relation_filenode('task')").fetchall()
     registry = HyrexRegistry(database_url, schema=schema)
     try:
-        assert registry.migrate() == [3]
+        assert registry.migrate() == [3, 4]
         row, _ = registry.store.get_task(uuid.UUID("00000000-0000-7000-8000-000000000002"))
     finally:
         registry.close()
@@ -417,3 +417,35 @@ def test_upgrade_from_version_2_moves_the_task_checks_to_domains_in_place(databa
         # an UPDATE is checked too, on the columns it sets
         with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
             conn.execute("UPDATE task SET attempt_count = attempt_count - 3")
+
+
+def test_upgrade_from_version_3_keeps_run_times_and_adds_claimed_at_in_place(database_url, schema):
+    """Version 4 adds claimed_at and lets started_at be NULL (a run whose body has not begun)
+    without rewriting task_run: old runs keep their started_at and have no claimed_at, and a
+    run opened afterwards gets its claim time and no start."""
+    task = "00000000-0000-7000-8000-000000000004"
+    with _schema_at(database_url, schema, 3) as c:
+        c.execute(
+            "INSERT INTO task_run (task_id, attempt_number, status, started_at)"
+            " VALUES (%s, 1, 'failed', '2026-01-02 03:04:05+00')",
+            (task,),
+        )
+        [(filenode,)] = c.execute("SELECT pg_relation_filenode('task_run')").fetchall()
+    registry = HyrexRegistry(database_url, schema=schema)
+    try:
+        assert registry.migrate() == [4]
+    finally:
+        registry.close()
+    assert query(database_url, schema, "SELECT pg_relation_filenode('task_run')") == [(filenode,)]
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        c.execute(
+            "INSERT INTO task_run (task_id, attempt_number, status) VALUES (%s, 2, 'running')",
+            (task,),
+        )
+        rows = c.execute(
+            "SELECT attempt_number, started_at IS NOT NULL, claimed_at IS NOT NULL"
+            " FROM task_run WHERE task_id = %s ORDER BY attempt_number",
+            (task,),
+        ).fetchall()
+    assert rows == [(1, True, False), (2, False, True)]

@@ -36,6 +36,9 @@ def test_worker_killed_with_sigkill_has_its_tasks_requeued_by_another_worker(
     first = app_worker("--processes", "1", "--heartbeat-interval", "0.5")
     [start] = wait_until(lambda: read_events(out_dir, "start"), 30, what="attempt 1")
     executor_pid = start["pid"]
+    # a body's start reaches the database once it has run a moment; before, a crash undoes it
+    started = "SELECT 1 FROM task_run WHERE started_at IS NOT NULL"
+    wait_until(lambda: query(database_url, schema, started), 10, what="the start written")
     first.signal(signal.SIGKILL)
     first.proc.wait(10)
     # its executor dies with it, so attempt 1 cannot go on running next to attempt 2
@@ -155,8 +158,8 @@ def test_a_task_left_running_by_a_worker_that_is_gone_is_requeued_and_run(
     w = app_worker("--processes", "1", "--stale-after", "1", "--heartbeat-interval", "0.2")
     assert done(wapp.record.send({"n": 1}), 30).status == "completed"  # the worker is up
     ghost = uuid.uuid4()
-    # sent and marked as a vanished worker's claim leaves it (running, attempt 1, a run open)
-    # in one transaction, so the live worker never sees it queued
+    # sent and marked as a vanished worker's claim leaves it (running, attempt 1, a run open
+    # whose body began) in one transaction, so the live worker never sees it queued
     with psycopg.connect(database_url) as conn:
         handle = wapp.record.send({"n": 2}, conn=conn)
         conn.execute(
@@ -165,8 +168,8 @@ def test_a_task_left_running_by_a_worker_that_is_gone_is_requeued_and_run(
             [ghost, handle.id],
         )
         conn.execute(
-            f"INSERT INTO {schema}.task_run (task_id, attempt_number, status, worker_id) "
-            "VALUES (%s, 1, 'running', %s)",
+            f"INSERT INTO {schema}.task_run (task_id, attempt_number, status, worker_id, "
+            "started_at) VALUES (%s, 1, 'running', %s, now())",
             [handle.id, ghost],
         )
     assert done(handle, 30).status == "completed"

@@ -46,7 +46,8 @@ class RunRow:
     attempt_number: int
     status: RunStatus
     worker_id: uuid.UUID | None
-    started_at: datetime
+    claimed_at: datetime | None  # None: written before schema version 4
+    started_at: datetime | None  # when the body began; None: it never did (or not yet known)
     finished_at: datetime | None
     result: Any
     error_type: str | None

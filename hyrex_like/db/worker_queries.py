@@ -117,6 +117,26 @@ class WorkerQueries:
         return int(row[0]) if row else 0
 
     @staticmethod
+    def mark_started(
+        conn: psycopg.Connection[Any],
+        worker_id: uuid.UUID,
+        items: Sequence[tuple[uuid.UUID, int, float]],
+    ) -> int:
+        """Record when bodies still running began: (task id, attempt, epoch seconds) each.
+        Returns the runs marked (only this worker's open ones)."""
+        cur = conn.execute(
+            q("mark_runs_started"),
+            {
+                "worker_id": worker_id,
+                "task_ids": [i[0] for i in items],
+                "attempts": [i[1] for i in items],
+                "started": [i[2] for i in items],
+            },
+            prepare=True,
+        )
+        return cur.rowcount
+
+    @staticmethod
     def register(
         conn: psycopg.Connection[Any],
         worker_id: uuid.UUID,

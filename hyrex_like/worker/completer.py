@@ -2,7 +2,9 @@
 started, on the writer's thread and connection, and logs each outcome once it is written.
 
 Results wait in the ledger while the database is away and are written when it is back; the
-write is guarded (task still ours, same attempt), so writing twice is harmless.
+write is guarded (task still ours, same attempt), so writing twice is harmless. A round also
+records when bodies still running began (`MARK_AFTER`), so a rescuer can tell an attempt a
+dead worker had started (lost) from a claim it never began (undone).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..db import FinishedRow, WorkerQueries
 from ..states import RunStatus, TaskStatus
 from .connection import DB_ERRORS, Connections, describe, wait_for
 from .ledger import Ledger, WriteBatch
+from .protocol import Job
 
 _COMPLETED = RunStatus.COMPLETED
 _INTERRUPTED = RunStatus.INTERRUPTED
@@ -29,6 +32,13 @@ _QUEUED_STR = TaskStatus.QUEUED.value
 _FAILED_STR = TaskStatus.FAILED.value
 
 Returned = list[tuple[uuid.UUID, str, datetime, int]]
+Mark = tuple[uuid.UUID, int, float]  # task id, attempt, when its body began (epoch seconds)
+
+MARK_AFTER = 0.2
+"""Seconds a body runs before its start is written (`mark_runs_started`). A shorter task never
+needs it (its result carries its start), so short tasks cost no extra write; a longer one
+costs one row in one statement of a round. A whole-worker crash undoes, rather than records
+as lost, an attempt begun less than about this long (plus a loop turn) before it."""
 
 
 @dataclass
@@ -40,6 +50,8 @@ class _Round:
     generation: int
     gave_back: bool = False
     returned: Returned | None = None  # None: not written
+    marks: list[Mark] = field(default_factory=list)  # starts of bodies still running
+    marked: bool = False
     error: BaseException | None = None
     future: Future[_Round] | None = None  # set while it runs on the writer's thread
 
@@ -56,6 +68,7 @@ class Completer:
         log: Any,
         info: bool,
         settle_claim: Callable[[float], bool],
+        running_heads: Callable[[], list[tuple[Job, float]]] = list,
     ) -> None:
         self.ledger = ledger
         self.conns = conns
@@ -64,18 +77,59 @@ class Completer:
         self.log = log
         self._info = info  # one line per completed task: --log-level warning saves ~5%
         self._settle_claim = settle_claim  # a claim's rows go back before the last write
+        self._running_heads = running_heads  # each running attempt, with its start (monotonic)
+        self._marked: set[tuple[uuid.UUID, int]] = set()  # heads whose start is written
         self.round: _Round | None = None
         self.retry_at = math.inf  # when the next retry written so far becomes due
 
     def start(self) -> None:
         """Start a write on the writer's thread, if none is in flight and one is needed."""
-        if self.round is not None or not self.ledger.has_unwritten():
+        if self.round is not None:
+            return
+        marks = self._due_marks()
+        if not marks and not self.ledger.has_unwritten():
             return
         db = self.conns.ensure()
         if db is not None:
-            job = _Round(db, self.ledger.take_for_write(), self.conns.generation)
+            job = _Round(db, self.ledger.take_for_write(), self.conns.generation, marks=marks)
             job.future = self.conns.run(self.conns.writer, db, self._run, job)
             self.round = job
+
+    def _due_marks(self) -> list[Mark]:
+        """Heads running for `MARK_AFTER` seconds or more whose start is not written yet."""
+        heads = self._running_heads()
+        if not heads:
+            self._marked.clear()
+            return []
+        now = time.monotonic()
+        wall = time.time() - now  # monotonic -> epoch seconds
+        keep: set[tuple[uuid.UUID, int]] = set()
+        due: list[Mark] = []
+        for job, began in heads:
+            key = (job.task_id, job.attempt)
+            if key in self._marked:
+                keep.add(key)
+            elif now - began >= MARK_AFTER:
+                due.append((job.task_id, job.attempt, wall + began))
+        self._marked = keep  # forget heads that have ended
+        return due
+
+    def next_mark(self) -> float:
+        """When a running head becomes due for its start mark (monotonic; inf: none, or a
+        round is in flight, whose end wakes the loop anyway)."""
+        if self.round is not None:
+            return math.inf
+        due = min(
+            (
+                began + MARK_AFTER
+                for job, began in self._running_heads()
+                if (job.task_id, job.attempt) not in self._marked
+            ),
+            default=math.inf,
+        )
+        if due < math.inf and self.conns.db is None:
+            due = max(due, self.conns.next_attempt)  # no spinning while the database is away
+        return due
 
     def write_now(self, db: psycopg.Connection[Any]) -> None:
         """Write on this thread (on the way out)."""
@@ -103,6 +157,9 @@ class Completer:
                 job.gave_back = True
             if job.batch.finished:
                 job.returned = self._write_finished(job.db, job.batch.finished)
+            if job.marks:
+                WorkerQueries.mark_started(job.db, self.worker_id, job.marks)
+                job.marked = True
         except DB_ERRORS as exc:
             job.error = exc
         return job
@@ -141,6 +198,8 @@ class Completer:
     def _apply(self, job: _Round) -> None:
         batch = job.batch
         self.ledger.written(batch)
+        if job.marked:  # (marks not written are due again at the next round)
+            self._marked.update((task_id, attempt) for task_id, attempt, _ in job.marks)
         if batch.giveback and not job.gave_back:
             self.ledger.write_failed(batch.giveback, None)
         elif batch.giveback:  # only a stopping worker gives tasks back

@@ -201,7 +201,8 @@ class ExecutorPool:
         killed): record it, say so, call on_error, and run the slot's other jobs elsewhere."""
         head = self.ledger.answered(ex.index)
         self.stats[status.value] += 1
-        self.ledger.finish(head, status, True, None, type(error).__name__, str(error), None)
+        began = self._head_began(ex)
+        self.ledger.finish(head, status, True, None, type(error).__name__, str(error), None, began)
         self.log.warning(
             event,
             task_id=str(head.task_id),
@@ -226,7 +227,14 @@ class ExecutorPool:
                 self.spawner.kill(ex)
                 head = self.ledger.answered(ex.index)
                 self.ledger.finish(
-                    head, RunStatus.INTERRUPTED, True, None, "WorkerShutdown", why, None
+                    head,
+                    RunStatus.INTERRUPTED,
+                    True,
+                    None,
+                    "WorkerShutdown",
+                    why,
+                    None,
+                    self._head_began(ex),
                 )
                 self.log.warning(
                     "task_interrupted",
@@ -260,6 +268,22 @@ class ExecutorPool:
             objects.append(ex.conn)
             objects.append(ex.process.sentinel)
         return objects
+
+    def running_heads(self) -> list[tuple[Job, float]]:
+        """Each attempt running now, with when its body began (monotonic, as seen here)."""
+        out = []
+        for ex in self.executors:
+            held = self.ledger.assigned[ex.index]
+            if held and ex.head_started is not None:
+                out.append((held[0], ex.head_started))
+        return out
+
+    @staticmethod
+    def _head_began(ex: ExecutorHandle) -> float | None:
+        """When ``ex``'s head began, in epoch seconds (for its run row)."""
+        if ex.head_started is None:
+            return None
+        return time.time() - (time.monotonic() - ex.head_started)
 
     def timeout_deadlines(self) -> list[float]:
         """When each running attempt with a timeout runs out (monotonic)."""
