@@ -371,6 +371,7 @@ class Run:
     chaos: collections.Counter[str] = field(default_factory=collections.Counter)
     backends_killed: int = 0
     max_running_age: float = 0.0
+    killed_with_worker: set[int] = field(default_factory=set)  # executor pids
     kinds: dict[int, tuple[str, int, int]] = field(default_factory=dict)
 
 
@@ -459,7 +460,8 @@ def open_count(run: Run) -> int | None:
         with run.cluster.connect() as conn:
             row = conn.execute(
                 "SELECT count(*) FILTER (WHERE t.status IN ('queued', 'running')),"
-                " (SELECT coalesce(max(extract(epoch FROM now() - r.started_at)), 0)"
+                " (SELECT coalesce(max(extract(epoch FROM"
+                "   now() - coalesce(r.claimed_at, r.started_at))), 0)"
                 "  FROM task_run AS r WHERE r.status = 'running')"
                 " FROM task AS t"
             ).fetchone()
@@ -492,6 +494,7 @@ def chaos_step(run: Run, workers: Workers) -> None:
     elif kind == "worker_sigkill":
         w = run.rng.choice(alive)
         log(f"SIGKILL worker {w.proc.pid} (its executors die with it); restarting it")
+        run.killed_with_worker.update(workers.executor_pids(w))
         w.proc.kill()
         w.proc.wait()
         workers.start(w.slot)
@@ -582,7 +585,7 @@ def check(
         ).fetchall()
         runs = conn.execute(
             "SELECT task_id::text, attempt_number, status, error_type,"
-            " extract(epoch FROM finished_at - started_at) FROM task_run"
+            " extract(epoch FROM finished_at - coalesce(claimed_at, started_at)) FROM task_run"
         ).fetchall()
     execs, conflicts = read_records(run.record_dir)
     violations: list[str] = []
@@ -638,7 +641,19 @@ def check(
     # attempts recorded (run rows) vs attempts executed (bodies started, from the records)
     run_keys = {(r[0], r[1]): r for r in runs}
     started = set(execs)
-    twice = [k for k, v in execs.items() if len(v) > 1]
+    # A body that began after its worker last wrote the starts of running bodies (or finished
+    # before its result was written), then died with its whole worker, is undone as a claim
+    # never begun and runs again under the same attempt number: allowed when every earlier
+    # execution of it ran in an executor of a worker the chaos SIGKILLed.
+    again = [k for k, v in execs.items() if len(v) > 1]
+    undone_begun = [
+        k
+        for k in again
+        if all(
+            e.pid in run.killed_with_worker for e in sorted(execs[k], key=lambda e: e.start)[:-1]
+        )
+    ]
+    twice = [k for k in again if k not in undone_begun]
     if twice:
         violations.append(f"{len(twice)} attempts executed more than once, e.g. {twice[:3]}")
     unrecorded = started - set(run_keys)
@@ -725,6 +740,11 @@ def check(
             "  finished, result lost",
             f"{finished_unrecorded}",
             "body finished, process killed before the worker wrote it: run lost, retried",
+        ),
+        (
+            "  begun, undone with their worker",
+            f"{len(undone_begun)}",
+            "began before its worker was killed, start not yet written: undone, run again",
         ),
         ("attempts executed twice", f"{len(twice)}", "must be 0"),
     ]
