@@ -120,7 +120,18 @@ QUERIES = ROOT / "hyrex_like" / "queries.sql"
 
 # Lower-case words in quotes that are not statuses: JSON keys of last_error, the prefix of the
 # NOTIFY channel, a table name. A new such word goes here; a new status goes in states.py.
-NOT_STATUSES = {"type", "message", "attempt", "hyrex_like_", "schema_migrations"}
+NOT_STATUSES = {
+    "type",
+    "message",
+    "attempt",
+    "hyrex_like_",
+    "schema_migrations",
+    # server settings the upkeep connection sets (watch_client)
+    "tcp_keepalives_idle",
+    "tcp_keepalives_interval",
+    "tcp_keepalives_count",
+    "tcp_user_timeout",
+}
 
 _STRING_OR_COMMENT = re.compile(r"('(?:[^']|'')*')|--[^\n]*")
 _STATUS = r"\b\w*status\b"
