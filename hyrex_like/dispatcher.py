@@ -102,16 +102,16 @@ class Dispatcher:
         self.claimer = Claimer(
             self.ledger, self.conns, options, self.worker_id, self.task_names, self.stats, self.log
         )
-        info = options.log_level in ("debug", "info")
         self.completer = Completer(
             self.ledger,
             self.conns,
             self.worker_id,
             self.stats,
             self.log,
-            info,
+            options.log_level == "debug",
             self.claimer.settle,
             self.pool.running_heads,
+            self.observer,
         )
         self.maintenance = Maintenance(
             lambda: registry.store.connect(worker=True),
