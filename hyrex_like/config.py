@@ -130,7 +130,14 @@ class WorkerOptions(BaseModel):
     """Queues to serve; empty means every queue."""
     processes: int = Field(default_factory=default_processes, ge=1, le=MAX_PROCESSES)
     prefetch: int = Field(default=16, ge=1, le=10_000)
-    """Jobs handed to an idle executor at once (raise it for many tiny tasks)."""
+    """Most jobs handed to an executor at once (raise it for many tiny tasks); fewer for
+    longer tasks (see `busy_after`)."""
+    busy_after: float = Field(default=0.2, ge=0.001, le=60.0)
+    """Seconds a task may run before its executor counts as busy with a long task: it gets no
+    more jobs, the jobs queued behind that task are taken back to run elsewhere, and claims
+    count no room for it. Also the longest a job is meant to wait behind others in an
+    executor: batches are sized by the run times seen. Claimed jobs that no executor of the
+    worker can start for 5 times this long go back to the queue, for another worker."""
     grace_period: float = Field(default=30.0, ge=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     stale_after: float = Field(default=30.0, gt=0)

@@ -7,6 +7,7 @@ the loop goes on, so each claim's batch grows with the load.
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -55,7 +56,6 @@ class Claimer:
         self.worker_id = worker_id
         self.task_names = task_names
         self.queues = list(options.queues)
-        self.capacity = options.processes * options.prefetch
         self.stats = stats
         self.log = log
         self.round: _Round | None = None
@@ -69,16 +69,21 @@ class Claimer:
             self.next_poll = now + self.options.poll_interval
 
     def size(self) -> int:
-        """How many tasks to claim now (0: not now).
+        """How many tasks to claim now (0: not now): only what can start soon (`Ledger.room`),
+        so a worker whose executors are all busy with long tasks claims nothing, and what it
+        claims never waits long behind them.
 
         Small claims cost a round trip each: while executors have plenty queued, wait until a
         quarter of the capacity is free; claim whatever fits when they are about to run dry.
         """
         ledger = self.ledger
-        free = self.capacity - ledger.in_flight()
-        if not ledger.claim_wanted or ledger.stopping or free <= 0:
+        if not ledger.claim_wanted or ledger.stopping:
             return 0
-        if free * 4 >= self.capacity or ledger.unstarted() < self.options.processes * 2:
+        free = ledger.room(time.monotonic())
+        if free <= 0:
+            return 0
+        capacity = self.options.processes * ledger.depth
+        if free * 4 >= capacity or ledger.unstarted() < self.options.processes * 2:
             # A claim is one statement: past ~1,000 rows it takes long enough (~20 ms here)
             # that idle executors wait for it; the next claim follows at once.
             return min(free, CLAIM_MAX if self.stats["claimed"] else FIRST_CLAIM_MAX)
@@ -134,6 +139,9 @@ class Claimer:
     def _take(self, rows: list[ClaimedRow], asked: int) -> None:
         if len(rows) == asked:  # a full batch means more may be waiting
             self.ledger.claim_wanted = True
+        if len({r.priority for r in rows}) > 1:
+            # the statement picks by priority but returns rows in no set order
+            rows = sorted(rows, key=lambda r: -r.priority)
         jobs = [
             Job(
                 row.id,

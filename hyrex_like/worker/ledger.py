@@ -4,9 +4,10 @@ An attempt the worker claimed is marked as running in the database until a write
 otherwise, so the worker must never forget one. It moves through these places:
 
     claimed --claimed()--> ready --assign()--> assigned[i] --finish()--> finished
-                             |                     |  (head: running; the rest wait in order)
-                             |                     +--give_back()/requeue_rest()--> giveback
-                             +--begin_stop()-----------------------------------> giveback
+                           |  ^                    |  (head: running; the rest wait in order)
+                           |  +---taken_back()-----+  (not started: from behind a long task)
+                           |                       +--taken_back()/requeue_rest()--> giveback
+                           +--begin_stop()/hand_over()-----------------------> giveback
     finished, giveback --take_for_write()--> writing --written()--> gone (in the database)
                                                  +----write_failed()--> back where they were
 
@@ -16,6 +17,7 @@ none of them holds an attempt anywhere else.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import deque
@@ -55,6 +57,11 @@ class Ledger:
         self.claiming = 0  # rows asked for by the claim in flight (0: none in flight)
         self.stopping = False
         self.claim_wanted = True
+        # What can start soon, as the executor pool sees it (the claimer sizes claims by it):
+        # when each slot's head counts as long (monotonic; inf: none running; no room there
+        # from then on), and how many jobs each other executor takes (`Pace.depth`).
+        self.long_at: list[float] = [math.inf] * processes
+        self.depth = 1
 
     # ---------------------------------------------------------------- claimed -> ready
 
@@ -94,7 +101,35 @@ class Ledger:
 
     def answered(self, slot: int) -> Job:
         """The head of ``slot`` has answered: it leaves the executor."""
+        self.long_at[slot] = math.inf
         return self.assigned[slot].popleft()
+
+    def take_out(self, slot: int, key: bytes) -> tuple[int, Job] | None:
+        """The job of ``slot`` whose task id is ``key`` (bytes), answered out of order (a
+        take-back): its position and itself, or None if the slot holds no such job."""
+        jobs = self.assigned[slot]
+        for i, job in enumerate(jobs):
+            if job.task_id.bytes == key:
+                if i == 0:
+                    self.long_at[slot] = math.inf
+                del jobs[i]
+                return i, job
+        return None
+
+    def taken_back(self, jobs: list[Job]) -> None:
+        """Jobs an executor handed back unstarted (taken back, or it was draining): they run
+        next, elsewhere, or go back to the queue if the worker is stopping."""
+        if self.stopping:
+            self.giveback.extend(jobs)
+        else:
+            self.ready.extendleft(reversed(jobs))
+
+    def hand_over(self) -> int:
+        """Every ready job goes back to the queue, for a worker that can start it sooner."""
+        count = len(self.ready)
+        self.giveback.extend(self.ready)
+        self.ready.clear()
+        return count
 
     def finish(
         self,
@@ -133,10 +168,6 @@ class Ledger:
 
     # ---------------------------------------------------------------- assigned -> giveback
 
-    def give_back(self, job: Job) -> None:
-        """An executor handed ``job`` back unstarted (it was draining)."""
-        self.giveback.append(job)
-
     def requeue_rest(self, slot: int) -> None:
         """The jobs ``slot``'s executor never started: run them elsewhere (or give back if
         stopping)."""
@@ -146,11 +177,13 @@ class Ledger:
         else:
             self.ready.extendleft(reversed(jobs))
         jobs.clear()
+        self.long_at[slot] = math.inf
 
     def give_back_rest(self, slot: int) -> None:
         """The jobs ``slot``'s executor never started go back to the queue."""
         self.giveback.extend(self.assigned[slot])
         self.assigned[slot].clear()
+        self.long_at[slot] = math.inf
 
     # ---------------------------------------------------------------- finished -> writing
 
@@ -184,6 +217,15 @@ class Ledger:
 
     def running(self) -> int:
         return sum(1 for jobs in self.assigned if jobs)
+
+    def room(self, now: float) -> int:
+        """How many more jobs could start soon: `depth` per executor not busy with a long
+        task, less what this worker holds beyond those long tasks (<= 0: claim nothing)."""
+        long = sum(1 for at in self.long_at if at <= now)
+        open_slots = len(self.long_at) - long
+        if not open_slots:
+            return 0
+        return open_slots * self.depth - (self.in_flight() - long)
 
     def unstarted(self) -> int:
         """Claimed jobs not running yet: ready, and queued behind an executor's head."""

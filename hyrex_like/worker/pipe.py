@@ -6,9 +6,12 @@ import multiprocessing.connection as mpc
 import os
 import pickle
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from .protocol import Job
 
 
 @dataclass
@@ -19,13 +22,30 @@ class ExecutorHandle:
     index: int
     process: Any  # a multiprocessing Process (forked or spawned)
     conn: mpc.Connection
-    head_started: float | None = None
+    head_started: float | None = None  # monotonic; None: nothing running
     ready: bool = False
+    born: float = field(default_factory=time.monotonic)
+    # the head a take-back was asked for, and when (asked again if it went unanswered)
+    took_back_for: Job | None = None
+    took_back_at: float = 0.0
     # sizes of the batches sent and not fully answered: the first is running, the rest wait
     # unread in the pipe
     batches: deque[int] = field(default_factory=deque)
     inbox: bytearray = field(default_factory=bytearray)  # bytes read, not yet a whole message
     _sock: socket.socket | None = None
+
+    def answered_at(self, position: int) -> None:
+        """The job at ``position`` among those sent and not answered has answered (out of order:
+        a take-back): count it off its batch."""
+        batches = self.batches
+        for i, size in enumerate(batches):
+            if position < size:
+                if size == 1:
+                    del batches[i]
+                else:
+                    batches[i] = size - 1
+                return
+            position -= size
 
     def read_messages(self) -> list[Any]:
         """Every message the executor has sent so far, without blocking: one read for all of
