@@ -7,8 +7,11 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pickle
+import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +155,67 @@ def test_frequent_take_backs_run_every_task_exactly_once(
     events = [e.get("event") for e in json_log(w)]
     assert events.count("tasks_taken_back") >= 5
     assert w.stop() == 0
+
+
+def test_an_executor_hands_back_its_unstarted_jobs_at_once_and_keeps_serving(
+    happ, out_dir, monkeypatch
+):
+    """The take-back signal, on one executor: sent while it starts it waits for the handler
+    (and finds nothing); sent while a task sleeps it answers SKIP for the jobs behind that task,
+    those received and those still in the pipe, before the task's own result; later batches
+    still run."""
+    from hyrex_like.dispatcher import Dispatcher, WorkerOptions
+    from hyrex_like.worker.protocol import Job, encode_batch
+
+    monkeypatch.setenv("HYREX_TEST_OUT", str(out_dir))
+
+    def job(n: int, seconds: float = 0.0) -> Job:
+        args = json.dumps({"n": n, "seconds": seconds})
+        return Job(uuid.uuid4(), "work", "default", 5, args, 1, 0, None, None, None)
+
+    def answer() -> list[Any]:
+        assert ex.conn.poll(30), "no answer"
+        return list(pickle.loads(ex.conn.recv_bytes()))
+
+    d = Dispatcher(happ.hy, "tests.apps.hol_app:hy", WorkerOptions(processes=1))
+    ex = d.pool.spawner.spawn(0)  # spawned: a fresh interpreter, ~0.3 s to start
+    try:
+        d.pool.spawner.take_back(ex)  # at once: the child is still starting
+        assert ex.conn.poll(30) and ex.conn.recv()[0] == "ready"
+        long, queued, top_up = job(0, 2.0), [job(1), job(2)], [job(3)]
+        ex.conn.send_bytes(encode_batch([long, *queued]))
+        ex.conn.send_bytes(encode_batch(top_up))  # waits unread in the pipe
+        wait_until(lambda: read_events(out_dir, "start"), 30, what="the long task to start")
+        d.pool.spawner.take_back(ex)
+        assert answer() == [("skip", j.task_id.bytes, 1) for j in [*queued, *top_up]]
+        [result] = answer()
+        assert (result[0], result[1]) == ("ok", long.task_id.bytes)
+        d.pool.spawner.take_back(ex)  # with nothing held: no answer
+        later = job(4)
+        ex.conn.send_bytes(encode_batch([later]))
+        [result] = answer()
+        # (a take-back that reached it only after the batch arrived may hand this one back)
+        assert result[1] == later.task_id.bytes and result[0] in ("ok", "skip")
+        last = job(5)
+        ex.conn.send_bytes(encode_batch([last]))
+        assert [r[:2] for r in answer()] == [("ok", last.task_id.bytes)]
+        assert ex.process.exitcode is None
+        started = sorted(e["n"] for e in read_events(out_dir, "start"))
+        assert started in ([0, 4, 5], [0, 5])
+    finally:
+        d.pool.spawner.kill(ex)
+
+
+def test_a_stop_while_jobs_are_taken_back_hands_them_back_unstarted(
+    happ, code_worker, out_dir, database_url, schema
+):
+    w = code_worker(processes=1, busy_after=0.3, grace_period=20, log_format="json")
+    _warm_up(happ, out_dir, 3)
+    _send_in_order(happ, database_url, [{"n": 0, "seconds": 3.0}], [{"n": i} for i in range(1, 6)])
+    wait_until(lambda: 0 in _starts(out_dir), 30, what="the long task to start")
+    w.signal(signal.SIGTERM)  # the drain, then the take-back (at 0.3 s) while it drains
+    assert w.proc.wait(30) == 0
+    assert set(_starts(out_dir)) == {-3, -2, -1, 0}  # none of the short ones started
+    assert count(database_url, schema, "status = 'completed'") == 3 + 1
+    assert count(database_url, schema, "status = 'queued' AND attempt_count = 0") == 5
+    assert count(database_url, schema, "true", table="task_run") == 3 + 1

@@ -75,8 +75,8 @@ _stopped = False  # a take-back read the parent's stop message from the pipe
 
 def _on_take_back_signal(signum: int, frame: Any) -> None:
     global _take_back_wanted
-    if _pipe == _RECEIVING:
-        return  # waiting for a batch: everything received so far has been answered
+    if _pipe == _RECEIVING or _conn is None:
+        return  # waiting for a batch (or not serving yet): nothing held is unanswered
     _take_back_wanted = True
     if _pipe == _IDLE:
         _take_back()
@@ -89,9 +89,11 @@ def _take_back() -> None:
     started once the main loop has popped it from `_pending`: the two never share one."""
     global _pipe, _take_back_wanted, _stopped
     conn = _conn
+    if conn is None:  # pragma: no cover - the handler checks
+        return
     _pipe = _WRITING  # a handler that runs meanwhile only asks again (the loop below)
     try:
-        while _take_back_wanted and conn is not None:
+        while _take_back_wanted:
             _take_back_wanted = False
             skipped = [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in _pending]
             _pending.clear()
@@ -105,9 +107,8 @@ def _take_back() -> None:
             if skipped:
                 conn.send_bytes(pickle.dumps(skipped, pickle.HIGHEST_PROTOCOL))
     except (OSError, EOFError):
-        pass  # the parent is gone: the main loop finds out at its next send or receive
+        _take_back_wanted = False  # the parent is gone: the main loop finds out next
     finally:
-        _take_back_wanted = False
         _pipe = _IDLE
 
 

@@ -193,7 +193,8 @@ class ExecutorPool:
 
     def _drain_pipe(self, ex: ExecutorHandle) -> None:
         try:
-            for msg in ex.read_messages():
+            messages = ex.read_messages()
+            for msg in messages:
                 if isinstance(msg, list):
                     skipped: list[Job] = []
                     for result in msg:
@@ -205,10 +206,11 @@ class ExecutorPool:
                             self.log.debug(
                                 "tasks_taken_back", count=len(skipped), executor=ex.process.pid
                             )
-                    self.ledger.depth = self.pace.depth()
                 elif msg[0] == READY:
                     ex.ready = True
                     self._startup_failures = 0
+            if messages:
+                self.ledger.depth = self.pace.depth()
         except (EOFError, OSError):
             pass  # dead: reap deals with it
 
