@@ -5,16 +5,12 @@ Jobs move through the ledger only: `dispatch` assigns ready jobs to an executor'
 finishes the slot's head, and an executor lost or killed ends its head (`_fail_head`, the one
 failure path) and requeues the rest.
 
-No job waits behind a long task while it could run elsewhere: batches hold only what starts
-within ``busy_after`` at the pace seen so far (`Pace`); an executor whose task has run longer
-gets nothing more and hands back what it holds unstarted (a take-back: `TAKE_BACK_SIGNAL`); and
-ready jobs that no executor here can start for 5x ``busy_after`` go back to the queue for
-another worker (`_rebalance`).
+Which executor gets which ready job, and when jobs move away from a long task, is the
+`Balancer`'s (`balance.py`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -24,19 +20,15 @@ from ..config import WorkerOptions
 from ..errors import ExecutorLost, HyrexLikeError, TaskTimeout, WorkerError
 from ..registry import HyrexRegistry
 from ..states import RunStatus
+from .balance import Balancer
 from .ledger import Ledger
-from .pacing import Pace
 from .pipe import ExecutorHandle
 from .processes import executor_exited, kill_executor_group
-from .protocol import ERR, OK, READY, SKIP, TOP_UP_BYTES, Job, encode_batch
+from .protocol import ERR, OK, READY, SKIP, Job
 from .spawn import Spawner
 
 _COMPLETED = RunStatus.COMPLETED
 _FAILED = RunStatus.FAILED
-
-HAND_OVER_FACTOR = 5
-"""Ready jobs go back to the queue once every executor's task has run this many times
-``busy_after`` (1 s by default), and a take-back left unanswered is asked again as often."""
 
 
 class ExecutorPool:
@@ -65,125 +57,13 @@ class ExecutorPool:
         self.spawner = Spawner(registry, app, options, worker_id, ledger, self.executors)
         self._startup_failures = 0
         self._debug = options.log_level == "debug"
-        self.pace = Pace(options.busy_after, options.prefetch)
-        ledger.depth = self.pace.depth()
-        self.hand_over_after = HAND_OVER_FACTOR * options.busy_after
-        self._rebalance_at = math.inf  # when `_rebalance` next has something to do
+        self.balance = Balancer(self.executors, ledger, self.spawner, options, log)
 
     # ---------------------------------------------------------------- dispatching
 
     def dispatch(self) -> None:
-        """Hand ready jobs to executors: a batch to each idle one, spread evenly, and a top-up
-        to a busy one whose queue runs short, so it never waits for the parent's round trips.
-        A batch holds what starts within ``busy_after`` (`Pace.fit`); an executor busy with a
-        long task gets nothing (see `_rebalance`)."""
-        now = time.monotonic()
-        # (inf with jobs ready: a claim landed while every executor was busy with a long task)
-        if now >= self._rebalance_at or (self.ledger.ready and self._rebalance_at == math.inf):
-            self._rebalance(now)
-        ledger = self.ledger
-        if not ledger.ready:
-            return
-        prefetch = self.options.prefetch
-        pace = self.pace
-        assigned = ledger.assigned
-        long_at = ledger.long_at
-        open_: list[tuple[ExecutorHandle, float]] = []  # with the work queued there
-        for ex in self.executors:
-            held = assigned[ex.index]
-            if not ex.ready:
-                continue
-            if not held:
-                open_.append((ex, 0.0))
-            # At most one unread batch may sit in the pipe, and a small one, so a send can
-            # never block on an executor busy with a long task.
-            elif (
-                len(ex.batches) == 1
-                and len(held) <= prefetch // 2
-                and now < long_at[ex.index]
-                and ex.head_started is not None
-            ):
-                ahead = pace.ahead(held, now - ex.head_started)
-                if ahead * 2 < pace.horizon:
-                    open_.append((ex, ahead))
-        if not open_:
-            return
-        share = max(1, min(prefetch, math.ceil(len(ledger.ready) / len(open_))))
-        for ex, ahead in sorted(open_, key=lambda e: len(assigned[e[0].index])):
-            if not ledger.ready:
-                break
-            held = assigned[ex.index]
-            room = pace.fit(ledger.ready, min(share, prefetch - len(held)), ahead)
-            batch = ledger.next_batch(room, TOP_UP_BYTES if held else None)
-            if not batch:  # one big job: wait until it is idle
-                continue
-            if not held:
-                ex.head_started = now
-                long_at[ex.index] = now + pace.horizon
-                self._rebalance_at = min(self._rebalance_at, now + pace.horizon)
-            ledger.assign(ex.index, batch)
-            ex.batches.append(len(batch))
-            try:
-                ex.conn.send_bytes(encode_batch(batch))
-            except OSError:
-                pass  # the executor died; reap hands its jobs on
-            if self._debug:
-                for job in batch:
-                    self.log.debug(
-                        "task_started",
-                        task_id=str(job.task_id),
-                        task_name=job.task_name,
-                        attempt=job.attempt,
-                        executor=ex.process.pid,
-                    )
-
-    def _rebalance(self, now: float) -> None:
-        """Take back what waits behind a long task (once per task, asked again if it went
-        unanswered), and hand the ready jobs over to other workers once no executor here can
-        start them soon."""
-        ledger = self.ledger
-        next_at = math.inf
-        blocked_since = -math.inf  # (when the last executor stopped taking work)
-        open_ = False
-        for ex in self.executors:
-            held = ledger.assigned[ex.index]
-            long_at = ledger.long_at[ex.index]
-            if not ex.ready:
-                blocked_since = max(blocked_since, ex.born)  # starting: soon open
-                continue
-            if not held or ex.head_started is None:
-                open_ = True
-                continue
-            if now < long_at:
-                open_ = True
-                next_at = min(next_at, long_at)
-                continue
-            blocked_since = max(blocked_since, ex.head_started)
-            if len(held) > 1:
-                again = ex.took_back_at + self.hand_over_after
-                if ex.took_back_for is not held[0] or now >= again:
-                    ex.took_back_for, ex.took_back_at = held[0], now
-                    again = now + self.hand_over_after
-                    self.spawner.take_back(ex)
-                next_at = min(next_at, again)
-        if ledger.ready and not open_ and not ledger.stopping:
-            hand_over_at = blocked_since + self.hand_over_after
-            if now >= hand_over_at:
-                self._hand_over()
-            else:
-                next_at = min(next_at, hand_over_at)
-        self._rebalance_at = next_at
-
-    def _hand_over(self) -> None:
-        jobs = list(self.ledger.ready)
-        self.ledger.hand_over()
-        self.log.info(
-            "tasks_handed_over",
-            count=len(jobs),
-            task_ids=[str(j.task_id) for j in jobs],
-            reason=f"every executor has been busy for over {self.hand_over_after:g}s; queued "
-            "again for a worker that can start them sooner",
-        )
+        """Hand ready jobs to executors (see `Balancer.dispatch`)."""
+        self.balance.dispatch()
 
     # ---------------------------------------------------------------- results
 
@@ -199,18 +79,13 @@ class ExecutorPool:
                     skipped: list[Job] = []
                     for result in msg:
                         self._on_result(ex, result, skipped)
-                    if skipped:  # in order, ahead of the others
-                        self.ledger.taken_back(skipped)
-                        self._rebalance_at = 0.0  # they may have to go to another worker
-                        if self._debug:
-                            self.log.debug(
-                                "tasks_taken_back", count=len(skipped), executor=ex.process.pid
-                            )
+                    if skipped:
+                        self.balance.taken_back(ex, skipped)
                 elif msg[0] == READY:
                     ex.ready = True
                     self._startup_failures = 0
             if messages:
-                self.ledger.depth = self.pace.depth()
+                self.ledger.depth = self.balance.pace.depth()
         except (EOFError, OSError):
             pass  # dead: reap deals with it
 
@@ -224,10 +99,7 @@ class ExecutorPool:
             if not ex.batches[0]:
                 ex.batches.popleft()
             if held:
-                ex.head_started = now = time.monotonic()
-                long_at = ledger.long_at[ex.index] = now + self.pace.horizon
-                if long_at < self._rebalance_at:
-                    self._rebalance_at = long_at
+                self.balance.head_started(ex, time.monotonic())
             else:
                 ex.head_started = None
         else:
@@ -238,11 +110,11 @@ class ExecutorPool:
             position, job = found
             ex.answered_at(position)
         if kind == OK:
-            self.pace.observe(job.task_name, msg[4] - msg[3])
+            self.balance.pace.observe(job.task_name, msg[4] - msg[3])
             ledger.finish(job, _COMPLETED, True, msg[5], None, None, None, msg[3], msg[4])
         elif kind == ERR:
             _, _, _, started, finished, etype, emsg, tb, retryable = msg
-            self.pace.observe(job.task_name, finished - started)
+            self.balance.pace.observe(job.task_name, finished - started)
             ledger.finish(job, _FAILED, retryable, None, etype, emsg, tb, started, finished)
         elif kind == SKIP:
             skipped.append(job)
@@ -393,7 +265,7 @@ class ExecutorPool:
     def timeout_deadlines(self) -> list[float]:
         """When each running attempt with a timeout runs out (monotonic), and when jobs held
         behind long tasks are next taken back or handed over."""
-        out = [self._rebalance_at]
+        out = [self.balance.next_at]
         for ex in self.executors:
             held = self.ledger.assigned[ex.index]
             if held and ex.head_started is not None and held[0].timeout:
