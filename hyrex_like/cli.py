@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 _NUMERIC_FLAGS = {
     "--processes": "processes",
     "--prefetch": "prefetch",
+    "--busy-after": "busy_after",
     "--grace-period": "grace_period",
     "--stale-after": "stale_after",
     "--heartbeat-interval": "heartbeat_interval",
@@ -37,7 +38,7 @@ _NUMERIC_FLAGS = {
 def _bounded(name: str) -> Callable[[str], Any]:
     """A parser for the flag behind ``WorkerOptions.<name>``: its type and its bounds."""
     field = WorkerOptions.model_fields[name]
-    whole = field.annotation is int
+    whole = field.annotation in (int, int | None)
     low: float | None = None
     low_strict = False
     high: float | None = None
@@ -155,8 +156,18 @@ def _parser() -> argparse.ArgumentParser:
         "--prefetch",
         type=_bounded("prefetch"),
         default=_default("prefetch"),
-        help="tasks an executor holds at most: a batch when idle, topped up when half done; "
-        "lower it for long tasks, raise it for many tiny ones (default: %(default)s)",
+        help="tasks handed to an executor at once (fewer for longer tasks), and a cap of "
+        "processes x prefetch on what the worker holds (default: auto: 16 per executor, and "
+        "while the queue is deep the worker claims ahead what starts within 0.2 s)",
+    )
+    w.add_argument(
+        "--busy-after",
+        type=_bounded("busy_after"),
+        default=_default("busy_after"),
+        help="seconds a task may run before its executor counts as busy with a long task: "
+        "the tasks queued behind it are taken back to run elsewhere and it takes no new ones; "
+        "claimed tasks no executor can start for 5x this long go back to the queue for another "
+        "worker (default: %(default)s)",
     )
     w.add_argument(
         "--grace-period",
@@ -246,6 +257,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             queues=tuple(args.queues),
             processes=args.processes,
             prefetch=args.prefetch,
+            busy_after=args.busy_after,
             grace_period=args.grace_period,
             stale_after=args.stale_after,
             heartbeat_interval=args.heartbeat_interval,

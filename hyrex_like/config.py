@@ -121,6 +121,10 @@ def default_processes(cpu_count: Callable[[], int | None] = os.cpu_count) -> int
     return max(1, min(cpu_count() or 1, MAX_PROCESSES))
 
 
+AUTO_PREFETCH = 16
+"""Jobs handed to an executor at once when ``--prefetch`` is not given."""
+
+
 class WorkerOptions(BaseModel):
     """How a worker runs. The CLI maps its flags onto these."""
 
@@ -129,9 +133,11 @@ class WorkerOptions(BaseModel):
     queues: tuple[str, ...] = ()
     """Queues to serve; empty means every queue."""
     processes: int = Field(default_factory=default_processes, ge=1, le=MAX_PROCESSES)
-    prefetch: int = Field(default=16, ge=1, le=10_000)
-    """Most jobs handed to an executor at once (raise it for many tiny tasks); fewer for
-    longer tasks (see `busy_after`)."""
+    prefetch: int | None = Field(default=None, ge=1, le=10_000)
+    """Most jobs handed to an executor at once; fewer for longer tasks (see `busy_after`).
+    None (auto): 16, and while the queue is deep the worker claims ahead what its executors
+    will start within a fraction of a second at the pace they show. A number also caps what
+    the worker holds at ``processes x prefetch``."""
     busy_after: float = Field(default=0.2, ge=0.001, le=60.0)
     """Seconds a task may run before its executor counts as busy with a long task: it gets no
     more jobs, the jobs queued behind that task are taken back to run elsewhere, and claims
@@ -149,6 +155,11 @@ class WorkerOptions(BaseModel):
     worker stops (at start, a refusal stops it at once)."""
     log_level: str = "info"
     log_format: str = "console"
+
+    @property
+    def handoff(self) -> int:
+        """Most jobs handed to an executor at once: ``prefetch``, or 16 when auto."""
+        return self.prefetch or AUTO_PREFETCH
 
     @field_validator("queues")
     @classmethod

@@ -46,7 +46,7 @@ def new_stats() -> dict[str, int]:
         RunStatus.COMPLETED.value: 0,
         "failed_attempts": 0,
         RunStatus.INTERRUPTED.value: 0,  # by the shutdown: requeued, not the task's fault
-        "given_back": 0,  # claimed, never started: handed back at shutdown
+        "given_back": 0,  # claimed, never started: handed back (shutdown or hand-over)
         RunStatus.TIMED_OUT.value: 0,
         RunStatus.LOST.value: 0,
         "rescued": 0,
@@ -168,7 +168,8 @@ class Dispatcher:
             queues=list(self.options.queues) or "*",
             tasks=self.task_names,
             processes=self.options.processes,
-            prefetch=self.options.prefetch,
+            prefetch=self.options.prefetch or "auto",
+            busy_after=self.options.busy_after,
             database=redact_dsn(store.url()),
             schema=store.schema,
         )

@@ -124,7 +124,7 @@ def _cli_accepts(flag: str, text: str) -> bool:
 def test_every_numeric_worker_option_has_a_flag_with_the_models_bounds():
     """The CLI refuses exactly what WorkerOptions refuses, value by value around each bound."""
     fields = WorkerOptions.model_fields
-    numeric = {name for name, f in fields.items() if f.annotation in (int, float)}
+    numeric = {name for name, f in fields.items() if f.annotation in (int, float, int | None)}
     assert set(cli._NUMERIC_FLAGS.values()) == numeric
     # the heartbeat rule spans two options: keep the other one out of its way
     others = {
@@ -132,7 +132,7 @@ def test_every_numeric_worker_option_has_a_flag_with_the_models_bounds():
         "heartbeat_interval": {"stale_after": 1e12},
     }
     for flag, field in cli._NUMERIC_FLAGS.items():
-        whole = fields[field].annotation is int
+        whole = fields[field].annotation in (int, int | None)
         bounds = [
             float(getattr(b, attr))
             for b in fields[field].metadata

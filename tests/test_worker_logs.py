@@ -142,7 +142,16 @@ def test_shutdown_counts_interrupted_attempts_apart_and_logs_each_requeued_task(
 ):
     running = wapp.nap.send({"n": 1, "seconds": 60})  # outlives the grace period
     w = app_worker(
-        "--processes", "1", "--prefetch", "4", "--grace-period", "0.5", "--log-format", "json"
+        "--processes",
+        "1",
+        "--prefetch",
+        "4",
+        "--busy-after",
+        "60",
+        "--grace-period",
+        "0.5",
+        "--log-format",
+        "json",
     )
     wait_until(lambda: read_events(out_dir, "start"), 30, what="the long task to start")
     waiting = [wapp.record.send({"n": i}) for i in range(3)]  # claimed behind it, not started

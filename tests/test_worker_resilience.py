@@ -106,6 +106,8 @@ def test_worker_rides_out_a_database_outage_keeping_finished_results_until_it_is
         "2",
         "--prefetch",
         "4",
+        "--busy-after",  # 0.3 s tasks claimed ahead: none is handed over meanwhile
+        "5",
         "--database-url",
         db_proxy.url,
         env={"HYREX_LIKE_DATABASE_URL": db_proxy.url},
@@ -184,7 +186,10 @@ def test_sigterm_finishes_running_tasks_and_gives_back_unstarted_ones(
     wapp, app_worker, out_dir, database_url, schema
 ):
     handles = wapp.nap.send_many([{"n": i, "seconds": 1.5} for i in range(8)])
-    w = app_worker("--processes", "2", "--prefetch", "4", "--grace-period", "20")
+    # 1.5 s tasks held behind the running ones (--busy-after: none is handed over before)
+    w = app_worker(
+        "--processes", "2", "--prefetch", "4", "--busy-after", "10", "--grace-period", "20"
+    )
     starts = wait_until(
         lambda: len(read_events(out_dir, "start")) == 2 and read_events(out_dir, "start"), 30
     )

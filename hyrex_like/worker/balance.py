@@ -44,7 +44,7 @@ class Balancer:
         self.options = options
         self.log = log
         self._debug = options.log_level == "debug"
-        self.pace = Pace(options.busy_after, options.prefetch)
+        self.pace = Pace(options.busy_after, options.handoff)
         ledger.depth = self.pace.depth()
         self.hand_over_after = HAND_OVER_FACTOR * options.busy_after
         self.next_at = math.inf  # when `rebalance` next has something to do (monotonic)
@@ -61,7 +61,7 @@ class Balancer:
         ledger = self.ledger
         if not ledger.ready:
             return
-        prefetch = self.options.prefetch
+        prefetch = self.options.handoff
         pace = self.pace
         assigned = ledger.assigned
         long_at = ledger.long_at

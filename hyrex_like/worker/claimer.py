@@ -17,11 +17,15 @@ import psycopg
 
 from ..config import WorkerOptions
 from ..db import ClaimedRow, WorkerQueries
+from ..states import RunStatus
 from .connection import DB_ERRORS, Connections, wait_for
 from .ledger import Ledger
 from .protocol import Job
 
+_COMPLETED = RunStatus.COMPLETED.value
+
 CLAIM_MAX = 1_000  # rows per claim statement
+AHEAD_SECONDS = 0.2  # auto prefetch: hold at most what starts within this long at the pace seen
 FIRST_CLAIM_MAX = 100  # until something was claimed: executors start on it ~15 ms sooner
 
 
@@ -60,6 +64,12 @@ class Claimer:
         self.log = log
         self.round: _Round | None = None
         self.next_poll = 0.0
+        # auto prefetch: extra room while claims come back full (a deep queue), sized by the
+        # pace tasks finish at, so claims and writes are batches of hundreds, not of 32
+        self.ahead = 0
+        self._auto = options.prefetch is None
+        self._rate = 0.0  # attempts finished per second, smoothed
+        self._rate_at = (time.monotonic(), 0)
         self._debug = options.log_level == "debug"
 
     def poll(self, now: float) -> None:
@@ -79,10 +89,10 @@ class Claimer:
         ledger = self.ledger
         if not ledger.claim_wanted or ledger.stopping:
             return 0
-        free = ledger.room(time.monotonic())
+        free = ledger.room(time.monotonic(), self.ahead)
         if free <= 0:
             return 0
-        capacity = self.options.processes * ledger.depth
+        capacity = self.options.processes * ledger.depth + self.ahead
         if free * 4 >= capacity or ledger.unstarted() < self.options.processes * 2:
             # A claim is one statement: past ~1,000 rows it takes long enough (~20 ms here)
             # that idle executors wait for it; the next claim follows at once.
@@ -114,6 +124,18 @@ class Claimer:
             job.error = exc
         return job
 
+    def _size_ahead(self, full: bool) -> None:
+        """Auto prefetch: with a deep queue (full claims), hold what starts within
+        `AHEAD_SECONDS` at the pace attempts finish (at most two claims' worth); else nothing
+        beyond `Ledger.room`. What cannot start soon is handed over anyway (`Balancer`)."""
+        now = time.monotonic()
+        done = self.stats[_COMPLETED] + self.stats["failed_attempts"]
+        then, before = self._rate_at
+        if now - then >= 0.05:
+            self._rate = 0.5 * self._rate + 0.5 * (done - before) / (now - then)
+            self._rate_at = (now, done)
+        self.ahead = min(2 * CLAIM_MAX, int(self._rate * AHEAD_SECONDS)) if full else 0
+
     def settle(self, deadline: float) -> bool:
         """Take in the claim in flight if it has ended, waiting until ``deadline`` at most.
         False if it is still running."""
@@ -137,8 +159,11 @@ class Claimer:
             self.conns.lost(job.error)
 
     def _take(self, rows: list[ClaimedRow], asked: int) -> None:
-        if len(rows) == asked:  # a full batch means more may be waiting
+        full = len(rows) == asked
+        if full:  # a full batch means more may be waiting
             self.ledger.claim_wanted = True
+        if self._auto:
+            self._size_ahead(full)
         if len({r.priority for r in rows}) > 1:
             # the statement picks by priority but returns rows in no set order
             rows = sorted(rows, key=lambda r: -r.priority)

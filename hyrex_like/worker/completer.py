@@ -208,14 +208,17 @@ class Completer:
             self._marked.update((task_id, attempt) for task_id, attempt, _ in job.marks)
         if batch.giveback and not job.gave_back:
             self.ledger.write_failed(batch.giveback, None)
-        elif batch.giveback:  # only a stopping worker gives tasks back
+        elif batch.giveback:
             self.observer.given_back(len(batch.giveback))
             self.stats["given_back"] += len(batch.giveback)
             self.log.info(
                 "tasks_given_back",
                 count=len(batch.giveback),
                 task_ids=[str(j.task_id) for j in batch.giveback],
-                reason="claimed but not started before the shutdown; queued again as they were",
+                reason="claimed but not started before the shutdown; queued again as they were"
+                if self.ledger.stopping
+                else "handed over: no executor of this worker could start them soon; queued "
+                "again as they were",
             )
         if job.returned is None:
             self.ledger.write_failed(None, batch.finished)

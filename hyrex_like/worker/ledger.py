@@ -218,14 +218,15 @@ class Ledger:
     def running(self) -> int:
         return sum(1 for jobs in self.assigned if jobs)
 
-    def room(self, now: float) -> int:
+    def room(self, now: float, ahead: int = 0) -> int:
         """How many more jobs could start soon: `depth` per executor not busy with a long
-        task, less what this worker holds beyond those long tasks (<= 0: claim nothing)."""
+        task (plus ``ahead`` while a deep queue is drained fast), less what this worker holds
+        beyond those long tasks (<= 0: claim nothing)."""
         long = sum(1 for at in self.long_at if at <= now)
         open_slots = len(self.long_at) - long
         if not open_slots:
             return 0
-        return open_slots * self.depth - (self.in_flight() - long)
+        return open_slots * self.depth + ahead - (self.in_flight() - long)
 
     def unstarted(self) -> int:
         """Claimed jobs not running yet: ready, and queued behind an executor's head."""
