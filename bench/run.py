@@ -325,7 +325,17 @@ def explain_finish(url: str, limit: int) -> str:
         now = time.time()
         done = [
             FinishedRow(
-                r.id, r.task_name, r.attempt, "completed", True, "null", None, None, None, now, now
+                r.task_id,
+                r.task_name,
+                r.attempt,
+                "completed",
+                True,
+                "null",
+                None,
+                None,
+                None,
+                now,
+                now,
             )
             for r in rows
         ]

@@ -98,9 +98,17 @@ class Dispatcher:
             self.stats,
             self.on_error.call,
             self.log,
+            self.observer,
         )
         self.claimer = Claimer(
-            self.ledger, self.conns, options, self.worker_id, self.task_names, self.stats, self.log
+            self.ledger,
+            self.conns,
+            options,
+            self.worker_id,
+            self.task_names,
+            self.stats,
+            self.log,
+            self.observer,
         )
         self.completer = Completer(
             self.ledger,

@@ -162,7 +162,17 @@ def test_finishing_and_giving_back_a_batch_look_up_each_task_on_a_small_table(
         now = time.time()
         done_rows = [
             FinishedRow(
-                r.id, r.task_name, r.attempt, "completed", True, "1", None, None, None, now, now
+                r.task_id,
+                r.task_name,
+                r.attempt,
+                "completed",
+                True,
+                "1",
+                None,
+                None,
+                None,
+                now,
+                now,
             )
             for r in rows
         ]
@@ -171,7 +181,7 @@ def test_finishing_and_giving_back_a_batch_look_up_each_task_on_a_small_table(
     def give_back(rows: list) -> dict:  # type: ignore[type-arg]
         return {
             "worker_id": wid,
-            "task_ids": [r.id for r in rows],
+            "task_ids": [r.task_id for r in rows],
             "attempts": [r.attempt for r in rows],
         }
 

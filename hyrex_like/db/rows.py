@@ -103,15 +103,19 @@ class NewTask:
         )
 
 
-class ClaimedRow(NamedTuple):
-    id: uuid.UUID
+@dataclass(slots=True)
+class ClaimedRow:
+    """A claimed attempt, as `claim_tasks` returns it (in its column order). The worker's
+    `Job` is this row with its wire form for the executor pipe."""
+
+    task_id: uuid.UUID
     task_name: str
     queue: str
     priority: int
-    args: str
+    args: str  # the payload's JSON text
     attempt: int
     max_retries: int
-    timeout_seconds: float | None
+    timeout: float | None
     parent_id: uuid.UUID | None
     root_id: uuid.UUID | None
 

@@ -5,15 +5,17 @@ connection from a bad row."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from .queries import q
 from .rows import ClaimedRow, FinishedRow, _array_literal, _array_text
+
+R = TypeVar("R", bound=ClaimedRow)
 
 # Session settings of the worker's connections: queue tables outgrow their statistics, and the
 # planner then sorts the whole queue per claim. Every worker statement is an index lookup or an
@@ -48,7 +50,10 @@ class WorkerQueries:
         task_names: list[str],
         queues: list[str],
         limit: int,
-    ) -> list[ClaimedRow]:
+        make: Callable[..., R] = ClaimedRow,  # type: ignore[assignment]
+    ) -> list[R]:
+        """Claim up to ``limit`` tasks; each row made by ``make`` (a `ClaimedRow` or a
+        subclass, such as the worker's `Job`)."""
         cur = conn.execute(
             q("claim_tasks"),
             {
@@ -59,7 +64,7 @@ class WorkerQueries:
             },
             prepare=True,
         )
-        return [ClaimedRow._make(row) for row in cur.fetchall()]
+        return [make(*row) for row in cur.fetchall()]
 
     @staticmethod
     def finish_params(worker_id: uuid.UUID, rows: Sequence[FinishedRow]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ..config import WorkerOptions
+from ..observer import WorkerObserver
 from .ledger import Ledger
 from .pacing import Pace
 from .pipe import ExecutorHandle
@@ -37,7 +38,9 @@ class Balancer:
         spawner: Spawner,
         options: WorkerOptions,
         log: Any,
+        observer: WorkerObserver | None = None,
     ) -> None:
+        self.observer = observer or WorkerObserver()
         self.executors = executors
         self.ledger = ledger
         self.spawner = spawner
@@ -98,6 +101,7 @@ class Balancer:
                 self.head_started(ex, now)
             ledger.assign(ex.index, batch)
             ex.batches.append(len(batch))
+            self.observer.dispatched(ex.index, len(batch))
             try:
                 ex.conn.send_bytes(encode_batch(batch))
             except OSError:

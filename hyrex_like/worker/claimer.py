@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from ..config import WorkerOptions
-from ..db import ClaimedRow, WorkerQueries
+from ..db import WorkerQueries
+from ..observer import WorkerObserver
 from ..states import RunStatus
 from .connection import DB_ERRORS, Connections, wait_for
 from .ledger import Ledger
@@ -36,7 +37,8 @@ class _Round:
     db: psycopg.Connection[Any]
     claim: int
     generation: int
-    claimed: list[ClaimedRow] | None = None
+    claimed: list[Job] | None = None
+    seconds: float = 0.0  # the claim statement's time
     error: BaseException | None = None
     future: Future[_Round] | None = None  # set while it runs on the claimer's thread
 
@@ -53,7 +55,9 @@ class Claimer:
         task_names: list[str],
         stats: dict[str, int],
         log: Any,
+        observer: WorkerObserver | None = None,
     ) -> None:
+        self.observer = observer or WorkerObserver()
         self.ledger = ledger
         self.conns = conns
         self.options = options
@@ -117,9 +121,11 @@ class Claimer:
     def _run(self, job: _Round) -> _Round:
         """On the claimer's thread."""
         try:
+            began = time.perf_counter()
             job.claimed = WorkerQueries.claim(
-                job.db, self.worker_id, self.task_names, self.queues, job.claim
+                job.db, self.worker_id, self.task_names, self.queues, job.claim, Job
             )
+            job.seconds = time.perf_counter() - began
         except DB_ERRORS as exc:
             job.error = exc
         return job
@@ -151,6 +157,7 @@ class Claimer:
 
     def _apply(self, job: _Round) -> None:
         if job.claimed is not None:
+            self.observer.claimed(job.claim, len(job.claimed), job.seconds)
             self._take(job.claimed, job.claim)
         else:
             self.ledger.claim_wanted = True  # the claim failed: what it was for is still waiting
@@ -158,30 +165,15 @@ class Claimer:
         if job.error is not None and job.generation == self.conns.generation:
             self.conns.lost(job.error)
 
-    def _take(self, rows: list[ClaimedRow], asked: int) -> None:
-        full = len(rows) == asked
+    def _take(self, jobs: list[Job], asked: int) -> None:
+        full = len(jobs) == asked
         if full:  # a full batch means more may be waiting
             self.ledger.claim_wanted = True
         if self._auto:
             self._size_ahead(full)
-        if len({r.priority for r in rows}) > 1:
+        if len({j.priority for j in jobs}) > 1:
             # the statement picks by priority but returns rows in no set order
-            rows = sorted(rows, key=lambda r: -r.priority)
-        jobs = [
-            Job(
-                row.id,
-                row.task_name,
-                row.queue,
-                row.priority,
-                row.args,
-                row.attempt,
-                row.max_retries,
-                row.timeout_seconds,
-                row.parent_id,
-                row.root_id,
-            )
-            for row in rows
-        ]
+            jobs = sorted(jobs, key=lambda j: -j.priority)
         self.ledger.claimed(jobs)  # (given back at once if the worker stopped meanwhile)
         if self._debug:
             for job in jobs:
@@ -192,4 +184,4 @@ class Claimer:
                     attempt=job.attempt,
                     queue=job.queue,
                 )
-        self.stats["claimed"] += len(rows)
+        self.stats["claimed"] += len(jobs)

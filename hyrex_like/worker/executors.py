@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import WorkerOptions
 from ..errors import ExecutorLost, HyrexLikeError, TaskTimeout, WorkerError
+from ..observer import WorkerObserver
 from ..registry import HyrexRegistry
 from ..states import RunStatus
 from .balance import Balancer
@@ -44,6 +45,7 @@ class ExecutorPool:
         stats: dict[str, int],
         on_error: Callable[[Job, HyrexLikeError], None],
         log: Any,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.registry = registry
         self.app = app
@@ -57,7 +59,7 @@ class ExecutorPool:
         self.spawner = Spawner(registry, app, options, worker_id, ledger, self.executors)
         self._startup_failures = 0
         self._debug = options.log_level == "debug"
-        self.balance = Balancer(self.executors, ledger, self.spawner, options, log)
+        self.balance = Balancer(self.executors, ledger, self.spawner, options, log, observer)
 
     # ---------------------------------------------------------------- dispatching
 

@@ -14,21 +14,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..db.rows import ClaimedRow
+
 
 @dataclass(slots=True)
-class Job:
-    """A claimed task attempt, as handed to an executor."""
-
-    task_id: uuid.UUID
-    task_name: str
-    queue: str
-    priority: int
-    args: str
-    attempt: int
-    max_retries: int
-    timeout: float | None
-    parent_id: uuid.UUID | None
-    root_id: uuid.UUID | None
+class Job(ClaimedRow):
+    """A claimed task attempt (the claim's row), as handed to an executor."""
 
     def wire(self) -> tuple[Any, ...]:
         """The job as sent to an executor: a plain tuple, ids as bytes (cheap to pickle)."""
