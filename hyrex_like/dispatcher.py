@@ -16,13 +16,12 @@ import math
 import multiprocessing.connection as mpc
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from .config import MAX_PROCESSES, WorkerOptions, default_processes, redact_dsn
 from .errors import ConfigurationError, WorkerError
 from .logs import get_logger
-from .observer import GuardedObserver, WorkerObserver, times_steps
+from .observer import GuardedObserver, WorkerObserver, timed, times_steps
 from .registry import HyrexRegistry
 from .states import RunStatus
 from .worker.claimer import Claimer
@@ -198,7 +197,8 @@ class Dispatcher:
 
     def _timed_step(self) -> None:
         """`_step` with each step's time reported to the observer."""
-        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+        timed(
+            self.observer,
             ("sync", self._sync),
             ("dispatch", self.pool.dispatch),
             ("wait", self._wait),
@@ -207,10 +207,6 @@ class Dispatcher:
             ("enforce_timeouts", self.pool.enforce_timeouts),
             ("poll", lambda: self.claimer.poll(time.monotonic())),
         )
-        for name, step in steps:
-            began = time.perf_counter()
-            step()
-            self.observer.step(name, time.perf_counter() - began)
 
     def _rescued(self, tasks: int) -> None:
         """From the upkeep thread: tasks of dead workers are queued again; claim them."""

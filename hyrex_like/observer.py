@@ -93,6 +93,14 @@ class GuardedObserver(WorkerObserver):
         self._call("maintenance_skipped", why)
 
 
+def timed(observer: WorkerObserver, *steps: tuple[str, Callable[[], object]]) -> None:
+    """Run ``steps`` in order, telling ``observer`` how long each took."""
+    for name, step in steps:
+        began = time.perf_counter()
+        step()
+        observer.step(name, time.perf_counter() - began)
+
+
 def times_steps(observer: WorkerObserver | None) -> bool:
     """Whether ``observer`` wants the loop's steps timed (it overrides `step`)."""
     if isinstance(observer, GuardedObserver):

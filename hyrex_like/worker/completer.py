@@ -3,7 +3,7 @@ started, on the writer's thread and connection, and logs each outcome once it is
 
 Results wait in the ledger while the database is away and are written when it is back; the
 write is guarded (task still ours, same attempt), so writing twice is harmless. A round also
-records when bodies still running began (`MARK_AFTER`), so a rescuer can tell an attempt a
+records when bodies still running began (`marks`), so a rescuer can tell an attempt a
 dead worker had started (lost) from a claim it never began (undone).
 """
 
@@ -25,6 +25,7 @@ from ..observer import WorkerObserver
 from ..states import RunStatus, TaskStatus
 from .connection import DB_ERRORS, Connections, describe, wait_for
 from .ledger import Ledger, WriteBatch
+from .marks import Mark, StartMarks
 from .protocol import Job
 
 _COMPLETED = RunStatus.COMPLETED
@@ -33,13 +34,6 @@ _QUEUED_STR = TaskStatus.QUEUED.value
 _FAILED_STR = TaskStatus.FAILED.value
 
 Returned = list[tuple[uuid.UUID, str, datetime, int]]
-Mark = tuple[uuid.UUID, int, float]  # task id, attempt, when its body began (epoch seconds)
-
-MARK_AFTER = 0.2
-"""Seconds a body runs before its start is written (`mark_runs_started`). A shorter task never
-needs it (its result carries its start), so short tasks cost no extra write; a longer one
-costs one row in one statement of a round. A whole-worker crash undoes, rather than records
-as lost, an attempt begun less than about this long (plus a loop turn) before it."""
 
 
 @dataclass
@@ -81,8 +75,7 @@ class Completer:
         self._per_task = per_task  # a line per completed task (debug: it costs ~40 us each)
         self.observer = observer or WorkerObserver()
         self._settle_claim = settle_claim  # a claim's rows go back before the last write
-        self._running_heads = running_heads  # each running attempt, with its start (monotonic)
-        self._marked: set[tuple[uuid.UUID, int]] = set()  # heads whose start is written
+        self.marks = StartMarks(running_heads)
         self.round: _Round | None = None
         self.retry_at = math.inf  # when the next retry written so far becomes due
 
@@ -90,7 +83,7 @@ class Completer:
         """Start a write on the writer's thread, if none is in flight and one is needed."""
         if self.round is not None:
             return
-        marks = self._due_marks()
+        marks = self.marks.due()
         if not marks and not self.ledger.has_unwritten():
             return
         db = self.conns.ensure()
@@ -99,38 +92,12 @@ class Completer:
             job.future = self.conns.run(self.conns.writer, db, self._run, job)
             self.round = job
 
-    def _due_marks(self) -> list[Mark]:
-        """Heads running for `MARK_AFTER` seconds or more whose start is not written yet."""
-        heads = self._running_heads()
-        if not heads:
-            self._marked.clear()
-            return []
-        now = time.monotonic()
-        wall = time.time() - now  # monotonic -> epoch seconds
-        keep: set[tuple[uuid.UUID, int]] = set()
-        due: list[Mark] = []
-        for job, began in heads:
-            key = (job.task_id, job.attempt)
-            if key in self._marked:
-                keep.add(key)
-            elif now - began >= MARK_AFTER:
-                due.append((job.task_id, job.attempt, wall + began))
-        self._marked = keep  # forget heads that have ended
-        return due
-
     def next_mark(self) -> float:
         """When a running head becomes due for its start mark (monotonic; inf: none, or a
         round is in flight, whose end wakes the loop anyway)."""
         if self.round is not None:
             return math.inf
-        due = min(
-            (
-                began + MARK_AFTER
-                for job, began in self._running_heads()
-                if (job.task_id, job.attempt) not in self._marked
-            ),
-            default=math.inf,
-        )
+        due = self.marks.next_due()
         if due < math.inf and self.conns.db is None:
             due = max(due, self.conns.next_attempt)  # no spinning while the database is away
         return due
@@ -205,7 +172,7 @@ class Completer:
         batch = job.batch
         self.ledger.written(batch)
         if job.marked:  # (marks not written are due again at the next round)
-            self._marked.update((task_id, attempt) for task_id, attempt, _ in job.marks)
+            self.marks.written(job.marks)
         if batch.giveback and not job.gave_back:
             self.ledger.write_failed(batch.giveback, None)
         elif batch.giveback:
