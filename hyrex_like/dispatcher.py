@@ -16,6 +16,7 @@ import math
 import multiprocessing.connection as mpc
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .config import MAX_PROCESSES, WorkerOptions, default_processes, redact_dsn
@@ -130,6 +131,16 @@ class Dispatcher:
             observer=self.observer,
         )
         self._grace_deadline = math.inf
+        # The loop's steps, in order (named for the observer's `step` hook).
+        self._steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("sync", self._sync),  # take in ended rounds, start the next write and claim
+            ("dispatch", self.pool.dispatch),
+            ("wait", self._wait),  # pipes, sentinels, LISTEN, the wake pipe
+            ("collect", self.pool.collect),
+            ("reap", self.pool.reap),
+            ("enforce_timeouts", self.pool.enforce_timeouts),
+            ("poll", lambda: self.claimer.poll(time.monotonic())),
+        )
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -185,28 +196,10 @@ class Dispatcher:
         if self.signals.stop_requested and not self.ledger.stopping:
             self._begin_stop()
         if self._timed:
-            self._timed_step()
+            timed(self.observer, *self._steps)
             return
-        self._sync()
-        self.pool.dispatch()
-        self._wait()
-        self.pool.collect()
-        self.pool.reap()
-        self.pool.enforce_timeouts()
-        self.claimer.poll(time.monotonic())
-
-    def _timed_step(self) -> None:
-        """`_step` with each step's time reported to the observer."""
-        timed(
-            self.observer,
-            ("sync", self._sync),
-            ("dispatch", self.pool.dispatch),
-            ("wait", self._wait),
-            ("collect", self.pool.collect),
-            ("reap", self.pool.reap),
-            ("enforce_timeouts", self.pool.enforce_timeouts),
-            ("poll", lambda: self.claimer.poll(time.monotonic())),
-        )
+        for _, step in self._steps:
+            step()
 
     def _rescued(self, tasks: int) -> None:
         """From the upkeep thread: tasks of dead workers are queued again; claim them."""

@@ -191,56 +191,12 @@ class Completer:
             self.ledger.write_failed(None, batch.finished)
         elif batch.finished:
             self.observer.written(len(batch.finished), job.seconds)
-            self._after_write(batch.finished, job.returned)
+            due = log_outcomes(self.log, batch.finished, job.returned, self._per_task)
+            self.retry_at = min(self.retry_at, due)
         # A write that failed on connections replaced since must not reset the new ones (its
         # rows are back in the ledger).
         if job.error is not None and job.generation == self.conns.generation:
             self.conns.lost(job.error)
-
-    def _after_write(self, rows: Sequence[FinishedRow], returned: Returned) -> None:
-        now_wall = datetime.now(UTC)
-        by_id = {r.task_id: r for r in rows}
-        for task_id, status, run_after, attempts in returned:
-            row = by_id.get(task_id)
-            if status == _QUEUED_STR:
-                delay = (run_after - now_wall).total_seconds()
-                self.retry_at = min(self.retry_at, time.monotonic() + max(0.0, delay))
-                if row is not None and row.status is _INTERRUPTED:
-                    self.log.info(
-                        "task_requeued",
-                        task_id=str(task_id),
-                        task_name=row.task_name,
-                        attempt=row.attempt,
-                        reason="interrupted by the shutdown; this attempt does not count",
-                    )
-                elif row is not None:
-                    self.log.warning(
-                        "task_retry_scheduled",
-                        task_id=str(task_id),
-                        task_name=row.task_name,
-                        attempt=attempts,
-                        error_type=row.error_type,
-                        error=row.error_message,
-                        delay=round(max(0.0, delay), 3),
-                    )
-            elif status == _FAILED_STR:
-                self.log.error(
-                    "task_failed",
-                    task_id=str(task_id),
-                    attempt=attempts,
-                    task_name=row.task_name if row else None,
-                    error_type=row.error_type if row else None,
-                    error=row.error_message if row else None,
-                )
-        if self._per_task:
-            for row in rows:
-                if row.status is _COMPLETED:
-                    self.log.debug(
-                        "task_completed",
-                        task_id=str(row.task_id),
-                        task_name=row.task_name,
-                        attempt=row.attempt,
-                    )
 
     # ---------------------------------------------------------------- on the way out
 
@@ -312,3 +268,55 @@ class Completer:
                 task_ids=[str(i) for i in held],
                 hint="other workers requeue these tasks once this worker's heartbeat is stale",
             )
+
+
+def log_outcomes(
+    log: Any, rows: Sequence[FinishedRow], returned: Returned, per_task: bool
+) -> float:
+    """Log what a write decided for each attempt (retry, failure; each success if
+    ``per_task``); returns when the earliest retry it scheduled is due (monotonic)."""
+    retry_at = math.inf
+    now_wall = datetime.now(UTC)
+    by_id = {r.task_id: r for r in rows}
+    for task_id, status, run_after, attempts in returned:
+        row = by_id.get(task_id)
+        if status == _QUEUED_STR:
+            delay = (run_after - now_wall).total_seconds()
+            retry_at = min(retry_at, time.monotonic() + max(0.0, delay))
+            if row is not None and row.status is _INTERRUPTED:
+                log.info(
+                    "task_requeued",
+                    task_id=str(task_id),
+                    task_name=row.task_name,
+                    attempt=row.attempt,
+                    reason="interrupted by the shutdown; this attempt does not count",
+                )
+            elif row is not None:
+                log.warning(
+                    "task_retry_scheduled",
+                    task_id=str(task_id),
+                    task_name=row.task_name,
+                    attempt=attempts,
+                    error_type=row.error_type,
+                    error=row.error_message,
+                    delay=round(max(0.0, delay), 3),
+                )
+        elif status == _FAILED_STR:
+            log.error(
+                "task_failed",
+                task_id=str(task_id),
+                attempt=attempts,
+                task_name=row.task_name if row else None,
+                error_type=row.error_type if row else None,
+                error=row.error_message if row else None,
+            )
+    if per_task:
+        for row in rows:
+            if row.status is _COMPLETED:
+                log.debug(
+                    "task_completed",
+                    task_id=str(row.task_id),
+                    task_name=row.task_name,
+                    attempt=row.attempt,
+                )
+    return retry_at
