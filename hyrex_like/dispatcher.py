@@ -222,9 +222,9 @@ class Dispatcher:
 
     def _shutdown(self) -> int:
         """After the grace period: requeue what still runs, write everything, stop executors."""
-        self.maintenance.stop()  # before the final write marks the worker stopped
         self.pool.interrupt("the worker shut down before this attempt finished")
         self.pool.stop()
+        self.maintenance.stop()  # before the final write marks the worker stopped
         deadline = time.monotonic() + max(10.0, self.options.grace_period)
         written = self._final_flush(deadline)
         # on_error calls still running get what is left of the grace period
@@ -235,9 +235,9 @@ class Dispatcher:
     def _forced_shutdown(self) -> int:
         self.signals.default_handlers()
         self.log.warning("worker_forced_stop")
-        self.maintenance.stop(timeout=0.5)
         self.pool.interrupt("the worker was stopped at once (second signal)")
         self.pool.kill_all()
+        self.maintenance.stop(timeout=0.5)
         self.ledger.begin_stop()
         # One quick try; whatever is not written is requeued by other workers once our
         # heartbeat is stale.

@@ -1,9 +1,9 @@
 """Hooks a worker calls as it works: metrics, tracing and tests watch through them.
 
 Pass an instance to ``hy.worker(..., observer=...)`` (or ``Dispatcher(..., observer=...)``);
-override the methods you need, the rest do nothing. Each hook is called on the thread that did
-the work (the dispatch loop, the database thread or the maintenance thread), so keep it cheap
-and thread-safe; an exception it raises is logged once and otherwise ignored, never the
+override the methods you need, the rest do nothing. Each hook is called on the dispatch loop's
+thread, except `heartbeat`, `rescued` and `maintenance_skipped` (the upkeep thread), so keep
+it cheap and thread-safe; an exception it raises is logged once and otherwise ignored, never the
 worker's problem. With no observer the worker pays nothing for them.
 """
 
@@ -46,7 +46,8 @@ class WorkerObserver:
         found dead and ``tasks`` of their tasks queued again."""
 
     def maintenance_skipped(self, why: str) -> None:
-        """A maintenance round did not run (``why``: ``not_leader`` or ``database``)."""
+        """A maintenance round did not run (``why``: ``not_leader``, ``database`` or
+        ``error``)."""
 
 
 class GuardedObserver(WorkerObserver):

@@ -1,5 +1,6 @@
 -- Every SQL statement hyrex-like runs, each under a name ("-- name --" line), loaded once by
--- store.py. Tables are unqualified: connections set search_path to the configured schema.
+-- hyrex_like/db/queries.py. Tables are unqualified: connections set search_path to the
+-- configured schema.
 -- Statements take named parameters only; nothing here is built from strings at run time.
 
 -- insert_task --
@@ -51,7 +52,7 @@ WITH picked AS (
 SELECT id, task_name, queue, priority, args::text, attempt_count, max_retries,
        timeout_seconds, parent_id, root_id
 FROM claimed
-ORDER BY priority DESC
+ORDER BY priority DESC, id  -- the order executors start them in (ids are time-ordered)
 
 -- finish_runs --
 -- One round trip per batch of finished attempts. The guard (same attempt, same worker) makes a

@@ -210,7 +210,7 @@ class HyrexRegistry:
 
         The options are ``hyrex-like run-worker``'s (None: its default), checked now: a bad
         one raises `ConfigurationError` naming it. ``run()`` blocks until `Worker.stop` (or
-        SIGTERM/SIGINT from the main thread) and returns the exit code; ``start()``/``with``
+        SIGTERM/SIGINT/SIGHUP from the main thread) and returns the exit code; ``start()``/``with``
         run it on a thread. Executors import the app by ``app`` (``module:attribute``), by
         default the module-level name that holds this registry. Logging is configured only
         if ``log_level`` or ``log_format`` is given. ``observer`` (a `WorkerObserver`) is told

@@ -198,3 +198,20 @@ def test_recording_observer_waits_for_an_event_and_times_out_naming_it():
     assert events.wait_for("rescued", 1, timeout=10, where=lambda args: args[1] == 3) == (0, 3)
     with pytest.raises(TimeoutError, match="'heartbeat'"):
         events.wait_for("heartbeat", 1, timeout=0.05)
+
+
+def test_an_unexpected_database_error_is_logged_and_the_next_pass_runs_again(
+    upkeep, database_url, schema
+):
+    """Not a lost connection (the worker table is gone): the pass says so, the thread lives on."""
+    events = RecordingObserver()
+    m = upkeep(events)
+    m.run_once()
+    with _connect(database_url, schema) as db:
+        db.execute("ALTER TABLE worker RENAME TO worker_away")
+    m.run_once()  # raises nothing
+    assert events.last["maintenance_skipped"] == ("error",)
+    with _connect(database_url, schema) as db:
+        db.execute("ALTER TABLE worker_away RENAME TO worker")
+    m.run_once()
+    assert events.counts["heartbeat"] == 2

@@ -171,9 +171,6 @@ class Claimer:
             self.ledger.claim_wanted = True
         if self._auto:
             self._size_ahead(full)
-        if len({j.priority for j in jobs}) > 1:
-            # the statement picks by priority but returns rows in no set order
-            jobs = sorted(jobs, key=lambda j: -j.priority)
         self.ledger.claimed(jobs)  # (given back at once if the worker stopped meanwhile)
         if self._debug:
             for job in jobs:

@@ -247,7 +247,10 @@ class Executor:
                     return
                 pending.extend(batch)
                 continue
-            wire = pending.popleft()  # started from here on: a take-back no longer sees it
+            try:
+                wire = pending.popleft()  # started from here on: a take-back no longer sees it
+            except IndexError:  # a take-back emptied it since the check above
+                continue
             if _draining:
                 result = (SKIP, wire[_W_KEY], wire[_W_ATTEMPT])
             else:

@@ -47,10 +47,7 @@ class ExecutorPool:
         log: Any,
         observer: WorkerObserver | None = None,
     ) -> None:
-        self.registry = registry
         self.app = app
-        self.options = options
-        self.worker_id = worker_id
         self.ledger = ledger
         self.stats = stats
         self.on_error = on_error
@@ -58,7 +55,6 @@ class ExecutorPool:
         self.executors: list[ExecutorHandle] = []
         self.spawner = Spawner(registry, app, options, worker_id, ledger, self.executors)
         self._startup_failures = 0
-        self._debug = options.log_level == "debug"
         self.balance = Balancer(self.executors, ledger, self.spawner, options, log, observer)
 
     # ---------------------------------------------------------------- dispatching

@@ -107,6 +107,10 @@ class Maintenance:
             self._unavailable = True
             self.close()
             self.observer.maintenance_skipped("database")
+        except Exception as exc:  # never end the thread: a worker that stops beating is rescued
+            self.log.error("upkeep_failed", error=describe(exc))  # and its tasks run twice
+            self.close()
+            self.observer.maintenance_skipped("error")
 
     def _ensure(self) -> psycopg.Connection[Any]:
         if self.db is None or self.db.closed:
