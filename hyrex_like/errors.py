@@ -107,8 +107,25 @@ class ExecutorLost(TaskAttemptError):
     """The executor process running the attempt died."""
 
 
+class TaskCanceled(TaskAttemptError):
+    """The task was canceled while this attempt ran; its worker stopped it (a run's
+    ``error_type`` names it; ``on_error`` is not called for it)."""
+
+
+class UnknownTaskName(HyrexLikeError, LookupError):
+    """``hy.send(name, ...)`` named a task this registry does not know, and it refuses unknown
+    names (``HyrexRegistry(refuse_unknown_tasks=True)``)."""
+
+
+class KeyInUse(HyrexLikeError):
+    """A retry by hand would queue a task whose idempotency key another live task now holds."""
+
+
 __all__ = [
     "ExecutorLost",
+    "KeyInUse",
+    "TaskCanceled",
+    "UnknownTaskName",
     "TaskAttemptError",
     "TaskTimeout",
     "ConfigurationError",

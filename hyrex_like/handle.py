@@ -90,6 +90,9 @@ class TaskHandle(Generic[R]):
         self._row: TaskRow | None = None
         self._runs: list[TaskRun] = []
         self._result: Any = _UNSET
+        self.deduplicated = False
+        """True when a send with an idempotency key found a live task holding the key: this
+        handle is that task's, and the send wrote nothing."""
 
     def __repr__(self) -> str:
         # Unread, a handle comes from a send, which wrote the task queued.
@@ -194,6 +197,34 @@ class TaskHandle(Generic[R]):
         return self._loaded().root_id
 
     @property
+    def run_after(self) -> datetime | None:
+        """When a queued task becomes due (a delayed send, or a retry waiting out its backoff),
+        as of the last refresh; None unless the task is queued."""
+        row = self._loaded()
+        return row.run_after if row.status == TaskStatus.QUEUED else None
+
+    def cancel(self, *, children: bool = False) -> bool:
+        """Cancel the task: a queued one (delayed, or waiting for a retry, too) becomes
+        canceled and never runs; a running one is stopped by its worker within about a second
+        and ends canceled (its run too), never retried. With ``children``, the unfinished
+        tasks sent from it (at any depth) are canceled too.
+
+        True when the task was canceled or its stop requested; False when it had already
+        finished (nothing changes). Raises `TaskNotFound` if no such task exists. The handle
+        is refreshed.
+        """
+        return _cancel(self._store, self.id, children, self)
+
+    def retry(self) -> bool:
+        """Queue a failed or canceled task again, with a fresh retry budget (its attempt
+        numbers go on; its runs stay). False if it is not failed or canceled (nothing
+        changes). Raises `KeyInUse` if its idempotency key is now held by another live task.
+        The handle is refreshed."""
+        done = self._store.retry(self.id)
+        self.refresh()
+        return done
+
+    @property
     def row(self) -> TaskRow:
         """The whole task row as of the last refresh."""
         return self._loaded()
@@ -222,3 +253,10 @@ class TaskHandle(Generic[R]):
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
+
+
+def _cancel(store: Store, task_id: uuid.UUID, children: bool, handle: TaskHandle[Any]) -> bool:
+    """`TaskHandle.cancel` (and ``hy.cancel``): True if ``task_id`` itself changed."""
+    changed = store.cancel(task_id, children)
+    handle.refresh()  # raises TaskNotFound for an unknown id
+    return any(found == task_id for found, _ in changed)

@@ -12,6 +12,53 @@ VALUES (%(id)s::uuid, %(task_name)s, %(queue)s, %(priority)s, %(args)s::jsonb, %
         %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
         coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid)
 
+-- insert_task_once --
+-- A send with an idempotency key: the row, unless a live task (queued, running, completed) of
+-- that name already holds the key; then that task's id, deduplicated. No row comes back when
+-- the holder committed after this statement's snapshot was taken (the insert waited for it):
+-- the caller runs the statement again, and then sees it.
+WITH inserted AS (
+    INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                      backoff_seconds, run_after, parent_id, root_id, idempotency_key)
+    VALUES (%(id)s::uuid, %(task_name)s, %(queue)s, %(priority)s, %(args)s::jsonb,
+            %(max_retries)s, %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
+            coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid,
+            %(idempotency_key)s)
+    ON CONFLICT (task_name, idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND status IN ('queued', 'running', 'completed')
+        DO NOTHING
+    RETURNING id
+)
+SELECT id, false AS deduplicated FROM inserted
+UNION ALL
+SELECT id, true FROM task
+WHERE task_name = %(task_name)s AND idempotency_key = %(idempotency_key)s
+  AND status IN ('queued', 'running', 'completed')
+  AND NOT EXISTS (SELECT 1 FROM inserted)
+
+-- insert_tasks_once --
+-- send_many with idempotency keys (one per payload; the rest of the row is the same for all):
+-- the ids inserted. A key already held by a live task, or given twice, inserts nothing; the
+-- caller reads the holders with find_live_keys in the same transaction.
+INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                  backoff_seconds, run_after, parent_id, root_id, idempotency_key)
+SELECT i.id, %(task_name)s, %(queue)s, %(priority)s, i.args::jsonb, %(max_retries)s,
+       %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
+       coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid, i.key
+FROM unnest(%(ids)s::uuid[], %(args)s::text[], %(keys)s::text[]) WITH ORDINALITY
+     AS i(id, args, key, n)
+ORDER BY i.n
+ON CONFLICT (task_name, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND status IN ('queued', 'running', 'completed')
+    DO NOTHING
+RETURNING id
+
+-- find_live_keys --
+-- The live task (queued, running, completed) holding each of these keys of a task name.
+SELECT idempotency_key, id FROM task
+WHERE task_name = %(task_name)s AND idempotency_key = ANY(%(keys)s::text[])
+  AND status IN ('queued', 'running', 'completed')
+
 -- notify_workers --
 -- Wakes idle workers of this schema (their LISTEN channel); sent after tasks are inserted.
 SELECT pg_notify(%(channel)s, '')
@@ -50,9 +97,24 @@ WITH picked AS (
     SELECT id, attempt_count, 'running', %(worker_id)s FROM claimed
 )
 SELECT id, task_name, queue, priority, args::text, attempt_count, max_retries,
-       timeout_seconds, parent_id, root_id
+       timeout_seconds, parent_id, root_id, NULL::double precision AS due_in
 FROM claimed
-ORDER BY priority DESC, id  -- the order executors start them in (ids are time-ordered)
+UNION ALL
+-- A claim that found fewer rows than it asked for ends with one more row, whose id is NULL:
+-- in how many seconds the next task this worker could run is due (NULL: none is waiting), so
+-- an idle worker wakes then rather than at its next poll. task_due_idx holds only tasks that
+-- wait (run_after > created_at), by time: one index probe.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT extract(epoch FROM w.run_after - now())::double precision
+        FROM task AS w
+        WHERE w.status = 'queued' AND w.run_after > w.created_at AND w.run_after > now()
+          AND w.task_name = ANY(%(task_names)s::text[])
+          AND (cardinality(%(queues)s::text[]) = 0 OR w.queue = ANY(%(queues)s::text[]))
+        ORDER BY w.run_after
+        LIMIT 1)
+WHERE (SELECT count(*) FROM claimed) < %(limit)s
+-- the order executors start them in (ids are time-ordered); the due row last
+ORDER BY priority DESC NULLS LAST, id
 
 -- finish_runs --
 -- One round trip per batch of finished attempts. The guard (same attempt, same worker) makes a
@@ -78,11 +140,15 @@ WITH input AS MATERIALIZED (
 ), updated AS (
     UPDATE task AS t
     SET failure_count = t.failure_count + o.failed,
+        -- A cancel asked for while the attempt ran wins over a retry or a requeue: every
+        -- way an attempt ends but completion ends the task canceled.
         status = CASE WHEN o.run_status = 'completed' THEN 'completed'
+                      WHEN o.run_status = 'canceled' OR t.cancel_requested_at IS NOT NULL
+                      THEN 'canceled'
                       WHEN o.run_status = 'interrupted' THEN 'queued'
                       WHEN o.retryable AND t.failure_count + o.failed <= t.max_retries THEN 'queued'
                       ELSE 'failed' END,
-        run_after = CASE WHEN o.failed = 1 AND o.retryable
+        run_after = CASE WHEN o.failed = 1 AND o.retryable AND t.cancel_requested_at IS NULL
                               AND t.failure_count + o.failed <= t.max_retries
                          THEN now() + make_interval(
                                   secs => coalesce(t.backoff_seconds[t.failure_count + o.failed], 0))
@@ -93,7 +159,8 @@ WITH input AS MATERIALIZED (
         last_error = CASE WHEN o.run_status = 'completed' THEN NULL
                           ELSE jsonb_build_object('type', o.error_type, 'message', o.error_message,
                                                   'attempt', o.attempt) END,
-        finished_at = CASE WHEN o.run_status = 'completed'
+        finished_at = CASE WHEN o.run_status IN ('completed', 'canceled')
+                                OR t.cancel_requested_at IS NOT NULL
                                 OR (o.run_status <> 'interrupted'
                                     AND NOT (o.retryable
                                              AND t.failure_count + o.failed <= t.max_retries))
@@ -124,14 +191,16 @@ SELECT id, status, run_after, attempt_count FROM updated WHERE status <> 'comple
 
 -- give_back_tasks --
 -- Claimed but never started (shutdown, or an executor died before reaching them): undo the
--- claim as if it never happened.
+-- claim as if it never happened (a task whose cancel was asked for meanwhile ends canceled).
 -- (The guard compares with input columns for the reason given at finish_runs.)
 WITH input AS MATERIALIZED (
     SELECT i.task_id, i.attempt, 'running'::text AS status, %(worker_id)s::uuid AS worker_id
     FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[]) AS i(task_id, attempt)
 ), undone AS (
     UPDATE task AS t
-    SET status = 'queued', attempt_count = t.attempt_count - 1, worker_id = NULL
+    SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'canceled' END,
+        finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        attempt_count = t.attempt_count - 1, worker_id = NULL
     FROM input AS i
     WHERE t.id = i.task_id AND t.attempt_count = i.attempt AND t.status = i.status
       AND t.worker_id = i.worker_id
@@ -148,7 +217,9 @@ SELECT count(*) AS n, pg_notify('hyrex_like_' || current_schema(), '') FROM undo
 -- back this worker's running tasks that it does not know it holds (their runs never started).
 WITH undone AS (
     UPDATE task AS t
-    SET status = 'queued', attempt_count = t.attempt_count - 1, worker_id = NULL
+    SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'canceled' END,
+        finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        attempt_count = t.attempt_count - 1, worker_id = NULL
     WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
       AND NOT (t.id = ANY(%(known)s::uuid[]))
     RETURNING t.id, t.attempt_count + 1 AS attempt
@@ -182,9 +253,13 @@ ON CONFLICT (id) DO UPDATE
 SET status = 'running', heartbeat_at = now(), stopped_at = NULL
 
 -- heartbeat --
+-- Also the tasks this worker runs whose cancel was asked for: found here if the control
+-- channel's NOTIFY was missed (the LISTEN connection was down), one probe of the running index.
 UPDATE worker SET heartbeat_at = now()
 WHERE id = %(id)s AND status = 'running'
-RETURNING id
+RETURNING id, ARRAY(SELECT t.id FROM task AS t
+                    WHERE t.status = 'running' AND t.worker_id = %(id)s
+                      AND t.cancel_requested_at IS NOT NULL) AS cancel
 
 -- stop_worker --
 UPDATE worker SET status = 'stopped', stopped_at = now() WHERE id = %(id)s
@@ -228,7 +303,10 @@ WITH dead AS (
     LEFT JOIN task_run AS r ON r.task_id = o.id AND r.attempt_number = o.attempt_count
 ), requeued AS (
     UPDATE task AS t
-    SET status = 'queued', worker_id = NULL, run_after = now(),
+    -- a task whose cancel was asked for ends canceled with its worker, not requeued
+    SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'canceled' END,
+        finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        worker_id = NULL, run_after = now(),
         attempt_count = CASE WHEN h.began THEN t.attempt_count ELSE t.attempt_count - 1 END,
         last_error = CASE WHEN h.began
                           THEN jsonb_build_object('type', 'WorkerLost',
@@ -257,7 +335,7 @@ SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued)
 -- get_task --
 SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
        backoff_seconds, attempt_count, failure_count, run_after, parent_id, root_id, worker_id, created_at,
-       started_at, finished_at, result, last_error
+       started_at, finished_at, result, last_error, idempotency_key, cancel_requested_at
 FROM task WHERE id = %(id)s
 
 -- get_task_runs --
@@ -309,3 +387,67 @@ SELECT set_config('tcp_keepalives_idle', '10', false),
        set_config('tcp_keepalives_interval', '5', false),
        set_config('tcp_keepalives_count', '3', false),
        set_config('tcp_user_timeout', '30000', false)
+
+-- cancel_tasks --
+-- Cancel a task (with %(children)s, also every task sent from it, at any depth): a queued one
+-- becomes canceled at once; a running one gets cancel_requested_at, and its worker is told on
+-- the control channel (payload: worker id, space, task id). One UPDATE, so a claim or a finish
+-- racing it is waited for and re-read: the row it changes is the latest. Returns the tasks it
+-- changed, with their new status (canceled, or running: a stop was requested).
+WITH RECURSIVE tree AS (
+    SELECT %(id)s::uuid AS id
+    UNION
+    SELECT t.id FROM task AS t JOIN tree ON t.parent_id = tree.id WHERE %(children)s::boolean
+), changed AS (
+    UPDATE task AS t
+    SET status = CASE WHEN t.status = 'queued' THEN 'canceled' ELSE t.status END,
+        finished_at = CASE WHEN t.status = 'queued' THEN now() ELSE t.finished_at END,
+        cancel_requested_at = coalesce(t.cancel_requested_at, now())
+    FROM tree
+    WHERE t.id = tree.id AND t.status IN ('queued', 'running')
+    RETURNING t.id, t.status, t.worker_id
+)
+SELECT id, status,
+       CASE WHEN status = 'running'
+            THEN pg_notify(%(control)s, worker_id::text || ' ' || id::text) END AS told
+FROM changed
+
+-- retry_task --
+-- Retry by hand: a failed or canceled task is queued again with a fresh retry budget (its
+-- attempt numbers go on; its runs stay). A key it holds may be taken meanwhile: then the
+-- unique index refuses, and the caller says so.
+WITH queued AS (
+    UPDATE task
+    SET status = 'queued', failure_count = 0, run_after = now(), finished_at = NULL,
+        cancel_requested_at = NULL, worker_id = NULL
+    WHERE id = %(id)s::uuid AND status IN ('failed', 'canceled')
+    RETURNING id
+)
+SELECT id, pg_notify('hyrex_like_' || current_schema(), '') FROM queued
+
+-- prune_candidates --
+-- Retention, step 1: the next finished tasks past the cutoff, in id order after %(after)s (a
+-- walk of the primary key: no index on finished_at for the send and finish paths to pay for).
+SELECT id FROM task
+WHERE id > %(after)s::uuid AND status = ANY(%(statuses)s::text[])
+  AND finished_at < now() - make_interval(secs => %(older_than)s)
+ORDER BY id
+LIMIT %(limit)s
+
+-- prune_tasks --
+-- Retention, step 2: delete a small batch of those tasks and their runs, re-checked here. A
+-- task whose parent or one of whose children is still queued or running stays (the tree stays
+-- whole while it runs); a row another transaction holds is skipped, never waited for.
+WITH doomed AS (
+    SELECT t.id FROM task AS t
+    WHERE t.id = ANY(%(ids)s::uuid[]) AND t.status = ANY(%(statuses)s::text[])
+      AND t.finished_at < now() - make_interval(secs => %(older_than)s)
+      AND NOT EXISTS (SELECT 1 FROM task AS p
+                      WHERE p.id = t.parent_id AND p.status IN ('queued', 'running'))
+      AND NOT EXISTS (SELECT 1 FROM task AS c
+                      WHERE c.parent_id = t.id AND c.status IN ('queued', 'running'))
+    FOR UPDATE OF t SKIP LOCKED
+), runs AS (
+    DELETE FROM task_run AS r USING doomed AS d WHERE r.task_id = d.id
+)
+DELETE FROM task AS t USING doomed AS d WHERE t.id = d.id

@@ -175,6 +175,14 @@ class HyrexRegistry:
         handle._result_adapter = task.result_adapter if task else None
         return handle
 
+    def cancel(self, task_id: uuid.UUID | str, *, children: bool = False) -> bool:
+        """Cancel a task by id: see `TaskHandle.cancel` (`InvalidTaskId`, `TaskNotFound`)."""
+        return self.get_handle(task_id).cancel(children=children)
+
+    def retry(self, task_id: uuid.UUID | str) -> bool:
+        """Retry a failed or canceled task by id: see `TaskHandle.retry`."""
+        return self.get_handle(task_id).retry()
+
     def configure(self, **overrides: Any) -> None:
         """Replace some settings (the CLI does this for --database-url); closes open pools."""
         self.store.close()

@@ -13,7 +13,12 @@ A task moves along ``TASK_TRANSITIONS`` (also drawn at the top of ``sql/schema.s
     running -> queued      an attempt failed, timed out or was lost with retries left, or the
                            worker shut down or died (those do not use up a retry)
     running -> failed      an attempt failed with no retries left
-    queued  -> canceled    reserved for cancellation
+    queued  -> canceled    canceled before a worker claimed it
+    running -> canceled    canceled while running: the attempt ended (stopped by its worker,
+                           failed, given back or lost with its worker) and is not run again
+
+A retry by hand (``handle.retry()``) queues a failed or canceled task again: outside the
+worker's state machine, so `TASK_RETRY_BY_HAND` holds it apart.
 
 A run row is opened ``running`` and closed once with a final run status; an attempt given back
 before it started (a claim undone) has its run row deleted, not closed.
@@ -45,6 +50,7 @@ class RunStatus(enum.StrEnum):
     TIMED_OUT = "timed_out"  # killed at the task's timeout
     LOST = "lost"  # its executor died, or its worker stopped heartbeating
     INTERRUPTED = "interrupted"  # the worker shut down while it ran: requeued, not counted
+    CANCELED = "canceled"  # stopped by its worker because the task was canceled
 
 
 class WorkerStatus(enum.StrEnum):
@@ -58,7 +64,8 @@ class WorkerStatus(enum.StrEnum):
 TASK_FINAL: frozenset[TaskStatus] = frozenset(
     {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELED}
 )
-"""A task in one of these never changes again (``TaskHandle`` waits for one)."""
+"""No worker runs a task in one of these again (``TaskHandle`` waits for one); only a retry by
+hand (`TASK_RETRY_BY_HAND`) queues it anew."""
 
 TASK_UNFINISHED: frozenset[TaskStatus] = frozenset(TaskStatus) - TASK_FINAL
 """Queued or running: a worker may still run it."""
@@ -66,13 +73,18 @@ TASK_UNFINISHED: frozenset[TaskStatus] = frozenset(TaskStatus) - TASK_FINAL
 TASK_TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = MappingProxyType(
     {
         TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELED}),
-        TaskStatus.RUNNING: frozenset({TaskStatus.COMPLETED, TaskStatus.QUEUED, TaskStatus.FAILED}),
+        TaskStatus.RUNNING: frozenset(
+            {TaskStatus.COMPLETED, TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.CANCELED}
+        ),
         TaskStatus.COMPLETED: frozenset(),
         TaskStatus.FAILED: frozenset(),
         TaskStatus.CANCELED: frozenset(),
     }
 )
 """Every status a task may move to from each status; final statuses lead nowhere."""
+
+TASK_RETRY_BY_HAND: frozenset[TaskStatus] = frozenset({TaskStatus.FAILED, TaskStatus.CANCELED})
+"""The final statuses a retry by hand queues again (completed ones are done for good)."""
 
 RUN_FINAL: frozenset[RunStatus] = frozenset(RunStatus) - {RunStatus.RUNNING}
 """A run row closed with one of these is never written again."""

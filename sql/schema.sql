@@ -1,6 +1,6 @@
--- hyrex-like schema, version 4: the current schema, written out whole.
+-- hyrex-like schema, version 5: the current schema, written out whole.
 --
--- What migrations 0001..0004 produce, as one readable file (tests/test_schema_file.py applies
+-- What migrations 0001..0005 produce, as one readable file (tests/test_schema_file.py applies
 -- both to fresh schemas and compares the catalogs). The numbered migrations stay the way a
 -- database gets here; change the schema with a new migration, then bring this file and the
 -- version above in line with it. Names are unqualified: it runs with search_path set to the
@@ -13,8 +13,12 @@
 --   running   -> queued              an attempt failed/timed out/was lost with retries left, or a
 --                                    worker shut down / died and gave it back
 --   running   -> failed              an attempt failed with no retries left
---   queued    -> canceled            (reserved for cancellation)
+--   queued    -> canceled            canceled before a worker claimed it
+--   running   -> canceled            canceled while running (cancel_requested_at set): the
+--                                    attempt ended (stopped, failed, given back, its worker
+--                                    lost) and the task is not run again
 -- completed, failed and canceled are final.
+-- (A retry by hand queues a failed or canceled task again: see retry_task in queries.sql.)
 
 -- The task table's rules are domain constraints, not table CHECKs: a domain's check comes
 -- prepared from the type cache, while a table CHECK is prepared afresh by every statement that
@@ -50,13 +54,16 @@ CREATE TABLE task (
     run_after        timestamptz NOT NULL DEFAULT now(),
     parent_id        uuid,
     root_id          uuid,
-    idempotency_key  text,
+    idempotency_key  text,  -- at most one live (queued, running, completed) task per name and key
     worker_id        uuid,  -- set while running only: every way out of running clears it
     created_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
     finished_at      timestamptz,
     result           jsonb,
-    last_error       jsonb
+    last_error       jsonb,
+    -- a cancel of the running task was asked for: it ends canceled, whatever way its attempt ends
+    -- (unless it completed)
+    cancel_requested_at timestamptz
 );
 
 -- Queue tables churn fast: keep statistics fresh so plans follow the queue's real size.
@@ -68,6 +75,12 @@ CREATE INDEX task_claim_idx ON task (priority DESC, run_after, id) WHERE status 
 -- The rescuer's path: running rows of a given worker.
 CREATE INDEX task_running_idx ON task (worker_id) WHERE status = 'running';
 CREATE INDEX task_parent_idx ON task (parent_id) WHERE parent_id IS NOT NULL;
+-- When the next waiting task is due (delayed sends, retries after a backoff), so an idle worker
+-- wakes then. A task sent to run now has run_after = created_at and is not in it.
+CREATE INDEX task_due_idx ON task (run_after) WHERE status = 'queued' AND run_after > created_at;
+-- Send once per key: one live task per name and key; a failed or canceled one frees the key.
+CREATE UNIQUE INDEX task_idempotency_idx ON task (task_name, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND status IN ('queued', 'running', 'completed');
 
 -- One row per attempt, keyed by its task and attempt number; never overwritten by a later
 -- attempt. A run given back before it started is deleted, not closed.
@@ -78,7 +91,7 @@ CREATE TABLE task_run (
     attempt_number  integer     NOT NULL CHECK (attempt_number >= 1),
     status          text        NOT NULL DEFAULT 'running'
                     CHECK (status IN ('running', 'completed', 'failed', 'timed_out', 'lost',
-                                      'interrupted')),
+                                      'interrupted', 'canceled')),
     worker_id       uuid,
     started_at      timestamptz,  -- when the body began, as the worker saw it (NULL: never did)
     finished_at     timestamptz,

@@ -202,7 +202,10 @@ def _replace(old: str, new: str) -> Callable[[str], str]:
             id="index-dropped",
         ),
         pytest.param(
-            _replace("WHERE status = 'queued'", "WHERE status <> 'queued'"),
+            _replace(
+                "task_claim_idx ON task (priority DESC, run_after, id) WHERE status = 'queued'",
+                "task_claim_idx ON task (priority DESC, run_after, id) WHERE status <> 'queued'",
+            ),
             "index task_claim_idx: migrations",
             id="index-predicate-changed",
         ),
@@ -222,8 +225,8 @@ def _replace(old: str, new: str) -> Callable[[str], str]:
             id="storage-option-changed",
         ),
         pytest.param(
-            _replace("    idempotency_key  text,\n", ""),
-            "column task.idempotency_key: made by the migrations, missing from schema.sql",
+            _replace("    finished_at      timestamptz,\n", ""),
+            "column task.finished_at: made by the migrations, missing from schema.sql",
             id="column-dropped",
         ),
     ],

@@ -15,7 +15,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from ..config import Settings, redact_dsn
 from ..embedded import embedded_database_url
 from ..errors import ConfigurationError, DatabaseError
-from . import migrate, reads, sends
+from ..states import TaskStatus
+from . import admin, migrate, reads, sends
 from .errors import _translate
 from .pools import PooledConnection, close_apool, open_apool, open_pool
 from .rows import NewTask, RunRow, TaskRow
@@ -45,6 +46,11 @@ class Store:
     @property
     def channel(self) -> str:
         return "hyrex_like_" + self.schema
+
+    @property
+    def control_channel(self) -> str:
+        """Where cancels reach the workers (`admin.control_channel`)."""
+        return admin.control_channel(self.schema)
 
     def url(self) -> str:
         """The database URL, starting the embedded server if none is configured."""
@@ -237,6 +243,25 @@ class Store:
         """Insert many tasks with one COPY, in one transaction (all or none)."""
         sends.insert_tasks(self, tasks, conn)
 
+    def insert_task_once(
+        self, task: NewTask, conn: psycopg.Connection[Any] | None = None
+    ) -> tuple[uuid.UUID, bool]:
+        """Insert ``task`` (it has an idempotency key) unless a live task of its name holds the
+        key: (the id of the task now holding it, True if that is not ``task``)."""
+        return sends.insert_task_once(self, task, conn)
+
+    async def ainsert_task_once(
+        self, task: NewTask, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> tuple[uuid.UUID, bool]:
+        """`insert_task_once` from async code."""
+        return await sends.ainsert_task_once(self, task, conn)
+
+    def insert_tasks_once(
+        self, tasks: Sequence[NewTask], conn: psycopg.Connection[Any] | None = None
+    ) -> list[tuple[uuid.UUID, bool]]:
+        """`insert_task_once` for a `send_many` with keys, in one transaction (all or none)."""
+        return sends.insert_tasks_once(self, tasks, conn)
+
     def _send_again(
         self, send: Callable[[PooledConnection], object], what: str, first: psycopg.Error
     ) -> None:
@@ -248,6 +273,28 @@ class Store:
     def get_task(self, task_id: uuid.UUID) -> tuple[TaskRow | None, list[RunRow]]:
         """A task's row and its runs (None: no such task)."""
         return reads.get_task(self.pool(), task_id)
+
+    # -- by hand (see `hyrex_like.db.admin`) ---------------------------------------------
+
+    def cancel(
+        self, task_id: uuid.UUID, children: bool = False
+    ) -> list[tuple[uuid.UUID, TaskStatus]]:
+        """Cancel a task (and its descendants): each task changed with its new status."""
+        return admin.cancel(self.pool(), self.schema, task_id, children)
+
+    def retry(self, task_id: uuid.UUID) -> bool:
+        """Queue a failed or canceled task again (False: it is neither)."""
+        return admin.retry(self.pool(), task_id)
+
+    def prune(self, older_than: float, statuses: Sequence[TaskStatus], **kwargs: Any) -> int:
+        """Delete finished tasks older than ``older_than`` seconds, in small batches, on a
+        connection of its own (`admin.prune`)."""
+        self.ensure_schema()
+        try:
+            with self.connect() as conn:
+                return admin.prune(conn, older_than, statuses, **kwargs)
+        except psycopg.Error as exc:
+            raise _translate(exc, "pruning finished tasks") from exc
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run the named statement on a pooled connection; for small admin reads."""

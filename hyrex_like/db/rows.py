@@ -36,6 +36,8 @@ class TaskRow:
     finished_at: datetime | None
     result: Any
     last_error: dict[str, Any] | None
+    idempotency_key: str | None = None
+    cancel_requested_at: datetime | None = None  # a cancel of the running task was asked for
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,11 @@ class NewTask:
     run_after: datetime | None
     parent_id: uuid.UUID | None
     root_id: uuid.UUID | None
+    idempotency_key: str | None = None  # sent once per key (``insert_task_once``)
 
     def params(self) -> dict[str, Any]:
-        """Parameters of ``insert_task``: text the statement casts (cheap to adapt)."""
+        """Parameters of ``insert_task`` (and, with ``idempotency_key``, of
+        ``insert_task_once``): text the statement casts (cheap to adapt)."""
         return {
             "id": str(self.id),
             "task_name": self.task_name,
@@ -85,6 +89,7 @@ class NewTask:
             "run_after": self.run_after.isoformat() if self.run_after is not None else None,
             "parent_id": str(self.parent_id) if self.parent_id is not None else None,
             "root_id": str(self.root_id) if self.root_id is not None else None,
+            "idempotency_key": self.idempotency_key,
         }
 
     def copy_row(self) -> tuple[Any, ...]:

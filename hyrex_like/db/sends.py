@@ -245,3 +245,181 @@ def _copy(conn: psycopg.Connection[Any], tasks: Iterable[NewTask]) -> None:
         copy.set_types(_COPY_TYPES)
         for task in tasks:
             copy.write_row(task.copy_row())
+
+
+# -- sends with an idempotency key -----------------------------------------------------------
+# One statement inserts the row or finds the live task holding its key. When the holder
+# committed after the statement's snapshot (the insert waited for it), neither comes back: the
+# statement runs again and sees it. A retry after a lost connection finds our own row if the
+# first try committed (same id): not a deduplication.
+
+_KEY_TRIES = 5
+
+
+def _once_outcome(task: NewTask, rows: Sequence[tuple[Any, ...]]) -> tuple[Any, bool] | None:
+    if not rows:
+        return None
+    found, deduplicated = rows[0][0], bool(rows[0][1])
+    return found, deduplicated and found != task.id
+
+
+def _key_race_lost(task: NewTask) -> psycopg.Error:
+    return psycopg.errors.SerializationFailure(
+        f"task {task.task_name!r} with idempotency key {task.idempotency_key!r}: the task "
+        f"holding the key kept changing over {_KEY_TRIES} tries (or this transaction's "
+        "snapshot cannot see it: send with a key under READ COMMITTED)"
+    )
+
+
+def _once_on(cur: psycopg.Cursor[Any], task: NewTask) -> tuple[Any, bool]:
+    for _ in range(_KEY_TRIES):
+        outcome = _once_outcome(task, cur.execute(q("insert_task_once"), task.params()).fetchall())
+        if outcome is not None:
+            return outcome
+    raise _key_race_lost(task)
+
+
+async def _aonce_on(cur: psycopg.AsyncCursor[Any], task: NewTask) -> tuple[Any, bool]:
+    for _ in range(_KEY_TRIES):
+        await cur.execute(q("insert_task_once"), task.params())
+        outcome = _once_outcome(task, await cur.fetchall())
+        if outcome is not None:
+            return outcome
+    raise _key_race_lost(task)
+
+
+def insert_task_once(
+    store: Store, task: NewTask, conn: psycopg.Connection[Any] | None
+) -> tuple[Any, bool]:
+    """`Store.insert_task_once`: (the task's id, whether it was deduplicated)."""
+    outcome: list[tuple[Any, bool]] = []
+
+    def send(c: psycopg.Connection[Any]) -> None:
+        with c.cursor() as cur:
+            outcome.append(_once_on(cur, task))
+
+    try:
+        if conn is not None:
+            with _in_schema(store, conn) as cur:
+                found = _once_on(cur, task)
+                if not found[1]:
+                    cur.execute(q("notify_workers"), {"channel": store.channel})
+            return found
+        lost: psycopg.Error | None = None
+        with store.pool().connection() as c:
+            try:
+                send(c)
+            except psycopg.Error as exc:
+                lost = _lost_connection(c, exc)
+        if lost is not None:
+            store._send_again(send, _sending(task), lost)
+    except psycopg.Error as exc:
+        raise _translate(exc, _sending(task)) from exc
+    found = outcome[-1] if outcome else (task.id, False)
+    if not found[1]:
+        store.wake_workers()
+    return found
+
+
+async def ainsert_task_once(
+    store: Store, task: NewTask, conn: psycopg.AsyncConnection[Any] | None
+) -> tuple[Any, bool]:
+    """`Store.ainsert_task_once`."""
+    outcome: list[tuple[Any, bool]] = []
+
+    async def send(c: psycopg.AsyncConnection[Any]) -> None:
+        async with c.cursor() as cur:
+            outcome.append(await _aonce_on(cur, task))
+
+    try:
+        if conn is not None:
+            async with _ain_schema(store, conn) as cur:
+                found = await _aonce_on(cur, task)
+                if not found[1]:
+                    await cur.execute(q("notify_workers"), {"channel": store.channel})
+            return found
+        pool = await store.apool()
+        lost: psycopg.Error | None = None
+        async with pool.connection() as c:
+            try:
+                await send(c)
+            except psycopg.Error as exc:
+                lost = _lost_connection(c, exc)
+        if lost is not None:
+            await asend_again(pool, send, _sending(task), lost, store.settings.connect_timeout)
+    except psycopg.Error as exc:
+        raise _translate(exc, _sending(task)) from exc
+    found = outcome[-1] if outcome else (task.id, False)
+    if not found[1]:
+        store.wake_workers()
+    return found
+
+
+def insert_tasks_once(
+    store: Store, tasks: Sequence[NewTask], conn: psycopg.Connection[Any] | None
+) -> list[tuple[Any, bool]]:
+    """`Store.insert_tasks_once`: every task of one `send_many` (same name and config, a key
+    each, None for none) in one transaction; per task, (its id or its key holder's, whether
+    it was deduplicated). A key given twice in the batch: the later ones get the first's id."""
+    if not tasks:
+        return []
+    what = f"sending {len(tasks)} tasks"
+    outcome: list[list[tuple[Any, bool]]] = []
+
+    def send(c: psycopg.Connection[Any]) -> None:
+        with c.transaction(), c.cursor() as cur:
+            outcome.append(_many_once_on(cur, tasks))
+
+    try:
+        if conn is not None:
+            with _in_schema(store, conn) as cur:
+                found = _many_once_on(cur, tasks)
+                cur.execute(q("notify_workers"), {"channel": store.channel})
+            return found
+        lost: psycopg.Error | None = None
+        with store.pool().connection() as c:
+            try:
+                send(c)
+            except psycopg.Error as exc:
+                lost = _lost_connection(c, exc)
+        if lost is not None:
+            store._send_again(send, what, lost)
+    except psycopg.Error as exc:
+        raise _translate(exc, what) from exc
+    store.wake_workers()
+    return outcome[-1] if outcome else [(t.id, False) for t in tasks]
+
+
+def _many_once_on(cur: psycopg.Cursor[Any], tasks: Sequence[NewTask]) -> list[tuple[Any, bool]]:
+    first = tasks[0]
+    params = first.params() | {
+        "ids": [t.id for t in tasks],
+        "args": [t.args_json for t in tasks],
+        "keys": [t.idempotency_key for t in tasks],
+    }
+    inserted = {row[0] for row in cur.execute(q("insert_tasks_once"), params).fetchall()}
+    keys = [t.idempotency_key for t in tasks if t.id not in inserted]
+    holders: dict[str, Any] = {}
+    for _ in range(_KEY_TRIES):
+        missing = [k for k in keys if k is not None and k not in holders]
+        if not missing:
+            break
+        params = {"task_name": first.task_name, "keys": missing}
+        holders.update(dict(cur.execute(q("find_live_keys"), params).fetchall()))
+    else:
+        raise _key_race_lost(
+            next(
+                t
+                for t in tasks
+                if t.idempotency_key is not None and t.idempotency_key not in holders
+            )
+        )
+    out: list[tuple[Any, bool]] = []
+    for t in tasks:
+        if t.id in inserted:
+            out.append((t.id, False))
+        else:
+            assert t.idempotency_key is not None  # an unkeyed row always inserts
+            holder = holders[t.idempotency_key]
+            out.append((holder, holder != t.id))
+    return out

@@ -51,9 +51,11 @@ class WorkerQueries:
         queues: list[str],
         limit: int,
         make: Callable[..., R] = ClaimedRow,  # type: ignore[assignment]
-    ) -> list[R]:
+    ) -> tuple[list[R], float | None]:
         """Claim up to ``limit`` tasks; each row made by ``make`` (a `ClaimedRow` or a
-        subclass, such as the worker's `Job`)."""
+        subclass, such as the worker's `Job`). With them, when fewer came than asked for: in
+        how many seconds the next waiting task it could run is due (None: none waits, or the
+        claim was full)."""
         cur = conn.execute(
             q("claim_tasks"),
             {
@@ -64,7 +66,11 @@ class WorkerQueries:
             },
             prepare=True,
         )
-        return [make(*row) for row in cur.fetchall()]
+        rows = cur.fetchall()
+        due: float | None = None
+        if rows and rows[-1][0] is None:  # the due row (see claim_tasks)
+            due = rows.pop()[-1]
+        return [make(*row[:-1]) for row in rows], due
 
     @staticmethod
     def finish_params(worker_id: uuid.UUID, rows: Sequence[FinishedRow]) -> dict[str, Any]:
@@ -164,9 +170,15 @@ class WorkerQueries:
         )
 
     @staticmethod
-    def heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> bool:
-        """True if our worker row is still ours (False: another worker declared us lost)."""
-        return conn.execute(q("heartbeat"), {"id": worker_id}, prepare=True).fetchone() is not None
+    def heartbeat(
+        conn: psycopg.Connection[Any], worker_id: uuid.UUID
+    ) -> tuple[bool, list[uuid.UUID]]:
+        """Whether our worker row is still ours (False: another worker declared us lost), and
+        the tasks we run whose cancel was asked for."""
+        row = conn.execute(q("heartbeat"), {"id": worker_id}, prepare=True).fetchone()
+        if row is None:
+            return False, []
+        return True, list(row[1] or [])
 
     @staticmethod
     def stop(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:

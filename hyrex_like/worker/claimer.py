@@ -38,6 +38,7 @@ class _Round:
     claim: int
     generation: int
     claimed: list[Job] | None = None
+    due: float | None = None  # seconds until the next waiting task is due (a short claim's)
     seconds: float = 0.0  # the claim statement's time
     error: BaseException | None = None
     future: Future[_Round] | None = None  # set while it runs on the claimer's thread
@@ -122,7 +123,7 @@ class Claimer:
         """On the claimer's thread."""
         try:
             began = time.perf_counter()
-            job.claimed = WorkerQueries.claim(
+            job.claimed, job.due = WorkerQueries.claim(
                 job.db, self.worker_id, self.task_names, self.queues, job.claim, Job
             )
             job.seconds = time.perf_counter() - began

@@ -123,7 +123,7 @@ class Maintenance:
         return self.db
 
     def _beat(self, db: psycopg.Connection[Any]) -> None:
-        alive = WorkerQueries.heartbeat(db, self.worker_id)
+        alive, cancel = WorkerQueries.heartbeat(db, self.worker_id)
         if not alive:
             # Another worker declared us lost (we were away too long) and requeued our
             # tasks; our late results will be ignored. Carry on as a fresh registration.
