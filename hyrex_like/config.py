@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .durations import MAX_SECONDS, parse_duration
 from .errors import ConfigurationError
 from .logs import LEVELS
 
@@ -153,6 +154,10 @@ class WorkerOptions(BaseModel):
     """How long to keep trying to reach the database at start before giving up; also how
     long a refusal for good (`outages.refusal`) met while running is retried before the
     worker stops (at start, a refusal stops it at once)."""
+    retention: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    """Seconds after which the worker deletes finished tasks (every final status) and their
+    runs, a few at a time on its upkeep thread; None (default) keeps them. Also a duration
+    such as ``"7d"`` (`hyrex_like.durations`)."""
     log_level: str = "info"
     log_format: str = "console"
 
@@ -168,6 +173,11 @@ class WorkerOptions(BaseModel):
         from .registry import check_name  # (the registry imports this module)
 
         return tuple(check_name("queue", q) for q in value)
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

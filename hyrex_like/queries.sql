@@ -426,13 +426,22 @@ WITH queued AS (
 SELECT id, pg_notify('hyrex_like_' || current_schema(), '') FROM queued
 
 -- prune_candidates --
--- Retention, step 1: the next finished tasks past the cutoff, in id order after %(after)s (a
--- walk of the primary key: no index on finished_at for the send and finish paths to pay for).
-SELECT id FROM task
-WHERE id > %(after)s::uuid AND status = ANY(%(statuses)s::text[])
-  AND finished_at < now() - make_interval(secs => %(older_than)s)
-ORDER BY id
-LIMIT %(limit)s
+-- Retention, step 1: look at the next %(limit)s tasks in id order after %(after)s (a walk of the
+-- primary key: no index on finished_at for the send and finish paths to pay for) and return the
+-- last id looked at (NULL: the walk is over) with those of them finished in %(statuses)s before
+-- the cutoff. Bounded by the rows looked at, not the rows found, so that one step takes about
+-- the same short time however few tasks are due (the worker's retention has a time budget).
+WITH seen AS (
+    SELECT id, status, finished_at FROM task
+    WHERE id > %(after)s::uuid
+    ORDER BY id
+    LIMIT %(limit)s
+)
+SELECT (SELECT id FROM seen ORDER BY id DESC LIMIT 1) AS last,
+       ARRAY(SELECT id FROM seen
+             WHERE status = ANY(%(statuses)s::text[])
+               AND finished_at < now() - make_interval(secs => %(older_than)s)
+             ORDER BY id) AS due
 
 -- prune_tasks --
 -- Retention, step 2: delete a small batch of those tasks and their runs, re-checked here. A

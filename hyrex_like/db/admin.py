@@ -60,6 +60,69 @@ def retry(pool: ConnectionPool[PooledConnection], task_id: uuid.UUID) -> bool:
         raise _translate(exc, f"retrying task {task_id}") from exc
 
 
+class PruneWalk:
+    """One walk of the task table's primary key that deletes the tasks in ``statuses`` (final
+    ones) finished more than ``older_than`` seconds ago, and their runs, one short statement
+    per `step`, so that a caller can spread it over time: the CLI runs it to the end, the
+    worker's retention a fraction of a second between heartbeats. Each step is its own
+    transaction on an autocommit connection: no lock outlives it.
+
+    A task whose parent or child is queued or running stays, as does a row another
+    transaction holds (skipped, not waited for): a later walk takes them.
+    """
+
+    def __init__(
+        self,
+        older_than: float,
+        statuses: Sequence[TaskStatus],
+        *,
+        batch: int = PRUNE_BATCH,
+        scan: int = PRUNE_SCAN,
+    ) -> None:
+        self.older_than = older_than
+        self.statuses = [str(s) for s in statuses]
+        self.batch = batch
+        self.scan = scan
+        self.after = _FIRST_ID
+        """The last id looked at: the walk goes on after it."""
+        self.deleted = 0
+        """Tasks deleted by this walk so far."""
+        self._due: list[uuid.UUID] = []
+        self._ended = False
+
+    @property
+    def done(self) -> bool:
+        """The walk has looked at every task and deleted what it could."""
+        return self._ended and not self._due
+
+    def step(self, conn: psycopg.Connection[Any]) -> int:
+        """One statement: delete the next batch of due tasks, or (with none in hand) look at
+        the next ``scan`` tasks for due ones. Returns the tasks deleted. psycopg errors
+        propagate."""
+        if self._due:
+            chunk, self._due = self._due[: self.batch], self._due[self.batch :]
+            params = {"ids": chunk, "statuses": self.statuses, "older_than": self.older_than}
+            cur = conn.execute(q("prune_tasks"), params, prepare=True)
+            deleted = max(cur.rowcount, 0)
+            self.deleted += deleted
+            return deleted
+        if not self._ended:
+            params2: dict[str, Any] = {
+                "after": self.after,
+                "statuses": self.statuses,
+                "older_than": self.older_than,
+                "limit": self.scan,
+            }
+            row = conn.execute(q("prune_candidates"), params2, prepare=True).fetchone()
+            last, due = row if row is not None else (None, [])
+            if last is None:
+                self._ended = True
+            else:
+                self.after = last
+                self._due = list(due)
+        return 0
+
+
 def prune(
     conn: psycopg.Connection[Any],
     older_than: float,
@@ -69,36 +132,11 @@ def prune(
     pause: float = 0.0,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Delete the tasks in ``statuses`` (final ones) that finished more than ``older_than``
-    seconds ago, and their runs, ``batch`` at a time, each batch its own transaction on
-    ``conn`` (autocommit), sleeping ``pause`` seconds between batches. Returns how many tasks
+    """Walk the whole table once (`PruneWalk`) on ``conn`` (autocommit), sleeping ``pause``
+    seconds after each batch deleted, until done or ``should_stop()``. Returns how many tasks
     were deleted. psycopg errors propagate."""
-    deleted = 0
-    after = _FIRST_ID
-    names = [str(s) for s in statuses]
-    while not should_stop():
-        params: dict[str, Any] = {
-            "after": after,
-            "statuses": names,
-            "older_than": older_than,
-            "limit": PRUNE_SCAN,
-        }
-        ids = [row[0] for row in conn.execute(q("prune_candidates"), params).fetchall()]
-        if not ids:
-            break
-        after = ids[-1]
-        for start in range(0, len(ids), batch):
-            if should_stop():
-                return deleted
-            chunk = ids[start : start + batch]
-            cur = conn.execute(
-                q("prune_tasks"),
-                {"ids": chunk, "statuses": names, "older_than": older_than},
-                prepare=True,
-            )
-            deleted += max(cur.rowcount, 0)
-            if pause:
-                time.sleep(pause)
-        if len(ids) < PRUNE_SCAN:
-            break
-    return deleted
+    walk = PruneWalk(older_than, statuses, batch=batch)
+    while not walk.done and not should_stop():
+        if walk.step(conn) and pause:
+            time.sleep(pause)
+    return walk.deleted
