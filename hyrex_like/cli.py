@@ -1,4 +1,4 @@
-"""The ``hyrex-like`` command: run-worker, init-db/migrate."""
+"""The ``hyrex-like`` command: run-worker, init-db/migrate, and cancel, retry and prune."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
@@ -14,12 +15,17 @@ import annotated_types
 import pydantic
 
 from .config import MAX_PROCESSES, Settings, WorkerOptions, redact_dsn
+from .durations import FORMS, format_duration, parse_duration
 from .errors import HyrexLikeError, InvalidTaskOption
 from .logs import LEVELS, configure_logging
 from .outages import URL_HINT, refusal
 from .registry import check_name
+from .states import TASK_FINAL, TaskStatus
 
 EXIT_USAGE = 2
+EXIT_NOTHING_CHANGED = 1
+"""cancel/retry: the task exists but is in no status the command changes."""
+_FINAL_ORDER = tuple(s for s in TaskStatus if s in TASK_FINAL)  # completed, failed, canceled
 
 # The worker's numeric options: flag -> field of WorkerOptions. Each flag parses with the
 # field's own bounds, so the CLI refuses exactly what the model does, in one line.
@@ -85,6 +91,50 @@ def _queue_name(text: str) -> str:
         return check_name("queue", text)
     except InvalidTaskOption as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    """A duration flag: ``7d``, ``12h``, ``30m``, ``90s`` or seconds (`parse_duration`)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_duration(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+    return seconds
+
+
+def _task_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a task id: expected a UUID such as "
+            "0b7e4f2c-1a5d-4c3e-9f00-5d2e8c6a1b34"
+        ) from None
+
+
+def _final_statuses(text: str) -> tuple[TaskStatus, ...]:
+    """``completed,failed``: final statuses only (a queued or running task is never pruned)."""
+    allowed = ", ".join(_FINAL_ORDER)
+    chosen: list[TaskStatus] = []
+    for word in (part.strip() for part in text.split(",")):
+        if word not in {str(s) for s in TaskStatus}:
+            raise argparse.ArgumentTypeError(
+                f"unknown status {word!r}: expected a comma-separated list of {allowed}"
+            )
+        status = TaskStatus(word)
+        if status not in TASK_FINAL:
+            raise argparse.ArgumentTypeError(
+                f"status {word!r} is not final: only finished tasks are pruned ({allowed})"
+            )
+        if status not in chosen:
+            chosen.append(status)
+    return tuple(chosen)
 
 
 def _version() -> str:
@@ -204,6 +254,16 @@ def _parser() -> argparse.ArgumentParser:
         "database that does not exist...) before it stops with exit code 2; at start a refusal "
         "stops it at once (default: %(default)s)",
     )
+    w.add_argument(
+        "--retention",
+        type=_positive_duration,
+        default=_default("retention"),
+        metavar="DURATION",
+        help="delete finished tasks (completed, failed, canceled) and their runs once they "
+        "finished longer ago than this (7d, 12h, 30m, 90s or seconds), a few at a time between "
+        "heartbeats; tasks whose parent or child is still queued or running stay "
+        "(default: off, finished tasks are kept)",
+    )
     common(w)
 
     for name, text in (
@@ -212,6 +272,58 @@ def _parser() -> argparse.ArgumentParser:
     ):
         m = sub.add_parser(name, help=text, description=text)
         common(m)
+
+    c = sub.add_parser(
+        "cancel",
+        help="cancel a task by id",
+        description="Cancel a task: a queued one (delayed, or waiting for a retry) is canceled "
+        "and never runs; a running one is stopped by its worker within about a second and ends "
+        "canceled, never retried. Exit code 0 when canceled or its stop requested, 1 when it "
+        "had already finished (nothing changes), 2 for an unknown or malformed id.",
+    )
+    c.add_argument("task_id", metavar="ID", type=_task_id, help="the task's id (a UUID)")
+    c.add_argument(
+        "--children",
+        action="store_true",
+        help="also cancel the unfinished tasks sent from it, at any depth",
+    )
+    common(c)
+
+    r = sub.add_parser(
+        "retry",
+        help="queue a failed or canceled task again",
+        description="Queue a failed or canceled task again, with a fresh retry budget (its "
+        "attempt numbers go on, its runs stay). Exit code 0 when queued, 1 when the task is "
+        "not failed or canceled (nothing changes), 2 for an unknown or malformed id or when "
+        "its idempotency key is held by another live task.",
+    )
+    r.add_argument("task_id", metavar="ID", type=_task_id, help="the task's id (a UUID)")
+    common(r)
+
+    p = sub.add_parser(
+        "prune",
+        help="delete old finished tasks and their runs",
+        description="Delete the tasks that finished (completed, failed or canceled) longer ago "
+        "than --older-than, with their runs, in small batches (each its own short transaction, "
+        "rows locked by others skipped), so that workers carry on meanwhile. Tasks whose "
+        "parent or child is still queued or running stay.",
+    )
+    p.add_argument(
+        "--older-than",
+        required=True,
+        type=_duration,
+        metavar="DURATION",
+        help=f"how long ago the tasks finished: {FORMS} (a bare number is seconds; 0s: every "
+        "finished task)",
+    )
+    p.add_argument(
+        "--status",
+        type=_final_statuses,
+        default=_FINAL_ORDER,
+        metavar="STATUSES",
+        help="comma-separated final statuses to prune (default: " + ",".join(_FINAL_ORDER) + ")",
+    )
+    common(p)
     return parser
 
 
@@ -221,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_level, args.log_format)
         if args.command == "run-worker":
             return _run_worker(args)
+        if args.command in _ADMIN:
+            return _ADMIN[args.command](args)
         return _migrate(args)
     except HyrexLikeError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the driver's text held
@@ -246,6 +360,74 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> Any:
+    """A registry with no tasks, on the database and schema of the flags: the admin commands
+    work on any task by id, without importing the app."""
+    from .registry import HyrexRegistry
+
+    return HyrexRegistry(args.database_url, schema=args.schema)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    hy = _registry(args)
+    try:
+        handle = hy.get_handle(args.task_id)  # TaskNotFound: exit 2 through main
+        changed = dict(hy.store.cancel(handle.id, args.children))
+        handle.refresh()
+    finally:
+        hy.close()
+    mine = changed.pop(handle.id, None)
+    if mine is TaskStatus.CANCELED:
+        line, code = f"task {handle.id} canceled", 0
+    elif mine is TaskStatus.RUNNING:
+        worker = handle.row.worker_id
+        line, code = f"task {handle.id}: stop requested (running on worker {worker})", 0
+    else:
+        line = f"task {handle.id} is already {handle.status}, nothing changed"
+        code = EXIT_NOTHING_CHANGED
+    if changed:
+        stopped = sum(1 for s in changed.values() if s is TaskStatus.RUNNING)
+        line += (
+            f"; {len(changed) - stopped} unfinished task(s) sent from it canceled, "
+            f"{stopped} stop(s) requested"
+        )
+    print(line)
+    return code
+
+
+def _retry(args: argparse.Namespace) -> int:
+    hy = _registry(args)
+    try:
+        handle = hy.get_handle(args.task_id)
+        queued = handle.retry()  # KeyInUse: exit 2 through main
+    finally:
+        hy.close()
+    if queued:
+        print(f"task {handle.id} queued again")
+        return 0
+    print(f"task {handle.id} is {handle.status}, not failed or canceled: nothing changed")
+    return EXIT_NOTHING_CHANGED
+
+
+def _prune(args: argparse.Namespace) -> int:
+    hy = _registry(args)
+    try:
+        deleted = hy.store.prune(args.older_than, args.status)
+    finally:
+        hy.close()
+    statuses = ", ".join(args.status)
+    age = format_duration(args.older_than)
+    print(f"deleted {deleted} task(s) ({statuses}) finished more than {age} ago")
+    return 0
+
+
+_ADMIN: dict[str, Callable[[argparse.Namespace], int]] = {
+    "cancel": _cancel,
+    "retry": _retry,
+    "prune": _prune,
+}
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     """The flags as `WorkerOptions` (refused in flag terms before the app is imported), then
     the `Worker` that ``hy.worker(...)`` makes from code (`main` configured logging)."""
@@ -263,6 +445,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat_interval,
             poll_interval=args.poll_interval,
             startup_timeout=args.startup_timeout,
+            retention=args.retention,
             log_level=args.log_level,
             log_format=args.log_format,
         )

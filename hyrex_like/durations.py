@@ -30,3 +30,13 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(seconds) or seconds > MAX_SECONDS:
         raise ValueError(f"invalid duration {text!r}: at most 36500d")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit up to days that divides it evenly (``604800`` -> ``7d``;
+    weeks are accepted but not written: days read more plainly)."""
+    for unit in "dhm":
+        size = UNITS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
