@@ -11,15 +11,24 @@ import inspect
 import typing
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+import psycopg
+
 from .config import Settings
 from .db import Store
-from .errors import ConfigurationError, DuplicateTaskName, InvalidTaskId, InvalidTaskOption
+from .errors import (
+    ConfigurationError,
+    DuplicateTaskName,
+    InvalidTaskId,
+    InvalidTaskOption,
+    UnknownTaskName,
+)
 from .handle import TaskHandle
 from .signature import _inspect_function
-from .task import AsyncTaskDefinition
+from .task import AsyncTaskDefinition, TaskSender, named_task
 from .task import TaskDefinition as TaskDefinition  # re-exported: the worker imports it here
 from .task_config import _UNSET, _config
 from .task_config import check_name as check_name  # re-exported: the CLI and worker import it
@@ -59,6 +68,10 @@ class HyrexRegistry:
     The URL comes from ``database_url``, else ``HYREX_LIKE_DATABASE_URL``, else the embedded
     PostgreSQL (logged as a warning; forbidden by ``HYREX_LIKE_NO_EMBEDDED=1``). Nothing
     connects until the first send.
+
+    ``refuse_unknown_tasks``: `send` by name refuses names not registered here
+    (`UnknownTaskName`), for a registry that knows every task; by default such a send goes out
+    for a worker that knows the task.
     """
 
     def __init__(
@@ -67,10 +80,13 @@ class HyrexRegistry:
         *,
         schema: str | None = None,
         settings: Settings | None = None,
+        refuse_unknown_tasks: bool = False,
     ) -> None:
         self.settings = settings or Settings.from_env(database_url=database_url, schema_name=schema)
         self.store = Store(self.settings)
+        self.refuse_unknown_tasks = refuse_unknown_tasks
         self._tasks: dict[str, TaskDefinition[Any, Any]] = {}
+        self._named: dict[str, TaskDefinition[Any, Any]] = {}  # sent by name, not registered
 
     def __repr__(self) -> str:
         return f"<HyrexRegistry schema={self.settings.schema_name!r} tasks={len(self._tasks)}>"
@@ -154,6 +170,99 @@ class HyrexRegistry:
         self._tasks[task_name] = definition
         return definition
 
+    def send(
+        self,
+        task_name: str,
+        payload: Any = _UNSET,
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+        delay: timedelta | float | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        queue: str = _UNSET,
+        priority: int = _UNSET,
+        max_retries: int = _UNSET,
+        timeout_seconds: float | None = _UNSET,
+        retry_backoff: float | Callable[[int], float] | None = _UNSET,
+    ) -> TaskHandle[Any]:
+        """Send a task by its name, e.g. from a script or a service that does not import it.
+
+        A task registered here is sent exactly as ``task.with_config(...).send(...)`` would
+        (its payload validated now). Any other name is refused with `UnknownTaskName` if the
+        registry was made with ``refuse_unknown_tasks=True``; else the payload must be JSON
+        (dicts, lists, text, numbers, bools, None, pydantic models; no payload: null) under
+        the limits of every payload, and a worker that registers the task validates it: one
+        that does not match fails the task at once (no retries), the error on its run. The
+        options are checked as ``@hy.task``'s; the handle's result is the stored JSON.
+        """
+        sender = self._sender(
+            task_name, queue, priority, max_retries, timeout_seconds, retry_backoff
+        )
+        if payload is _UNSET and task_name not in self._tasks:
+            payload = None  # known by name only: no payload is null
+        return sender.send(
+            payload, conn=conn, delay=delay, run_at=run_at, idempotency_key=idempotency_key
+        )
+
+    async def asend(
+        self,
+        task_name: str,
+        payload: Any = _UNSET,
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        delay: timedelta | float | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        queue: str = _UNSET,
+        priority: int = _UNSET,
+        max_retries: int = _UNSET,
+        timeout_seconds: float | None = _UNSET,
+        retry_backoff: float | Callable[[int], float] | None = _UNSET,
+    ) -> TaskHandle[Any]:
+        """Async twin of `send` (by name)."""
+        sender = self._sender(
+            task_name, queue, priority, max_retries, timeout_seconds, retry_backoff
+        )
+        if payload is _UNSET and task_name not in self._tasks:
+            payload = None  # known by name only: no payload is null
+        return await sender.asend(
+            payload, conn=conn, delay=delay, run_at=run_at, idempotency_key=idempotency_key
+        )
+
+    def _sender(
+        self,
+        task_name: str,
+        queue: Any,
+        priority: Any,
+        max_retries: Any,
+        timeout_seconds: Any,
+        retry_backoff: Any,
+    ) -> TaskDefinition[Any, Any] | TaskSender[Any, Any]:
+        """What `send` by name sends with: the registered task (or one known by name only)
+        with the options given."""
+        definition = self._tasks.get(task_name) or self._named.get(task_name)
+        if definition is None:
+            check_name("task name", task_name)
+            if self.refuse_unknown_tasks:
+                raise UnknownTaskName(
+                    f"task {task_name!r} is not registered in this registry, which refuses "
+                    f"unknown names (refuse_unknown_tasks=True); registered: "
+                    f"{', '.join(sorted(self._tasks)) or 'none'}. Import the module that "
+                    "defines it, or send it from a registry without refuse_unknown_tasks (a "
+                    "worker that registers it validates the payload)"
+                )
+            definition = self._named[task_name] = named_task(self, task_name)
+        options = dict(
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            retry_backoff=retry_backoff,
+        )
+        if all(value is _UNSET for value in options.values()):
+            return definition
+        return definition.with_config(**options)
+
     def get_handle(self, task_id: uuid.UUID | str) -> TaskHandle[Any]:
         """A handle for an existing task id (e.g. one stored by the application).
 
@@ -213,6 +322,7 @@ class HyrexRegistry:
         log_format: str | None = None,
         app: str | None = None,
         observer: WorkerObserver | None = None,
+        retention: float | str | None = None,
     ) -> Worker:
         """A worker for these tasks in this process: ``hy.worker(queues=["emails"]).run()``.
 
@@ -222,7 +332,9 @@ class HyrexRegistry:
         run it on a thread. Executors import the app by ``app`` (``module:attribute``), by
         default the module-level name that holds this registry. Logging is configured only
         if ``log_level`` or ``log_format`` is given. ``observer`` (a `WorkerObserver`) is told
-        of claims, writes, heartbeats and rescues as they happen. See `hyrex_like.runner`.
+        of claims, writes, heartbeats and rescues as they happen. ``retention``: delete
+        finished tasks older than this (seconds or '7d'); see run-worker --retention.
+        See `hyrex_like.runner`.
         """
         from .runner import Worker  # at call time: the registry never imports the dispatcher
 
@@ -241,6 +353,7 @@ class HyrexRegistry:
             startup_timeout=startup_timeout,
             log_level=log_level,
             log_format=log_format,
+            **({"retention": retention} if retention is not None else {}),
         )
 
     def close(self) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -114,6 +116,102 @@ def _config(owner: str, base: TaskConfig | None, options: dict[str, Any]) -> Tas
         raise InvalidTaskOption(f"invalid option for task {owner}: {problems}") from None
     except InvalidTaskOption as exc:
         raise InvalidTaskOption(f"invalid option for task {owner}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SendOptions:
+    """When a send's task becomes due and the key it is sent once under, as ``with_config``
+    holds them (a send's own arguments override them). At most one of ``delay`` (seconds) and
+    ``run_at`` (timezone-aware) is set."""
+
+    delay: float | None = None
+    run_at: datetime | None = None
+    idempotency_key: str | None = None
+
+    def run_after(self) -> datetime | None:
+        """The due time of a task sent now: ``run_at``, or now plus ``delay`` (this clock)."""
+        if self.run_at is not None:
+            return self.run_at
+        if self.delay is not None:
+            return datetime.now(UTC) + timedelta(seconds=self.delay)
+        return None
+
+
+def check_delay(owner: str, value: object) -> float:
+    """A delay as seconds: a timedelta or a number, finite and >= 0."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise InvalidTaskOption(
+            f"invalid option for task {owner}: delay must be a timedelta or a number of "
+            f"seconds, got {type(value).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidTaskOption(
+            f"invalid option for task {owner}: delay must be finite and >= 0, got {value!r}"
+        )
+    try:
+        datetime.now(UTC) + timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidTaskOption(
+            f"invalid option for task {owner}: delay {value!r} is past the year 9999"
+        ) from None
+    return seconds
+
+
+def check_run_at(owner: str, value: object) -> datetime:
+    """A due time: a timezone-aware datetime (a naive one is ambiguous: whose clock?)."""
+    if not isinstance(value, datetime):
+        raise InvalidTaskOption(
+            f"invalid option for task {owner}: run_at must be a datetime, got "
+            f"{type(value).__name__}"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidTaskOption(
+            f"invalid option for task {owner}: run_at {value.isoformat()} is a naive datetime; "
+            "give it a timezone, e.g. datetime(..., tzinfo=UTC) or datetime.now(UTC) + "
+            "timedelta(...)"
+        )
+    return value
+
+
+def check_key(owner: str, value: object, what: str = "idempotency_key") -> str:
+    """An idempotency key: checked as a name is (1-255 characters, no control characters)."""
+    try:
+        return check_name(what, value)
+    except InvalidTaskOption as exc:
+        raise InvalidTaskOption(f"invalid option for task {owner}: {exc}") from None
+
+
+def send_options(
+    owner: str,
+    base: SendOptions | None,
+    delay: Any,
+    run_at: Any,
+    idempotency_key: Any,
+    *,
+    unset: Any,
+) -> SendOptions | None:
+    """``base`` with the options given (those that are not ``unset``) replacing its own, checked.
+
+    A delay or a run_at replaces both of base's timing options; giving both at once is refused.
+    None for no option at all (the plain send path).
+    """
+    delay_given, run_at_given = delay is not unset, run_at is not unset
+    if delay_given and run_at_given and delay is not None and run_at is not None:
+        raise InvalidTaskOption(f"invalid option for task {owner}: give delay or run_at, not both")
+    seconds, due = (base.delay, base.run_at) if base is not None else (None, None)
+    if delay_given or run_at_given:
+        seconds = check_delay(owner, delay) if delay_given and delay is not None else None
+        due = check_run_at(owner, run_at) if run_at_given and run_at is not None else None
+    key = base.idempotency_key if base is not None else None
+    if idempotency_key is not unset:
+        key = None if idempotency_key is None else check_key(owner, idempotency_key)
+    if seconds is None and due is None and key is None:
+        return None
+    return SendOptions(seconds, due, key)
 
 
 class _Unset:
