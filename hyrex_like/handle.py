@@ -11,7 +11,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from .db import RunRow, Store, TaskRow
-from .errors import TaskNotCompleted, TaskNotFound, TaskWaitTimeout
+from .errors import KeyInUse, TaskNotCompleted, TaskNotFound, TaskWaitTimeout
 from .states import TASK_FINAL, RunStatus, TaskStatus
 from .task_config import _UNSET
 
@@ -220,9 +220,24 @@ class TaskHandle(Generic[R]):
         numbers go on; its runs stay). False if it is not failed or canceled (nothing
         changes). Raises `KeyInUse` if its idempotency key is now held by another live task.
         The handle is refreshed."""
-        done = self._store.retry(self.id)
+        try:
+            done = self._store.retry(self.id)
+        except KeyInUse:
+            raise KeyInUse(self._key_in_use_message()) from None
         self.refresh()
         return done
+
+    def _key_in_use_message(self) -> str:
+        """Why a retry was refused, naming the key and the task that holds it now."""
+        row = self.refresh().row
+        key = row.idempotency_key
+        holders = self._store.execute("find_live_keys", {"task_name": row.task_name, "keys": [key]})
+        holder = f"task {holders[0][1]}" if holders else "another live task"
+        return (
+            f"task {self._label()} cannot be retried: its idempotency key {key!r} is held by "
+            f"{holder} (sent after this one failed or was canceled); cancel that one first, or "
+            "send anew"
+        )
 
     @property
     def row(self) -> TaskRow:
