@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from hyrex_like import InvalidTaskOption
+from hyrex_like import ConfigurationError, InvalidTaskOption
 
 from .helpers import count, done, query, wait_until
 
@@ -277,7 +277,18 @@ def test_send_many_with_keys(lapp, database_url, schema):
 def test_send_many_refuses_one_string_key_and_a_wrong_count(lapp, database_url, schema):
     lapp.hy.migrate()
     with pytest.raises(InvalidTaskOption, match=r"with_config\(idempotency_key=...\)"):
-        lapp.record.send_many([{"n": 1}], idempotency_key="k")  # type: ignore[arg-type]
+        lapp.record.send_many([{"n": 1}], idempotency_key="k")
     with pytest.raises(InvalidTaskOption, match="2 idempotency keys for 1 payloads"):
         lapp.record.send_many([{"n": 1}], idempotency_key=["a", "b"])
     assert count(database_url, schema) == 0
+
+
+# ------------------------------------------------------------------------ worker options
+
+
+def test_hy_worker_takes_a_retention(lapp):
+    assert lapp.hy.worker(retention="7d").options.retention == 7 * 86400
+    assert lapp.hy.worker(retention=90).options.retention == 90
+    assert lapp.hy.worker().options.retention is None  # off by default
+    with pytest.raises(ConfigurationError, match="retention"):
+        lapp.hy.worker(retention="soon")
