@@ -25,6 +25,7 @@ from .logs import get_logger
 from .observer import GuardedObserver, WorkerObserver, timed, times_steps
 from .registry import HyrexRegistry
 from .states import RunStatus
+from .worker.cancels import Cancels
 from .worker.claimer import Claimer
 from .worker.completer import Completer
 from .worker.connection import Connections
@@ -32,6 +33,7 @@ from .worker.executors import ExecutorPool
 from .worker.handlers import OnErrorCalls
 from .worker.ledger import Ledger
 from .worker.maintenance import Maintenance
+from .worker.retention import Retention
 from .worker.signals import ForcedExit, Signals
 
 __all__ = ["MAX_PROCESSES", "Dispatcher", "WorkerOptions", "default_processes"]
@@ -49,6 +51,7 @@ def new_stats() -> dict[str, int]:
         "given_back": 0,  # claimed, never started: handed back (shutdown or hand-over)
         RunStatus.TIMED_OUT.value: 0,
         RunStatus.LOST.value: 0,
+        RunStatus.CANCELED.value: 0,  # attempts this worker stopped or never began: canceled
         "rescued": 0,
         "executor_restarts": 0,
         "db_reconnects": 0,
@@ -128,12 +131,19 @@ class Dispatcher:
             self.worker_id,
             self.log,
             on_rescued=self._rescued,
+            on_cancel=self._cancel_requested,
             observer=self.observer,
+            retention=None if options.retention is None else Retention(options.retention, self.log),
         )
+        self.cancels = Cancels(
+            self.ledger, self.pool.cancel_head, self.pool.take_back, self.stats, self.log
+        )
+        self.conns.on_cancel = self.cancels.request  # (on the loop's thread: no wake needed)
         self._grace_deadline = math.inf
         # The loop's steps, in order (named for the observer's `step` hook).
         self._steps: tuple[tuple[str, Callable[[], object]], ...] = (
             ("sync", self._sync),  # take in ended rounds, start the next write and claim
+            ("cancel", self.cancels.step),  # before dispatch: a canceled ready job never starts
             ("dispatch", self.pool.dispatch),
             ("wait", self._wait),  # pipes, sentinels, LISTEN, the wake pipe
             ("collect", self.pool.collect),
@@ -205,6 +215,11 @@ class Dispatcher:
         """From the upkeep thread: tasks of dead workers are queued again; claim them."""
         self.stats["rescued"] += tasks
         self.ledger.claim_wanted = True
+        self.signals.wake()
+
+    def _cancel_requested(self, task_ids: list[uuid.UUID]) -> None:
+        """From the upkeep thread: the heartbeat found cancels of tasks this worker runs."""
+        self.cancels.request(task_ids)
         self.signals.wake()
 
     def _finished(self) -> bool:
@@ -305,7 +320,10 @@ class Dispatcher:
             return 0.0
         writing = self.completer.round is not None
         deadlines = [self.completer.retry_at]
-        deadlines.append(self._grace_deadline if self.ledger.stopping else self.claimer.next_poll)
+        if self.ledger.stopping:
+            deadlines.append(self._grace_deadline)
+        else:  # the next poll, or the next waiting task's due time, if sooner
+            deadlines += (self.claimer.next_poll, self.claimer.next_due)
         # (a round in flight wakes the loop when it ends)
         if (not writing and self.ledger.has_unwritten()) or (
             self.claimer.round is None and self.claimer.size()
@@ -313,4 +331,5 @@ class Dispatcher:
             deadlines.append(now if self.conns.db is not None else self.conns.next_attempt)
         deadlines += self.pool.timeout_deadlines()
         deadlines.append(self.completer.next_mark())
+        deadlines.append(self.cancels.next_check)
         return max(0.0, min(min(deadlines) - now, 1.0))

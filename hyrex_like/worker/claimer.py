@@ -7,6 +7,7 @@ the loop goes on, so each claim's batch grows with the load.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from concurrent.futures import Future
@@ -28,6 +29,7 @@ _COMPLETED = RunStatus.COMPLETED.value
 CLAIM_MAX = 1_000  # rows per claim statement
 AHEAD_SECONDS = 0.2  # auto prefetch: hold at most what starts within this long at the pace seen
 FIRST_CLAIM_MAX = 100  # until something was claimed: executors start on it ~15 ms sooner
+DUE_MARGIN = 0.001  # wake this long after a waiting task is due, never before (clocks, rounding)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class _Round:
     generation: int
     claimed: list[Job] | None = None
     due: float | None = None  # seconds until the next waiting task is due (a short claim's)
+    began: float = 0.0  # monotonic, just before the statement was sent (what ``due`` counts from)
     seconds: float = 0.0  # the claim statement's time
     error: BaseException | None = None
     future: Future[_Round] | None = None  # set while it runs on the claimer's thread
@@ -69,6 +72,9 @@ class Claimer:
         self.log = log
         self.round: _Round | None = None
         self.next_poll = 0.0
+        # When the next waiting task this worker could run is due (monotonic; inf: none known),
+        # from the last short claim: an idle worker claims then, not at its next poll.
+        self.next_due = math.inf
         # auto prefetch: extra room while claims come back full (a deep queue), sized by the
         # pace tasks finish at, so claims and writes are batches of hundreds, not of 32
         self.ahead = 0
@@ -78,10 +84,14 @@ class Claimer:
         self._debug = options.log_level == "debug"
 
     def poll(self, now: float) -> None:
-        """Every --poll-interval, claim even without a NOTIFY (one may have been missed)."""
+        """Every --poll-interval, claim even without a NOTIFY (one may have been missed); and
+        when the next waiting task is due (delayed, or waiting out a retry's backoff)."""
         if now >= self.next_poll:
             self.ledger.claim_wanted = True
             self.next_poll = now + self.options.poll_interval
+        if now >= self.next_due:
+            self.ledger.claim_wanted = True
+            self.next_due = math.inf
 
     def size(self) -> int:
         """How many tasks to claim now (0: not now): only what can start soon (`Ledger.room`),
@@ -122,6 +132,7 @@ class Claimer:
     def _run(self, job: _Round) -> _Round:
         """On the claimer's thread."""
         try:
+            job.began = time.monotonic()
             began = time.perf_counter()
             job.claimed, job.due = WorkerQueries.claim(
                 job.db, self.worker_id, self.task_names, self.queues, job.claim, Job
@@ -159,6 +170,13 @@ class Claimer:
     def _apply(self, job: _Round) -> None:
         if job.claimed is not None:
             self.observer.claimed(job.claim, len(job.claimed), job.seconds)
+            if job.due is not None:
+                # Counted from before the statement was sent: the server's now() is later, so
+                # this is at most a round trip early; the margin keeps it from being early at
+                # all in practice, and an early claim just finds nothing and asks again.
+                self.next_due = job.began + max(0.0, job.due) + DUE_MARGIN
+            elif len(job.claimed) < job.claim:
+                self.next_due = math.inf  # nothing waits that this worker could run
             self._take(job.claimed, job.claim)
         else:
             self.ledger.claim_wanted = True  # the claim failed: what it was for is still waiting

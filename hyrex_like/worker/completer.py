@@ -32,6 +32,8 @@ _COMPLETED = RunStatus.COMPLETED
 _INTERRUPTED = RunStatus.INTERRUPTED
 _QUEUED_STR = TaskStatus.QUEUED.value
 _FAILED_STR = TaskStatus.FAILED.value
+_CANCELED_STR = TaskStatus.CANCELED.value
+_CANCELED = RunStatus.CANCELED
 
 Returned = list[tuple[uuid.UUID, str, datetime, int]]
 
@@ -300,6 +302,19 @@ def log_outcomes(
                     error_type=row.error_type,
                     error=row.error_message,
                     delay=round(max(0.0, delay), 3),
+                )
+        elif status == _CANCELED_STR:
+            # A run this worker ended as canceled was logged then (task_canceled); one that
+            # ended otherwise (it failed, timed out or was interrupted) after its cancel was
+            # requested ends the task canceled too, not retried: say so.
+            if row is not None and row.status is not _CANCELED:
+                log.info(
+                    "task_canceled",
+                    task_id=str(task_id),
+                    task_name=row.task_name,
+                    attempt=attempts,
+                    run_status=row.status.value,
+                    reason="its cancel was requested while this attempt ran; not retried",
                 )
         elif status == _FAILED_STR:
             log.error(

@@ -98,6 +98,10 @@ class Connections:
         self._refused_since: float | None = None  # when reconnects began to be refused
         # Called before closing: takes in the rounds that ended (set by the Dispatcher).
         self.before_close: Callable[[], object] = lambda: None
+        # Called with the task ids a control-channel NOTIFY asks this worker to cancel.
+        self.on_cancel: Callable[[list[uuid.UUID]], object] = lambda task_ids: None
+        self._control = registry.store.control_channel
+        self._me = str(worker_id)
 
     def run(
         self, thread: _DbThread, db: psycopg.Connection[Any], fn: Callable[..., Any], *args: Any
@@ -133,6 +137,7 @@ class Connections:
                         raise
             db, claim_db, listen = conns
             WorkerQueries.listen(listen, store.channel)
+            WorkerQueries.listen(listen, self._control)  # cancels (see `take_notifies`)
             self.register(db)
             # A claim whose reply was lost with the old connection left tasks marked as ours.
             known = self.ledger.known_task_ids()
@@ -217,13 +222,27 @@ class Connections:
         self.db = self.claim_db = self.listen = None
 
     def take_notifies(self, ready: list[Any]) -> None:
-        """Any NOTIFY on the LISTEN connection (among ``ready``) asks for a claim."""
+        """Take the NOTIFYs on the LISTEN connection (if among ``ready``): one on the queue's
+        channel asks for a claim; one on the control channel naming this worker asks it to
+        cancel a task (payload: worker id, space, task id; those for other workers are
+        ignored)."""
         if self.listen is not None and self.listen.fileno() in ready:
+            cancel: list[uuid.UUID] = []
             try:
-                for _ in self.listen.notifies(timeout=0):
-                    self.ledger.claim_wanted = True
+                for note in self.listen.notifies(timeout=0):
+                    if note.channel != self._control:
+                        self.ledger.claim_wanted = True
+                        continue
+                    worker, _, task = note.payload.partition(" ")
+                    if worker == self._me:
+                        try:
+                            cancel.append(uuid.UUID(task))
+                        except ValueError:
+                            self.log.warning("control_message_ignored", payload=note.payload)
             except DB_ERRORS as exc:
                 self.lost(exc)
+            if cancel:
+                self.on_cancel(cancel)
 
     def listen_fileno(self) -> int | None:
         if self.listen is not None and not self.listen.closed:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import WorkerOptions
-from ..errors import ExecutorLost, HyrexLikeError, TaskTimeout, WorkerError
+from ..errors import ExecutorLost, HyrexLikeError, TaskCanceled, TaskTimeout, WorkerError
 from ..observer import WorkerObserver
 from ..registry import HyrexRegistry
 from ..states import RunStatus
@@ -30,6 +30,7 @@ from .spawn import Spawner
 
 _COMPLETED = RunStatus.COMPLETED
 _FAILED = RunStatus.FAILED
+_CANCELED = RunStatus.CANCELED
 
 
 class ExecutorPool:
@@ -164,28 +165,57 @@ class ExecutorPool:
             )
             self._replace(i, ex)
 
+    def cancel_head(self, slot: int, job: Job) -> bool:
+        """Stop ``job``, running on ``slot``'s executor, because its task was canceled: the
+        executor is killed as for a timeout and replaced, the run recorded ``canceled`` (never
+        retried), the slot's other jobs run elsewhere. ``on_error`` is not called: a cancel is
+        not the task's failure. False if ``job`` is no longer that slot's head (it ended)."""
+        ex = self.executors[slot]
+        held = self.ledger.assigned[ex.index]
+        self._drain_pipe(ex)  # it may have just finished
+        if not held or held[0] is not job:
+            return False
+        self.spawner.kill(ex)
+        why = "the task was canceled while this attempt ran; its executor was killed"
+        self._fail_head(
+            ex, _CANCELED, TaskCanceled(why), "task_canceled", retryable=False, stage="running"
+        )
+        self._replace(slot, ex)
+        return True
+
+    def take_back(self, slot: int) -> None:
+        """Ask ``slot``'s executor to hand back the jobs it has not started."""
+        self.spawner.take_back(self.executors[slot])
+
     def _fail_head(
         self,
         ex: ExecutorHandle,
         status: RunStatus,
         error: HyrexLikeError,
         event: str,
+        retryable: bool = True,
         **fields: Any,
     ) -> None:
-        """The one failure path for an attempt the worker ended (its executor died or was
-        killed): record it, say so, call on_error, and run the slot's other jobs elsewhere."""
+        """The one path for an attempt the worker ended (its executor died or was killed):
+        record it, say so, call on_error (not for a cancel), and run the slot's other jobs
+        elsewhere."""
         head = self.ledger.answered(ex.index)
-        self.stats[status.value] += 1
+        canceled = status is _CANCELED
+        if not canceled:  # (the ledger counts cancels: they are not failed attempts)
+            self.stats[status.value] += 1
         began = self._head_began(ex)
-        self.ledger.finish(head, status, True, None, type(error).__name__, str(error), None, began)
-        self.log.warning(
+        self.ledger.finish(
+            head, status, retryable, None, type(error).__name__, str(error), None, began
+        )
+        (self.log.info if canceled else self.log.warning)(
             event,
             task_id=str(head.task_id),
             task_name=head.task_name,
             attempt=head.attempt,
             **fields,
         )
-        self.on_error(head, error)
+        if not canceled:
+            self.on_error(head, error)
         self.ledger.requeue_rest(ex.index)
 
     def _replace(self, i: int, ex: ExecutorHandle) -> None:

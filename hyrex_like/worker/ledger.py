@@ -29,8 +29,10 @@ from .protocol import Job
 
 _COMPLETED = RunStatus.COMPLETED
 _INTERRUPTED = RunStatus.INTERRUPTED
+_CANCELED = RunStatus.CANCELED
 _COMPLETED_STR = RunStatus.COMPLETED.value
 _INTERRUPTED_STR = RunStatus.INTERRUPTED.value
+_CANCELED_STR = RunStatus.CANCELED.value
 
 
 @dataclass(eq=False)  # compared by identity: `written` removes this very batch
@@ -163,6 +165,8 @@ class Ledger:
             self.stats[_COMPLETED_STR] += 1
         elif status is _INTERRUPTED:
             self.stats[_INTERRUPTED_STR] += 1
+        elif status is _CANCELED:  # the caller's decision, not a failure
+            self.stats[_CANCELED_STR] += 1
         else:
             self.stats["failed_attempts"] += 1
 

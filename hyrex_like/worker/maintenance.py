@@ -1,11 +1,12 @@
-"""Upkeep off the dispatch loop: the worker's heartbeat, and the rescue of tasks held by workers
-whose heartbeat went stale.
+"""Upkeep off the dispatch loop: the worker's heartbeat (which also finds cancels of its tasks
+whose NOTIFY it missed), the rescue of tasks held by workers whose heartbeat went stale, and
+(with --retention) the deletion of old finished tasks.
 
-Both run on a thread and a connection of their own, so a dead or slow database link never
+All run on a thread and a connection of their own, so a dead or slow database link never
 stalls dispatch, results or timeouts, and a busy loop never delays a heartbeat. The rescue
-scan runs on one elected worker per schema at a time: the one holding a session advisory lock,
-which PostgreSQL releases when that worker's connection ends, so another worker takes over at
-its next pass. `Maintenance.run_once` is one pass, callable without the thread in tests, with
+scan and the retention run on one elected worker per schema at a time: the one holding a
+session advisory lock, which PostgreSQL releases when that worker's connection ends, so another
+worker takes over at its next pass. `Maintenance.run_once` is one pass, callable without the thread in tests, with
 the clock injected.
 """
 
@@ -24,6 +25,7 @@ from ..db import WorkerQueries
 from ..observer import WorkerObserver
 from .connection import DB_ERRORS, close_quietly, describe
 from .processes import set_os_thread_name
+from .retention import Retention
 
 
 class Maintenance:
@@ -38,7 +40,9 @@ class Maintenance:
         log: Any,
         *,
         on_rescued: Callable[[int], None] = lambda tasks: None,
+        on_cancel: Callable[[list[uuid.UUID]], None] = lambda task_ids: None,
         observer: WorkerObserver | None = None,
+        retention: Retention | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
@@ -47,8 +51,10 @@ class Maintenance:
         self.worker_id = worker_id
         self.log = log
         self._on_rescued = on_rescued
+        self._on_cancel = on_cancel
         self.observer = observer or WorkerObserver()
         self.clock = clock
+        self.retention = retention  # (--retention) run by the elected rescuer after its scan
         self.db: psycopg.Connection[Any] | None = None
         self.leader = False  # holds the rescuer lock on `db`
         self._next_full_rescue = 0.0  # see WorkerQueries.rescue
@@ -99,6 +105,8 @@ class Maintenance:
                     self.log.info("rescuer_elected")
             if self.leader:
                 self._rescue(db, now)
+                if self.retention is not None:  # one worker per schema prunes, briefly
+                    self.retention.run_once(db, now)
             else:
                 self.observer.maintenance_skipped("not_leader")
         except DB_ERRORS as exc:
@@ -130,6 +138,8 @@ class Maintenance:
             self.log.warning("worker_declared_lost_reregistering")
             self._register(db)
         self.observer.heartbeat(alive)
+        if cancel:  # cancels of our running tasks whose NOTIFY we may have missed
+            self._on_cancel(cancel)
 
     def _rescue(self, db: psycopg.Connection[Any], now: float) -> None:
         full = now >= self._next_full_rescue
