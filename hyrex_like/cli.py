@@ -382,8 +382,9 @@ def _cancel(args: argparse.Namespace) -> int:
     elif mine is TaskStatus.RUNNING:
         worker = handle.row.worker_id
         line, code = f"task {handle.id}: stop requested (running on worker {worker})", 0
-    else:
-        line = f"task {handle.id} is already {handle.status}, nothing changed"
+    else:  # the exit code speaks for the task itself, as `handle.cancel()` returns
+        line = f"task {handle.id} is already {handle.status}"
+        line += "" if changed else ", nothing changed"
         code = EXIT_NOTHING_CHANGED
     if changed:
         stopped = sum(1 for s in changed.values() if s is TaskStatus.RUNNING)

@@ -109,6 +109,20 @@ def test_cancel_with_children_cancels_the_unfinished_tasks_sent_from_it(
     assert status_of(database_url, schema, finished_child) == "completed"
 
 
+def test_cancel_with_children_of_a_finished_task_cancels_them_and_exits_1(
+    tasks, database_url, schema
+):
+    parent = tasks("completed")
+    child = tasks("queued", parent=parent)
+    code, out, _ = cli(database_url, schema, "cancel", parent, "--children")
+    assert (code, out) == (
+        1,
+        f"task {parent} is already completed; 1 unfinished task(s) sent from it canceled, "
+        "0 stop(s) requested",
+    )
+    assert status_of(database_url, schema, child) == "canceled"
+
+
 def test_cancel_without_children_leaves_them(tasks, database_url, schema):
     parent = tasks("queued")
     child = tasks("queued", parent=parent)
