@@ -1,7 +1,7 @@
 """The worker: one parent process that claims tasks and N executor processes that run them.
 
 `Dispatcher` wires the services of `hyrex_like.worker` and runs the loop. Its steps are named
-calls (claim and write, dispatch, wait, collect, reap, enforce timeouts, maintain); each does
+calls (claim and write, cancel, dispatch, wait, collect, reap, enforce timeouts, poll); each does
 what it can without blocking on the others, so a slow task, a dead executor or a dead database
 never stops the loop. Every attempt the worker holds is in one `Ledger`; the services meet
 there and in the `Connections`, and never import each other.

@@ -6,8 +6,8 @@ All run on a thread and a connection of their own, so a dead or slow database li
 stalls dispatch, results or timeouts, and a busy loop never delays a heartbeat. The rescue
 scan and the retention run on one elected worker per schema at a time: the one holding a
 session advisory lock, which PostgreSQL releases when that worker's connection ends, so another
-worker takes over at its next pass. `Maintenance.run_once` is one pass, callable without the thread in tests, with
-the clock injected.
+worker takes over at its next pass. `Maintenance.run_once` is one pass, callable without the
+thread in tests, with the clock injected.
 """
 
 from __future__ import annotations
