@@ -6,7 +6,7 @@ database; bodies note when they began (tests/apps/lifecycle_app.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +40,9 @@ def idle_worker(worker: Callable[..., Worker], out_dir: Path) -> Callable[..., W
 
 
 def send_later(task: Any, payload: dict[str, Any], seconds: float) -> tuple[Any, datetime]:
-    """Send ``payload`` to run in ``seconds``: ``send(delay=)`` where the library has it,
-    else the same row written by hand. Returns the handle and the task's run_after as written
-    (the row's run_after changes when the task ends)."""
-    try:
-        handle = task.send(payload, delay=seconds)
-    except TypeError:
-        new = task._new_task(payload, task.config.backoff_schedule())
-        new.run_after = datetime.now(UTC) + timedelta(seconds=seconds)
-        task.definition.registry.store.insert_task(new)
-        handle = task._handle(new)
+    """Send ``payload`` to run in ``seconds``. Returns the handle and the task's run_after as
+    written (the row's run_after changes when the task ends)."""
+    handle = task.send(payload, delay=seconds)
     return handle, handle.refresh().row.run_after
 
 
