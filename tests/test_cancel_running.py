@@ -326,6 +326,11 @@ def test_a_running_head_is_stopped_and_a_job_behind_one_is_taken_back_first():
     now[0] += 0.5
     cancels.step()
     assert pool.taken_back == [1, 1]  # unanswered: asked again
+    from hyrex_like.worker.cancels import PENDING_SECONDS
+
+    now[0] += PENDING_SECONDS
+    cancels.step()
+    assert list(cancels.pending) == [_job(3).task_id]  # held here: never dropped
     # The executor hands it back: it is ready, and ends canceled at the next step.
     ledger.take_out(1, _job(3).task_id.bytes)
     ledger.taken_back([_job(3)])
@@ -355,3 +360,32 @@ def test_finished_attempts_are_left_alone_and_unknown_ids_dropped_after_a_while(
     now[0] += PENDING_SECONDS
     cancels.step()
     assert not cancels.pending and cancels.next_check == float("inf")
+
+
+def test_a_job_queued_behind_a_running_one_is_taken_back_and_canceled_unstarted(
+    lapp, lworker, database_url, schema, out_dir
+):
+    """One executor holds a long task and, behind it, two short ones (no take-back of its own
+    for 30 s): cancelling one of those hands it back unstarted; it never runs."""
+    import psycopg
+
+    lworker("--processes", "1", "--busy-after", "30")
+    with psycopg.connect(database_url) as conn:
+        long = lapp.sleeper.with_config(priority=9).send({"n": 1, "seconds": 600}, conn=conn)
+        short = [lapp.quick.with_config(priority=8).send({"n": n}, conn=conn) for n in (2, 3)]
+        conn.commit()
+    wait_until(lambda: started(out_dir, long), 60, what="the long task to start")
+    held = "SELECT count(*) FROM task WHERE status = 'running'"
+    wait_until(lambda: query(database_url, schema, held)[0][0] == 3, 30, what="all three held")
+    began = time.monotonic()
+    assert short[0].cancel() is True
+    wait_until(lambda: status(database_url, schema, short[0]) == "canceled", 30, what="cancel")
+    print(f"queued job taken back and canceled in {(time.monotonic() - began) * 1000:.0f} ms")
+    assert [r[1:] for r in runs(database_url, schema, short[0])] == [
+        ("canceled", "TaskCanceled", None)
+    ]
+    assert status(database_url, schema, long) == "running"
+    # Stopping the long one frees the executor (a fresh one) for the short task left.
+    stop_timed(database_url, schema, long)
+    wait_until(lambda: short[1].refresh().status == "completed", 60, what="the other short task")
+    assert [e["n"] for e in read_events(out_dir, "ran")] == [3]

@@ -44,6 +44,8 @@ again after this long."""
 
 CANCELED_MESSAGE = "the task was canceled before this attempt started"
 
+_DONE, _WAIT, _UNKNOWN = object(), object(), object()  # what `Cancels._act` found
+
 
 class Cancels:
     """Cancels requested for this worker's tasks, until they are carried out."""
@@ -88,17 +90,23 @@ class Cancels:
                 self.wanted = False
             for task_id in ids:
                 self.pending.setdefault(task_id, now + PENDING_SECONDS)
-        elif now < self.next_check and self.stats["claimed"] == self._claimed:
+        elif (
+            not self._asked  # (a job taken back must be caught before it is dispatched again)
+            and now < self.next_check
+            and self.stats["claimed"] == self._claimed
+        ):
             return
         self._claimed = self.stats["claimed"]
         for task_id, give_up in list(self.pending.items()):
-            if self._act(task_id, now) or now >= give_up:
+            found = self._act(task_id, now)
+            if found is _DONE or (found is _UNKNOWN and now >= give_up):
                 del self.pending[task_id]
                 self._asked.pop(task_id, None)
         self.next_check = now + RECHECK_SECONDS if self.pending else math.inf
 
-    def _act(self, task_id: uuid.UUID, now: float, again: bool = True) -> bool:
-        """Do what the attempt's place asks for; True when nothing more is to be done."""
+    def _act(self, task_id: uuid.UUID, now: float, again: bool = True) -> object:
+        """Do what the attempt's place asks for: `_DONE` when nothing more is to be done,
+        `_WAIT` while a take-back is awaited, `_UNKNOWN` when this worker does not hold it."""
         ledger = self.ledger
         for i, job in enumerate(ledger.ready):
             if job.task_id == task_id:
@@ -113,22 +121,22 @@ class Cancels:
                     attempt=job.attempt,
                     stage="claimed",
                 )
-                return True
+                return _DONE
         for slot, jobs in enumerate(ledger.assigned):
             for position, job in enumerate(jobs):
                 if job.task_id != task_id:
                     continue
                 if position == 0:
                     if self._stop_head(slot, job):
-                        return True
+                        return _DONE
                     # It ended (or was handed back) meanwhile: look where it is now.
-                    return self._act(task_id, now, again=False) if again else False
+                    return self._act(task_id, now, again=False) if again else _WAIT
                 asked = self._asked.get(task_id)
                 if asked is None or now >= asked + TAKE_BACK_AGAIN:
                     self._asked[task_id] = now
                     self._take_back(slot)
-                return False
-        return self._written_or_on_its_way(task_id)
+                return _WAIT
+        return _DONE if self._written_or_on_its_way(task_id) else _UNKNOWN
 
     def _written_or_on_its_way(self, task_id: uuid.UUID) -> bool:
         """Whether the attempt ended or goes back unstarted: the database decides the rest."""
