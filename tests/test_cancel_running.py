@@ -389,3 +389,26 @@ def test_a_job_queued_behind_a_running_one_is_taken_back_and_canceled_unstarted(
     stop_timed(database_url, schema, long)
     wait_until(lambda: short[1].refresh().status == "completed", 60, what="the other short task")
     assert [e["n"] for e in read_events(out_dir, "ran")] == [3]
+
+
+def test_an_attempt_that_fails_after_its_cancel_was_requested_ends_the_task_canceled(
+    lapp, lworker, database_url, schema, out_dir
+):
+    """The request reaches the database but not the worker (no NOTIFY, heartbeat far off); the
+    attempt then fails: the task ends canceled, not retried, and the worker says why."""
+    w = lworker("--processes", "1", "--heartbeat-interval", "60", "--stale-after", "120")
+    handle = lapp.fails_when_released.send({"n": 1})
+    wait_until(lambda: started(out_dir, handle), 60, what="the task to start")
+    query(
+        database_url,
+        schema,
+        "UPDATE task SET cancel_requested_at = now() WHERE id = %s",
+        (handle.id,),
+    )
+    (out_dir / "release-1").touch()
+    wait_until(lambda: status(database_url, schema, handle) == "canceled", 30, what="the end")
+    assert [r[:3] for r in runs(database_url, schema, handle)] == [(1, "failed", "RuntimeError")]
+    assert len(started(out_dir, handle)) == 1
+    wait_until(lambda: "run_status=failed" in w.log(), 30, what="the task_canceled line")
+    line = next(x for x in w.log().splitlines() if "run_status=failed" in x)
+    assert "task_canceled" in line

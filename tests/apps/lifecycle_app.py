@@ -82,3 +82,15 @@ def family(job: Nap) -> int:
     time.sleep(job.seconds)
     note("end", n=job.n, **_context())
     return job.n
+
+
+@hy.task(max_retries=3, retry_backoff=0, on_error=note_error)
+def fails_when_released(job: Nap) -> int:
+    """Waits until the test creates ``$HYREX_TEST_OUT/release-<n>`` (10 minutes at most), then
+    raises."""
+    note("start", n=job.n, **_context())
+    release = os.path.join(os.environ.get("HYREX_TEST_OUT", "."), f"release-{job.n}")
+    deadline = time.monotonic() + 600
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise RuntimeError(f"task {job.n} failed on purpose")
