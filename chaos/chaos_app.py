@@ -6,6 +6,8 @@ Every task body records its execution in a per-process file under ``$CHAOS_RECOR
     E <task_id> <attempt> <pid> <start> <end> <ok|raise>      the body returned or raised
     X <task_id> <attempt> <pid> <time>                        another live process held this
                                                               task's lock: two executors at once
+    T <task_id> <attempt> <pid> <start> <not_before>          a delayed task's body started
+                                                              before its due time
 
 The runner reads these files to count executions and to detect concurrent runs of one task.
 Lines are appended with line buffering: a process killed mid-task keeps every line it wrote.
@@ -40,6 +42,7 @@ class Job(BaseModel):
     seq: int
     sleep: float = 0.0
     fail_times: int = 0
+    not_before: float = 0.0  # a delayed send's due time (epoch seconds, the sender's clock)
 
 
 def _out() -> IO[str]:
@@ -79,6 +82,11 @@ class _Execution:
         self.start = time.time()
         out = _out()
         out.write(f"S {self.task_id} {self.attempt} {self.pid} {self.start:.6f}\n")
+        if self.start < self.job.not_before:
+            out.write(
+                f"T {self.task_id} {self.attempt} {self.pid} {self.start:.6f} "
+                f"{self.job.not_before:.6f}\n"
+            )
         try:
             fcntl.lockf(_lock_fd(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self.job.seq)
             self.locked = True

@@ -9,7 +9,8 @@ the server harms nothing else; the cluster is removed at the end (``--keep`` kee
 
 While tasks flow, a chaos loop picks at random intervals one of: SIGKILL an executor process,
 SIGKILL a whole worker (and restart it), terminate the workers' database backends, restart
-PostgreSQL (``pg_ctl restart -m fast``), SIGTERM a busy worker (and restart it once it exits).
+PostgreSQL (``pg_ctl restart -m fast``), SIGTERM a busy worker (and restart it once it exits),
+cancel a few unfinished tasks (queued, delayed or running). One task in ten is sent delayed.
 At the end it waits until no task is queued or running, stops the workers, checks the database
 against the execution records the task bodies wrote (see chaos_app.py), prints a figures table
 and exits non-zero on any violation. See docs/chaos.md.
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,10 @@ ACTIONS = {  # kind: weight
     "backends_terminated": 20,
     "postgres_restart": 10,
     "worker_sigterm": 20,
+    "cancel": 20,
 }
+DELAYS = (0.5, 1.0, 2.0, 3.0)  # seconds, for the tasks sent delayed
+CANCEL_AT_ONCE = 4  # tasks one cancel action picks
 
 
 def log(msg: str) -> None:
@@ -373,6 +378,10 @@ class Run:
     max_running_age: float = 0.0
     killed_with_worker: set[int] = field(default_factory=set)  # executor pids
     kinds: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    cancel_true: set[str] = field(default_factory=set)  # task ids whose cancel returned True
+    cancel_maybe: set[str] = field(default_factory=set)  # a cancel that raised: it may have landed
+    cancel_false: int = 0  # cancels of tasks that had finished meanwhile
+    delayed: dict[int, float] = field(default_factory=dict)  # seq -> delay (s)
 
 
 def plan(n: int, rng: random.Random) -> dict[int, tuple[str, float, int]]:
@@ -392,6 +401,11 @@ def plan(n: int, rng: random.Random) -> dict[int, tuple[str, float, int]]:
     return out
 
 
+def plan_delays(n: int, rng: random.Random) -> dict[int, float]:
+    """seq -> delay: one task in ten is sent to run 0.5-3 s later."""
+    return {seq: rng.choice(DELAYS) for seq in range(n) if rng.random() < 0.10}
+
+
 def sender(run: Run, jobs: dict[int, tuple[str, float, int]]) -> None:
     """Send every task through the library (send_many = one COPY), paced over the send window.
 
@@ -405,11 +419,11 @@ def sender(run: Run, jobs: dict[int, tuple[str, float, int]]) -> None:
         pause = run.args.send_seconds / n_chunks
         for i in range(0, len(seqs), chunk):
             t0 = time.monotonic()
-            groups: dict[str, list[int]] = collections.defaultdict(list)
+            groups: dict[tuple[str, float], list[int]] = collections.defaultdict(list)
             for seq in seqs[i : i + chunk]:
-                groups[jobs[seq][0]].append(seq)
-            for kind, group in groups.items():
-                send_group(run, kind, group, jobs)
+                groups[(jobs[seq][0], run.delayed.get(seq, 0.0))].append(seq)
+            for (kind, delay), group in groups.items():
+                send_group(run, kind, group, jobs, delay)
             time.sleep(max(0.0, pause - (time.monotonic() - t0)))
     except Exception as exc:  # pragma: no cover - reported as a violation
         run.sender_failed.append(f"{type(exc).__name__}: {exc}")
@@ -418,15 +432,27 @@ def sender(run: Run, jobs: dict[int, tuple[str, float, int]]) -> None:
 
 
 def send_group(
-    run: Run, kind: str, group: list[int], jobs: dict[int, tuple[str, float, int]]
+    run: Run,
+    kind: str,
+    group: list[int],
+    jobs: dict[int, tuple[str, float, int]],
+    delay: float = 0.0,
 ) -> None:
+    """Send ``group`` (one kind; with ``delay``, all due that long after the send)."""
     task = getattr(chaos_app, kind)
     pending = list(group)
     deadline = time.monotonic() + 120
     while pending:
-        payloads = [chaos_app.Job(seq=s, sleep=jobs[s][1], fail_times=jobs[s][2]) for s in pending]
+        due = time.time() + delay if delay else 0.0
+        payloads = [
+            chaos_app.Job(seq=s, sleep=jobs[s][1], fail_times=jobs[s][2], not_before=due)
+            for s in pending
+        ]
         try:
-            task.send_many(payloads)
+            if delay:
+                task.send_many(payloads, run_at=datetime.fromtimestamp(due, UTC))
+            else:
+                task.send_many(payloads)
             run.sent += len(pending)
             return
         except (HyrexLikeError, psycopg.Error, OSError) as exc:
@@ -519,7 +545,42 @@ def chaos_step(run: Run, workers: Workers) -> None:
     elif kind == "postgres_restart":
         log("pg_ctl restart -m fast")
         run.cluster.restart()
+    elif kind == "cancel":
+        if not cancel_some(run):
+            return
     run.chaos[kind] += 1
+
+
+def cancel_some(run: Run) -> bool:
+    """Cancel a few unfinished tasks, running ones first (through the library: the worker
+    holding one must stop it). False if none could be picked (the database is away)."""
+    try:
+        with run.cluster.connect() as conn:
+            ids = [
+                str(r[0])
+                for r in conn.execute(
+                    "(SELECT id FROM task WHERE status = 'running' ORDER BY random() LIMIT %s)"
+                    " UNION ALL (SELECT id FROM task WHERE status = 'queued'"
+                    " ORDER BY random() LIMIT %s)",
+                    (CANCEL_AT_ONCE // 2, CANCEL_AT_ONCE // 2),
+                ).fetchall()
+            ]
+    except psycopg.Error:
+        return False
+    done = []
+    for task_id in ids:
+        try:
+            canceled = chaos_app.hy.cancel(task_id)
+        except (HyrexLikeError, psycopg.Error):
+            run.cancel_maybe.add(task_id)  # the chaos took the database away: it may have landed
+            continue
+        if canceled:
+            run.cancel_true.add(task_id)
+        else:
+            run.cancel_false += 1
+        done.append(f"{task_id[-6:]}:{'yes' if canceled else 'finished'}")
+    log(f"cancel {', '.join(done) or 'nothing'}")
+    return bool(ids)
 
 
 def busiest(run: Run, alive: list[WorkerProc]) -> WorkerProc:
@@ -548,9 +609,13 @@ class Execution:
     outcome: str | None = None
 
 
-def read_records(record_dir: Path) -> tuple[dict[tuple[str, int], list[Execution]], list[str]]:
+def read_records(
+    record_dir: Path,
+) -> tuple[dict[tuple[str, int], list[Execution]], list[str], list[str]]:
+    """Executions by (task id, attempt), lock conflicts, and delayed bodies started early."""
     execs: dict[tuple[str, int], list[Execution]] = collections.defaultdict(list)
     conflicts: list[str] = []
+    early: list[str] = []
     for path in sorted(record_dir.glob("exec-*.log")):
         open_by_key: dict[tuple[str, int, int], Execution] = {}
         for line in path.read_text().splitlines():
@@ -572,7 +637,12 @@ def read_records(record_dir: Path) -> tuple[dict[tuple[str, int], list[Execution
                     f"task {task_id} attempt {attempt}: pid {pid} found the task's "
                     "lock held by another live process"
                 )
-    return execs, conflicts
+            elif kind == "T" and len(parts) >= 6:
+                early.append(
+                    f"task {task_id} attempt {attempt} started at {parts[4]}, "
+                    f"{float(parts[5]) - float(parts[4]):.3f}s before it was due"
+                )
+    return execs, conflicts, early
 
 
 def check(
@@ -581,14 +651,18 @@ def check(
     with run.cluster.connect() as conn:
         tasks = conn.execute(
             "SELECT id::text, task_name, status, attempt_count, max_retries,"
-            " (args->>'seq')::int, (args->>'fail_times')::int FROM task"
+            " (args->>'seq')::int, (args->>'fail_times')::int,"
+            " extract(epoch FROM cancel_requested_at) FROM task"
         ).fetchall()
         runs = conn.execute(
             "SELECT task_id::text, attempt_number, status, error_type,"
-            " extract(epoch FROM finished_at - coalesce(claimed_at, started_at)) FROM task_run"
+            " extract(epoch FROM finished_at - coalesce(claimed_at, started_at)),"
+            " extract(epoch FROM claimed_at) FROM task_run"
         ).fetchall()
-    execs, conflicts = read_records(run.record_dir)
+    execs, conflicts, early = read_records(run.record_dir)
     violations: list[str] = []
+    if early:
+        violations.append(f"{len(early)} delayed tasks started early, e.g. {early[:3]}")
 
     by_seq: dict[int, list[tuple[Any, ...]]] = collections.defaultdict(list)
     for t in tasks:
@@ -610,15 +684,32 @@ def check(
     for r in runs:
         runs_by_task[r[0]][r[1]] = r
     completed = sum(1 for t in tasks if t[2] == "completed")
-    failed_planned = failed_chaos = 0
+    canceled = sum(1 for t in tasks if t[2] == "canceled")
+    failed_planned = failed_chaos = canceled_completed = 0
     for t in tasks:
-        tid, name, status, attempts, max_retries, _seq, fail_times = t
+        tid, name, status, attempts, max_retries, _seq, fail_times, cancel_at = t
         mine = runs_by_task.get(tid, {})
         if sorted(mine) != list(range(1, attempts + 1)):
             violations.append(
                 f"task {tid}: attempt_count {attempts} but run rows for attempts {sorted(mine)}"
             )
         planned_failure = name == "flaky" and fail_times > max_retries
+        if cancel_at is not None:
+            # No attempt is claimed once the cancel committed (both times are the server's),
+            # and the task ends canceled, or completed if its running attempt won the race.
+            late = [r[1] for r in mine.values() if r[5] is not None and r[5] > cancel_at]
+            if late:
+                violations.append(f"task {tid}: attempts {late} claimed after its cancel")
+            if status not in ("canceled", "completed"):
+                violations.append(f"task {tid} was canceled but ended {status}")
+            if status == "completed":
+                canceled_completed += 1
+            if tid not in run.cancel_true | run.cancel_maybe:
+                violations.append(f"task {tid} has a cancel request no cancel() reported")
+            continue
+        if status == "canceled":
+            violations.append(f"task {tid} ended canceled without a cancel request")
+            continue
         if status == "completed":
             if planned_failure:
                 violations.append(f"task {tid} should have failed (fails {fail_times} times)")
@@ -674,7 +765,7 @@ def check(
             if not any(e.outcome == want for e in ex):
                 violations.append(f"run {key} is {status} but no execution of it ended '{want}'")
         elif not ex:
-            claimed_not_started += 1  # lost/interrupted: claimed, never handed to the body
+            claimed_not_started += 1  # lost/interrupted/canceled: claimed, never begun
         elif all(e.end is None for e in ex):
             killed_mid_run += 1
         else:
@@ -714,7 +805,14 @@ def check(
             f"{failed_planned + failed_chaos}",
             f"{failed_planned} planned (fail > max_retries), {failed_chaos} used up by kills",
         ),
-        ("lost", f"{lost}", "must be 0 (missing, or not completed/failed)"),
+        (
+            "canceled",
+            f"{canceled}",
+            f"{len(run.cancel_true)} cancels took (queued, delayed or running; "
+            f"{canceled_completed} completed first), {run.cancel_false} found them finished",
+        ),
+        ("delayed sends", f"{len(run.delayed)}", f"{len(early)} started early (must be 0)"),
+        ("lost", f"{lost}", "must be 0 (missing, or not in a final status)"),
         ("tasks run by two executors at once", f"{overlap_tasks}", "must be 0"),
         (
             "attempts recorded (task_run rows)",
@@ -854,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.seed)
         run = Run(args, base, cluster, record_dir, rng)
         jobs = plan(args.tasks, rng)
+        run.delayed = plan_delays(args.tasks, rng)
         workers = Workers(args.workers, cluster, base, record_dir)
         workers.start_all()
         t0 = time.monotonic()

@@ -178,7 +178,12 @@ class ExecutorPool:
         self.spawner.kill(ex)
         why = "the task was canceled while this attempt ran; its executor was killed"
         self._fail_head(
-            ex, _CANCELED, TaskCanceled(why), "task_canceled", retryable=False, stage="running"
+            ex,
+            _CANCELED,
+            TaskCanceled(why),
+            "task_canceled",
+            retryable=False,
+            stage=RunStatus.RUNNING.value,
         )
         self._replace(slot, ex)
         return True
