@@ -214,3 +214,32 @@ def test_prune_stops_when_asked(db):
     asked = threading.Event()
     asked.set()
     assert prune(db, DAY, ALL_FINAL, should_stop=asked.is_set) == 0
+
+
+def test_prune_rests_as_long_as_its_statements_took_by_default(db, monkeypatch):
+    # A prune beside busy workers keeps to about half the server's time: each step is followed
+    # by a rest as long as it took, so the wall time is about twice the steps' time.
+    add(db, 3000, "completed")
+    step_times: list[float] = []
+    step = PruneWalk.step
+
+    def timed_step(self: PruneWalk, conn: psycopg.Connection[Any]) -> int:
+        began = time.monotonic()
+        try:
+            return step(self, conn)
+        finally:
+            step_times.append(time.monotonic() - began)
+
+    monkeypatch.setattr(PruneWalk, "step", timed_step)
+    began = time.monotonic()
+    assert prune(db, DAY, ALL_FINAL, batch=100) == 3000
+    wall = time.monotonic() - began
+    assert wall >= 1.9 * sum(step_times), (wall, sum(step_times))
+    add(db, 10, "completed")
+    assert prune(db, DAY, ALL_FINAL, share=1.0) == 10  # share=1.0: no rest
+
+
+def test_prune_refuses_a_share_outside_zero_to_one(db):
+    for share in (0.0, -1.0, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            prune(db, DAY, ALL_FINAL, share=share)

@@ -21,6 +21,9 @@ PRUNE_BATCH = 500
 """Tasks deleted per statement (each in its own short transaction)."""
 PRUNE_SCAN = 10_000
 """Candidate ids read per walk of the primary key."""
+PRUNE_SHARE = 0.5
+"""The share of its time a prune spends in statements: it rests as long as each took, so the
+workers beside it keep most of the server (bench/lifecycle.py prune_drain)."""
 _FIRST_ID = uuid.UUID(int=0)
 
 
@@ -130,13 +133,21 @@ def prune(
     *,
     batch: int = PRUNE_BATCH,
     pause: float = 0.0,
+    share: float = PRUNE_SHARE,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Walk the whole table once (`PruneWalk`) on ``conn`` (autocommit), sleeping ``pause``
-    seconds after each batch deleted, until done or ``should_stop()``. Returns how many tasks
-    were deleted. psycopg errors propagate."""
+    """Walk the whole table once (`PruneWalk`) on ``conn`` (autocommit), until done or
+    ``should_stop()``. After each batch deleted it sleeps ``pause`` seconds, and after each
+    step as long as keeps its statements to ``share`` of the time (1.0: no rest), so a prune
+    beside busy workers leaves the server to them half the time. Returns how many tasks were
+    deleted. psycopg errors propagate."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
     walk = PruneWalk(older_than, statuses, batch=batch)
     while not walk.done and not should_stop():
-        if walk.step(conn) and pause:
-            time.sleep(pause)
+        began = time.monotonic()
+        deleted = walk.step(conn)
+        rest = (time.monotonic() - began) * (1 / share - 1) + (pause if deleted else 0.0)
+        if rest > 0:
+            time.sleep(rest)
     return walk.deleted
