@@ -811,7 +811,8 @@ def check(
             f"{len(run.cancel_true)} cancels took (queued, delayed or running; "
             f"{canceled_completed} completed first), {run.cancel_false} found them finished",
         ),
-        ("delayed sends", f"{len(run.delayed)}", f"{len(early)} started early (must be 0)"),
+        ("delayed sends", f"{len(run.delayed)}", "due 0.5-3 s after their send"),
+        ("  started before due", f"{len(early)}", "must be 0"),
         ("lost", f"{lost}", "must be 0 (missing, or not in a final status)"),
         ("tasks run by two executors at once", f"{overlap_tasks}", "must be 0"),
         (

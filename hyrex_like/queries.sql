@@ -47,7 +47,9 @@ SELECT i.id, %(task_name)s, %(queue)s, %(priority)s, i.args::jsonb, %(max_retrie
        coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid, i.key
 FROM unnest(%(ids)s::uuid[], %(args)s::text[], %(keys)s::text[]) WITH ORDINALITY
      AS i(id, args, key, n)
-ORDER BY i.n
+-- in key order: two batches sharing keys take their index entries in the same order, so
+-- neither waits for the other while holding what the other waits for (a deadlock)
+ORDER BY i.key, i.n
 ON CONFLICT (task_name, idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status IN ('queued', 'running', 'completed')
     DO NOTHING
@@ -103,15 +105,17 @@ UNION ALL
 -- A claim that found fewer rows than it asked for ends with one more row, whose id is NULL:
 -- in how many seconds the next task this worker could run is due (NULL: none is waiting), so
 -- an idle worker wakes then rather than at its next poll. task_due_idx holds only tasks that
--- wait (run_after > created_at), by time: one index probe.
+-- wait (run_after > created_at), by name and time: one index probe per task name.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       (SELECT extract(epoch FROM w.run_after - now())::double precision
-        FROM task AS w
-        WHERE w.status = 'queued' AND w.run_after > w.created_at AND w.run_after > now()
-          AND w.task_name = ANY(%(task_names)s::text[])
-          AND (cardinality(%(queues)s::text[]) = 0 OR w.queue = ANY(%(queues)s::text[]))
-        ORDER BY w.run_after
-        LIMIT 1)
+       (SELECT extract(epoch FROM min(w.run_after) - now())::double precision
+        FROM unnest(%(task_names)s::text[]) AS n(name)
+        CROSS JOIN LATERAL (
+            SELECT d.run_after FROM task AS d
+            WHERE d.task_name = n.name AND d.status = 'queued' AND d.run_after > d.created_at
+              AND d.run_after > now()
+              AND (cardinality(%(queues)s::text[]) = 0 OR d.queue = ANY(%(queues)s::text[]))
+            ORDER BY d.run_after
+            LIMIT 1) AS w)
 WHERE (SELECT count(*) FROM claimed) < %(limit)s
 -- the order executors start them in (ids are time-ordered); the due row last
 ORDER BY priority DESC NULLS LAST, id
@@ -142,10 +146,11 @@ WITH input AS MATERIALIZED (
     SET failure_count = t.failure_count + o.failed,
         -- A cancel asked for while the attempt ran wins over a retry or a requeue: every
         -- way an attempt ends but completion ends the task canceled.
+        -- (A run the worker stopped as canceled with no request on the row, a stale request
+        -- of an earlier attempt, is requeued as an interrupted one: it is not the task's.)
         status = CASE WHEN o.run_status = 'completed' THEN 'completed'
-                      WHEN o.run_status = 'canceled' OR t.cancel_requested_at IS NOT NULL
-                      THEN 'canceled'
-                      WHEN o.run_status = 'interrupted' THEN 'queued'
+                      WHEN t.cancel_requested_at IS NOT NULL THEN 'canceled'
+                      WHEN o.run_status IN ('interrupted', 'canceled') THEN 'queued'
                       WHEN o.retryable AND t.failure_count + o.failed <= t.max_retries THEN 'queued'
                       ELSE 'failed' END,
         run_after = CASE WHEN o.failed = 1 AND o.retryable AND t.cancel_requested_at IS NULL
@@ -159,9 +164,9 @@ WITH input AS MATERIALIZED (
         last_error = CASE WHEN o.run_status = 'completed' THEN NULL
                           ELSE jsonb_build_object('type', o.error_type, 'message', o.error_message,
                                                   'attempt', o.attempt) END,
-        finished_at = CASE WHEN o.run_status IN ('completed', 'canceled')
+        finished_at = CASE WHEN o.run_status = 'completed'
                                 OR t.cancel_requested_at IS NOT NULL
-                                OR (o.run_status <> 'interrupted'
+                                OR (o.run_status NOT IN ('interrupted', 'canceled')
                                     AND NOT (o.retryable
                                              AND t.failure_count + o.failed <= t.max_retries))
                            THEN o.finished_at END
@@ -173,7 +178,9 @@ WITH input AS MATERIALIZED (
     -- a handful of task rows, and on a table of a few thousand rows scans them all, re-reading
     -- the whole input for each one (~250 ms per 1,000 rows instead of ~10).
     WHERE t.id = o.task_id AND t.attempt_count = o.attempt AND t.worker_id = o.worker_id
-    RETURNING t.id, t.status, t.run_after, t.attempt_count, o.run_status, o.started_at,
+    RETURNING t.id, t.status, t.run_after, t.attempt_count,
+              CASE WHEN o.run_status = 'canceled' AND t.cancel_requested_at IS NULL
+                   THEN 'interrupted' ELSE o.run_status END AS run_status, o.started_at,
               o.finished_at, o.result AS run_result, o.error_type, o.error_message, o.tb
 ), runs AS (
     -- Driven by the rows that passed the guard, one unique-index lookup each. (A filter on the
@@ -445,16 +452,19 @@ SELECT (SELECT id FROM seen ORDER BY id DESC LIMIT 1) AS last,
 
 -- prune_tasks --
 -- Retention, step 2: delete a small batch of those tasks and their runs, re-checked here. A
--- task whose parent or one of whose children is still queued or running stays (the tree stays
--- whole while it runs); a row another transaction holds is skipped, never waited for.
+-- task of a tree (its root and every task sent from inside it, at any depth) of which a task
+-- is still queued or running stays: the tree stays whole while it runs. A row another
+-- transaction holds is skipped, never waited for.
 WITH doomed AS (
     SELECT t.id FROM task AS t
     WHERE t.id = ANY(%(ids)s::uuid[]) AND t.status = ANY(%(statuses)s::text[])
       AND t.finished_at < now() - make_interval(secs => %(older_than)s)
-      AND NOT EXISTS (SELECT 1 FROM task AS p
-                      WHERE p.id = t.parent_id AND p.status IN ('queued', 'running'))
-      AND NOT EXISTS (SELECT 1 FROM task AS c
-                      WHERE c.parent_id = t.id AND c.status IN ('queued', 'running'))
+      -- the tree's root (a pk lookup), then its other unfinished tasks (task_tree_live_idx)
+      AND NOT EXISTS (SELECT 1 FROM task AS r
+                      WHERE r.id = t.root_id AND r.status IN ('queued', 'running'))
+      AND NOT EXISTS (SELECT 1 FROM task AS w
+                      WHERE w.root_id = coalesce(t.root_id, t.id)
+                        AND w.root_id IS NOT NULL AND w.status IN ('queued', 'running'))
     FOR UPDATE OF t SKIP LOCKED
 ), runs AS (
     DELETE FROM task_run AS r USING doomed AS d WHERE r.task_id = d.id

@@ -75,9 +75,13 @@ CREATE INDEX task_claim_idx ON task (priority DESC, run_after, id) WHERE status 
 -- The rescuer's path: running rows of a given worker.
 CREATE INDEX task_running_idx ON task (worker_id) WHERE status = 'running';
 CREATE INDEX task_parent_idx ON task (parent_id) WHERE parent_id IS NOT NULL;
--- When the next waiting task is due (delayed sends, retries after a backoff), so an idle worker
--- wakes then. A task sent to run now has run_after = created_at and is not in it.
-CREATE INDEX task_due_idx ON task (run_after) WHERE status = 'queued' AND run_after > created_at;
+-- When the next waiting task of a name is due (delayed sends, retries after a backoff), so an
+-- idle worker wakes then. A task sent to run now has run_after = created_at and is not in it.
+CREATE INDEX task_due_idx ON task (task_name, run_after)
+    WHERE status = 'queued' AND run_after > created_at;
+-- The unfinished tasks of each tree (sent from inside tasks): pruning keeps a tree that runs.
+CREATE INDEX task_tree_live_idx ON task (root_id)
+    WHERE root_id IS NOT NULL AND status IN ('queued', 'running');
 -- Send once per key: one live task per name and key; a failed or canceled one frees the key.
 CREATE UNIQUE INDEX task_idempotency_idx ON task (task_name, idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status IN ('queued', 'running', 'completed');

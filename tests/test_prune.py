@@ -44,10 +44,12 @@ def add(
         row[0]
         for row in db.execute(
             "INSERT INTO task (id, task_name, queue, status, args, finished_at, parent_id,"
-            " attempt_count)"
+            " root_id, attempt_count)"
             " SELECT gen_random_uuid(), 'job', 'default', %(status)s, '{}'::jsonb,"
             " CASE WHEN %(final)s THEN now() - make_interval(secs => %(age)s) END,"
-            " %(parent)s, %(runs)s FROM generate_series(1, %(n)s) RETURNING id",
+            " %(parent)s::uuid,"  # a task sent from inside another: its root is the parent's
+            " (SELECT coalesce(p.root_id, p.id) FROM task AS p WHERE p.id = %(parent)s::uuid),"
+            " %(runs)s FROM generate_series(1, %(n)s) RETURNING id",
             {"status": status, "final": final, "age": age, "parent": parent, "runs": runs, "n": n},
         ).fetchall()
     ]
@@ -136,6 +138,28 @@ def test_prune_keeps_the_finished_relatives_of_unfinished_tasks(db):
         0,
         0,
     )
+
+
+def test_prune_keeps_every_task_of_a_tree_that_still_runs(db):
+    # root -> child -> grandchild (running): the root and the child are not the grandchild's
+    # parent-and-child pair only; the whole tree stays until its last task has finished.
+    [root] = add(db, 1, "completed")
+    [child] = add(db, 1, "completed", parent=root)
+    [grandchild] = add(db, 1, "running", parent=child)
+    [sibling] = add(db, 1, "failed", parent=root)
+    other_tree = add(db, 2, "completed")
+
+    assert prune(db, DAY, ALL_FINAL) == 2
+    assert remaining(db, [root, child, sibling]) == (3, 3)
+    assert remaining(db, other_tree) == (0, 0)
+
+    db.execute(
+        "UPDATE task SET status = 'completed', finished_at = now() - interval '2 days'"
+        " WHERE id = %s",
+        [grandchild],
+    )
+    assert prune(db, DAY, ALL_FINAL) == 4
+    assert remaining(db, [root, child, grandchild, sibling]) == (0, 0)
 
 
 def test_prune_skips_rows_another_transaction_holds_without_waiting(db, registry):

@@ -7,11 +7,12 @@ import asyncio
 import math
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
 
-from hyrex_like import ConfigurationError, InvalidTaskOption
+from hyrex_like import ConfigurationError, HyrexRegistry, InvalidTaskOption
 
 from .helpers import count, done, query, wait_until
 
@@ -292,3 +293,44 @@ def test_hy_worker_takes_a_retention(lapp):
     assert lapp.hy.worker().options.retention is None  # off by default
     with pytest.raises(ConfigurationError, match="retention"):
         lapp.hy.worker(retention="soon")
+
+
+def test_send_many_batches_sharing_keys_in_opposite_orders_do_not_deadlock(
+    lapp, database_url, schema
+):
+    # Each batch takes its keys' index entries in key order, whatever the payloads' order.
+    keys = [f"k{i:05d}" for i in range(5000)]
+    errors: list[BaseException] = []
+    handles: list[list[Any]] = []
+    both_ready = threading.Barrier(2)
+
+    def send(order: list[str]) -> None:
+        hy = HyrexRegistry(database_url, schema=schema)
+        task = hy.task(name="keyed")(_keyed)
+        try:
+            task.send({"n": 0}, idempotency_key="warm")  # pool open, statements ready
+            payloads = [{"n": 1}] * len(order)
+            both_ready.wait(30)
+            handles.append(task.send_many(payloads, idempotency_key=order))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            hy.close()
+
+    threads = [
+        threading.Thread(target=send, args=(keys,)),
+        threading.Thread(target=send, args=(keys[::-1],)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with psycopg.connect(database_url, options=f"-c search_path={schema}") as c:
+        row = c.execute("SELECT count(*) FROM task WHERE task_name = 'keyed'").fetchone()
+    assert row is not None and row[0] == len(keys) + 1
+    assert sum(not h.deduplicated for batch in handles for h in batch) == len(keys)
+
+
+def _keyed(item: dict[str, int]) -> None:
+    return None

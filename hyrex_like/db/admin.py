@@ -70,8 +70,9 @@ class PruneWalk:
     worker's retention a fraction of a second between heartbeats. Each step is its own
     transaction on an autocommit connection: no lock outlives it.
 
-    A task whose parent or child is queued or running stays, as does a row another
-    transaction holds (skipped, not waited for): a later walk takes them.
+    A task of a tree (a root and the tasks sent from inside it, at any depth) a task of which
+    is queued or running stays, as does a row another transaction holds (skipped, not waited
+    for): a later walk takes them.
     """
 
     def __init__(

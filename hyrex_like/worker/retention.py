@@ -6,8 +6,8 @@ than ``budget`` seconds (plus the one short statement under way when the budget 
 heartbeat is never late because of it. The walk of the table (`PruneWalk`) goes on where the
 previous pass left it; once a walk has reached the end of the table, the service rests
 ``rest`` seconds before starting the next one, so an idle table is not scanned over and over.
-Tasks that came due during a walk, or were skipped (locked by another transaction, or a
-parent or child still queued or running), are taken by a later walk.
+Tasks that came due during a walk, or were skipped (locked by another transaction, or of a
+tree a task of which is still queued or running), are taken by a later walk.
 """
 
 from __future__ import annotations
