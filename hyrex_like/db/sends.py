@@ -222,17 +222,24 @@ def insert_tasks(
                 _copy(conn, tasks)
                 cur.execute(q("notify_workers"), {"channel": store.channel})
             return
-        lost: psycopg.Error | None = None
-        with store.pool().connection() as c:
-            try:
-                _copy_committed(c, tasks)
-            except psycopg.Error as exc:
-                lost = _lost_connection(c, exc)
-        if lost is not None:  # the COPY is one transaction, so all rows or none
-            store._send_again(lambda c: _copy_committed(c, tasks), what, lost)
+        # the COPY is one transaction, so all rows or none
+        _on_pool(store, lambda c: _copy_committed(c, tasks), what)
     except psycopg.Error as exc:
         raise _translate(exc, what) from exc
     store.wake_workers()
+
+
+def _on_pool(store: Store, send: Callable[[psycopg.Connection[Any]], object], what: str) -> None:
+    """``send`` on a pooled connection, tried once more on a fresh one if that connection
+    turns out dead (`send_again`)."""
+    lost: psycopg.Error | None = None
+    with store.pool().connection() as c:
+        try:
+            send(c)
+        except psycopg.Error as exc:
+            lost = _lost_connection(c, exc)
+    if lost is not None:
+        store._send_again(send, what, lost)
 
 
 def _copy_committed(conn: psycopg.Connection[Any], tasks: Iterable[NewTask]) -> None:
@@ -305,14 +312,7 @@ def insert_task_once(
                 if not found[1]:
                     cur.execute(q("notify_workers"), {"channel": store.channel})
             return found
-        lost: psycopg.Error | None = None
-        with store.pool().connection() as c:
-            try:
-                send(c)
-            except psycopg.Error as exc:
-                lost = _lost_connection(c, exc)
-        if lost is not None:
-            store._send_again(send, _sending(task), lost)
+        _on_pool(store, send, _sending(task))
     except psycopg.Error as exc:
         raise _translate(exc, _sending(task)) from exc
     found = outcome[-1] if outcome else (task.id, False)
@@ -376,14 +376,7 @@ def insert_tasks_once(
                 found = _many_once_on(cur, tasks)
                 cur.execute(q("notify_workers"), {"channel": store.channel})
             return found
-        lost: psycopg.Error | None = None
-        with store.pool().connection() as c:
-            try:
-                send(c)
-            except psycopg.Error as exc:
-                lost = _lost_connection(c, exc)
-        if lost is not None:
-            store._send_again(send, what, lost)
+        _on_pool(store, send, what)
     except psycopg.Error as exc:
         raise _translate(exc, what) from exc
     store.wake_workers()
