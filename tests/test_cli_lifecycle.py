@@ -27,6 +27,9 @@ def tasks(wapp, database_url, schema):  # type: ignore[no-untyped-def]
             database_url,
             schema,
             "UPDATE task SET status = %(status)s::text, parent_id = %(parent)s::uuid,"
+            # sent from inside its parent: the parent's tree
+            " root_id = (SELECT coalesce(p.root_id, p.id) FROM task AS p"
+            "            WHERE p.id = %(parent)s::uuid),"
             " worker_id = CASE WHEN %(status)s::text = 'running' THEN gen_random_uuid() END,"
             " attempt_count = CASE WHEN %(status)s::text = 'queued' THEN 0 ELSE 1 END,"
             " finished_at = CASE WHEN %(status)s::text IN ('completed', 'failed', 'canceled')"
