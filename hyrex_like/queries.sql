@@ -92,21 +92,21 @@ WITH picked AS (
     FROM picked
     WHERE t.id = picked.id
     RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count, t.max_retries,
-              t.timeout_seconds, t.parent_id, t.root_id
+              t.timeout_seconds, t.parent_id, t.root_id, t.scheduled_for
 ), opened AS (
     -- claimed_at defaults to now(); started_at stays NULL until the worker says the body began
     INSERT INTO task_run (task_id, attempt_number, status, worker_id)
     SELECT id, attempt_count, 'running', %(worker_id)s FROM claimed
 )
 SELECT id, task_name, queue, priority, args::text, attempt_count, max_retries,
-       timeout_seconds, parent_id, root_id, NULL::double precision AS due_in
+       timeout_seconds, parent_id, root_id, scheduled_for, NULL::double precision AS due_in
 FROM claimed
 UNION ALL
 -- A claim that found fewer rows than it asked for ends with one more row, whose id is NULL:
 -- in how many seconds the next task this worker could run is due (NULL: none is waiting), so
 -- an idle worker wakes then rather than at its next poll. task_due_idx holds only tasks that
 -- wait (run_after > created_at), by name and time: one index probe per task name.
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(w.run_after) - now())::double precision
         FROM unnest(%(task_names)s::text[]) AS n(name)
         CROSS JOIN LATERAL (
@@ -342,7 +342,8 @@ SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued)
 -- get_task --
 SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
        backoff_seconds, attempt_count, failure_count, run_after, parent_id, root_id, worker_id, created_at,
-       started_at, finished_at, result, last_error, idempotency_key, cancel_requested_at
+       started_at, finished_at, result, last_error, idempotency_key, cancel_requested_at,
+       scheduled_for
 FROM task WHERE id = %(id)s
 
 -- get_task_runs --

@@ -1,6 +1,6 @@
--- hyrex-like schema, version 5: the current schema, written out whole.
+-- hyrex-like schema, version 6: the current schema, written out whole.
 --
--- What migrations 0001..0005 produce, as one readable file (tests/test_schema_file.py applies
+-- What migrations 0001..0006 produce, as one readable file (tests/test_schema_file.py applies
 -- both to fresh schemas and compares the catalogs). The numbered migrations stay the way a
 -- database gets here; change the schema with a new migration, then bring this file and the
 -- version above in line with it. Names are unqualified: it runs with search_path set to the
@@ -63,7 +63,9 @@ CREATE TABLE task (
     last_error       jsonb,
     -- a cancel of the running task was asked for: it ends canceled, whatever way its attempt ends
     -- (unless it completed)
-    cancel_requested_at timestamptz
+    cancel_requested_at timestamptz,
+    -- the tick time of a task made by a schedule (NULL for every other task)
+    scheduled_for    timestamptz
 );
 
 -- Queue tables churn fast: keep statistics fresh so plans follow the queue's real size.
@@ -126,6 +128,17 @@ CREATE TABLE worker (
     stopped_at    timestamptz
 );
 CREATE INDEX worker_alive_idx ON worker (heartbeat_at) WHERE status = 'running';
+
+-- One row per tick a scheduler fired, keyed by (schedule name = task name, tick time): the
+-- statement that inserts a tick inserts its task (insert_schedule_ticks), so any number of
+-- schedulers racing on a tick make one task, and a tick never lacks its task.
+CREATE TABLE schedule_tick (
+    schedule_name  text        NOT NULL,
+    tick_at        timestamptz NOT NULL,
+    task_id        uuid        NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schedule_tick_pkey PRIMARY KEY (schedule_name, tick_at)
+);
 
 -- No trigger: senders wake workers with a NOTIFY after their insert has committed (channel
 -- 'hyrex_like_' || the schema name); rows inserted by other SQL are found by the workers' poll.

@@ -38,6 +38,7 @@ class TaskRow:
     last_error: dict[str, Any] | None
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None  # a cancel of the running task was asked for
+    scheduled_for: datetime | None = None  # the tick time of a task made by a schedule
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class ClaimedRow:
     timeout: float | None
     parent_id: uuid.UUID | None
     root_id: uuid.UUID | None
+    scheduled_for: datetime | None = None  # the tick time of a task made by a schedule
 
 
 class FinishedRow(NamedTuple):
