@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +39,12 @@ class HyrexContext(BaseModel):
     is_local: bool = False
     """True in a direct call of the task: no row, no worker; ``task_id`` is made up, and
     ``parent_id``/``root_id`` are those a task sent from here records (the enclosing task's)."""
+    scheduled_for: datetime | None = None
+    """The tick this attempt runs for, a timezone-aware UTC datetime, when a schedule made the
+    task (``@hy.task(schedule=...)``): the tick's time, not when the task was created or
+    started, so a body can tell which period it covers even when it runs late or is retried.
+    Every attempt of the task sees the same value. None for tasks sent any other way and for
+    direct calls."""
 
 
 class _LazyContext:

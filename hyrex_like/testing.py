@@ -17,7 +17,7 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .context import HyrexContext, _reset_context, _set_context
@@ -47,13 +47,23 @@ def run_task(
     *,
     attempt_number: int = 1,
     parent_id: uuid.UUID | None = None,
+    scheduled_for: datetime | None = None,
 ) -> Any:
     """Run ``task`` in this process exactly as a worker would, and return its JSON result.
 
     The payload goes through the same JSON round trip as a sent task, the task context is set,
     ``async def`` tasks run to completion, and the return value must be storable as JSON.
-    Exceptions propagate (``on_error`` is not called).
+    Exceptions propagate (``on_error`` is not called). ``scheduled_for`` (a timezone-aware
+    datetime) runs it as a schedule would for that tick: the context's ``scheduled_for``, in
+    UTC; without it the task runs as sent by hand (None).
     """
+    if scheduled_for is not None:
+        if scheduled_for.utcoffset() is None:
+            raise ValueError(
+                f"run_task(scheduled_for={scheduled_for!r}): the tick time must be "
+                "timezone-aware (as a schedule's ticks are), e.g. datetime(..., tzinfo=UTC)"
+            )
+        scheduled_for = scheduled_for.astimezone(UTC)
     definition = task.definition  # a definition sends as itself, with its own config
     config = task.config
     args_json = definition.dump_payload(payload) if definition.param_name else "null"
@@ -67,6 +77,7 @@ def run_task(
         priority=config.priority,
         parent_id=parent_id,
         root_id=parent_id,
+        scheduled_for=scheduled_for,
     )
     token = _set_context(ctx)
     try:

@@ -332,6 +332,7 @@ class Executor:
             parent_id=job.parent_id,
             root_id=job.root_id,
             worker_id=self.worker_id,
+            scheduled_for=job.scheduled_for,
         )
 
     def _on_error(self, definition: TaskDefinition[Any, Any], exc: BaseException, job: Job) -> None:

@@ -12,6 +12,7 @@ import pickle
 import signal
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from ..db.rows import ClaimedRow
@@ -22,7 +23,10 @@ class Job(ClaimedRow):
     """A claimed task attempt (the claim's row), as handed to an executor."""
 
     def wire(self) -> tuple[Any, ...]:
-        """The job as sent to an executor: a plain tuple, ids as bytes (cheap to pickle)."""
+        """The job as sent to an executor: a plain tuple, ids as bytes and ``scheduled_for``
+        as epoch seconds (cheap to pickle; most jobs have none). The executor rebuilds the
+        aware datetime only if the task asks for its context (`from_wire`)."""
+        scheduled_for = self.scheduled_for
         return (
             self.task_id.bytes,
             self.task_name,
@@ -34,6 +38,7 @@ class Job(ClaimedRow):
             self.timeout,
             self.parent_id.bytes if self.parent_id else None,
             self.root_id.bytes if self.root_id else None,
+            None if scheduled_for is None else scheduled_for.timestamp(),
         )
 
     @classmethod
@@ -49,6 +54,7 @@ class Job(ClaimedRow):
             w[7],
             uuid.UUID(bytes=w[8]) if w[8] else None,
             uuid.UUID(bytes=w[9]) if w[9] else None,
+            None if w[10] is None else datetime.fromtimestamp(w[10], UTC),
         )
 
 
