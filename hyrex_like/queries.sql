@@ -471,3 +471,56 @@ WITH doomed AS (
     DELETE FROM task_run AS r USING doomed AS d WHERE r.task_id = d.id
 )
 DELETE FROM task AS t USING doomed AS d WHERE t.id = d.id
+
+-- insert_schedule_ticks --
+-- A scheduler's pass for one schedule (its name is its task's name): the ticks it found due,
+-- each with a task id made beforehand, as one statement. A tick another scheduler recorded
+-- first is skipped (ON CONFLICT: the insert waits for that scheduler's commit, then does
+-- nothing); the tasks are inserted from the tick rows this statement inserted, so a tick has
+-- its task or no row at all, whatever crashes when. Ticks go in in time order, so two
+-- schedulers racing on the same ticks wait for each other in one order, never in a circle.
+-- Returns the tick times it made tasks for, and wakes the workers when there are any.
+WITH ticked AS (
+    INSERT INTO schedule_tick (schedule_name, tick_at, task_id)
+    SELECT %(schedule_name)s, i.tick_at, i.id
+    FROM unnest(%(ticks)s::timestamptz[], %(ids)s::uuid[]) AS i(tick_at, id)
+    ORDER BY i.tick_at
+    ON CONFLICT (schedule_name, tick_at) DO NOTHING
+    RETURNING tick_at, task_id
+), made AS (
+    -- run_after = created_at (now()): due at once, and out of task_due_idx like any send
+    INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                      backoff_seconds, run_after, scheduled_for)
+    SELECT k.task_id, %(schedule_name)s, %(queue)s, %(priority)s, %(args)s::jsonb,
+           %(max_retries)s, %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
+           now(), k.tick_at
+    FROM ticked AS k
+    RETURNING scheduled_for
+)
+SELECT coalesce(array_agg(m.scheduled_for ORDER BY m.scheduled_for), '{}') AS made,
+       CASE WHEN count(*) > 0 THEN pg_notify('hyrex_like_' || current_schema(), '') END
+           AS notified
+FROM made AS m
+
+-- schedule_last_ticks --
+-- The newest tick recorded for each of these schedules (none: no row): where a scheduler that
+-- starts or reconnects resumes. One backward probe of the primary key per name.
+SELECT n.name, s.tick_at
+FROM unnest(%(names)s::text[]) AS n(name)
+CROSS JOIN LATERAL (
+    SELECT k.tick_at FROM schedule_tick AS k
+    WHERE k.schedule_name = n.name
+    ORDER BY k.tick_at DESC
+    LIMIT 1) AS s
+
+-- schedule_states --
+-- For hy.schedules(): the newest tick of each of these schedules, its task and that task's
+-- status (NULL when the task was pruned since).
+SELECT n.name, s.tick_at, s.task_id, t.status
+FROM unnest(%(names)s::text[]) AS n(name)
+CROSS JOIN LATERAL (
+    SELECT k.tick_at, k.task_id FROM schedule_tick AS k
+    WHERE k.schedule_name = n.name
+    ORDER BY k.tick_at DESC
+    LIMIT 1) AS s
+LEFT JOIN task AS t ON t.id = s.task_id

@@ -7,6 +7,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -273,6 +274,13 @@ class Store:
     def get_task(self, task_id: uuid.UUID) -> tuple[TaskRow | None, list[RunRow]]:
         """A task's row and its runs (None: no such task)."""
         return reads.get_task(self.pool(), task_id)
+
+    def schedule_states(
+        self, names: Sequence[str]
+    ) -> dict[str, tuple[datetime, uuid.UUID, TaskStatus | None]]:
+        """For each of these schedules (by task name) that ever fired: its newest tick, that
+        tick's task and the task's status (None: the task was pruned since)."""
+        return reads.schedule_states(self.pool(), names)
 
     # -- by hand (see `hyrex_like.db.admin`) ---------------------------------------------
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -44,3 +45,18 @@ def execute(
             return cur.fetchall() if cur.description else []
     except psycopg.Error as exc:
         raise _translate(exc, name) from exc
+
+
+def schedule_states(
+    pool: ConnectionPool[PooledConnection], names: Sequence[str]
+) -> dict[str, tuple[datetime, uuid.UUID, TaskStatus | None]]:
+    """`Store.schedule_states`."""
+    try:
+        with pool.connection() as c:
+            rows = c.execute(q("schedule_states"), {"names": list(names)}).fetchall()
+    except psycopg.Error as exc:
+        raise _translate(exc, "reading the schedules' last ticks") from exc
+    return {
+        name: (tick.astimezone(UTC), task_id, TaskStatus(status) if status is not None else None)
+        for name, tick, task_id, status in rows
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -217,6 +217,46 @@ class WorkerQueries:
             prepare=True,
         ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    @staticmethod
+    def insert_ticks(
+        conn: psycopg.Connection[Any],
+        schedule_name: str,
+        ticks: Sequence[datetime],
+        ids: Sequence[uuid.UUID],
+        *,
+        queue: str,
+        priority: int,
+        args_json: str,
+        max_retries: int,
+        timeout_seconds: float | None,
+        backoff_seconds: Sequence[float],
+    ) -> list[datetime]:
+        """Record ``ticks`` of a schedule (its task's name) with a task each (``ids``, one per
+        tick), in one statement: the tick times this call made tasks for. A tick another
+        scheduler recorded first is skipped; the workers are woken when any task was made."""
+        row = conn.execute(
+            q("insert_schedule_ticks"),
+            {
+                "schedule_name": schedule_name,
+                "ticks": list(ticks),
+                "ids": _array_literal([str(i) for i in ids]),
+                "queue": queue,
+                "priority": priority,
+                "args": args_json,
+                "max_retries": max_retries,
+                "timeout_seconds": timeout_seconds,
+                "backoff_seconds": _array_literal(map(repr, backoff_seconds)),
+            },
+            prepare=True,
+        ).fetchone()
+        return [t.astimezone(UTC) for t in row[0]] if row else []
+
+    @staticmethod
+    def last_ticks(conn: psycopg.Connection[Any], names: Sequence[str]) -> dict[str, datetime]:
+        """The newest tick recorded for each of these schedules (absent: none yet)."""
+        rows = conn.execute(q("schedule_last_ticks"), {"names": list(names)}).fetchall()
+        return {name: tick.astimezone(UTC) for name, tick in rows}
 
     @staticmethod
     def listen(conn: psycopg.Connection[Any], channel: str) -> None:
