@@ -10,6 +10,7 @@ from .errors import (
     DuplicateTaskName,
     ExecutorLost,
     HyrexLikeError,
+    InvalidSchedule,
     InvalidTaskId,
     InvalidTaskOption,
     KeyInUse,
@@ -31,6 +32,7 @@ from .handle import TaskError, TaskHandle, TaskRun
 from .observer import WorkerObserver
 from .payloads import MAX_NESTING_DEPTH
 from .registry import HyrexRegistry
+from .schedules import Schedule, ScheduleInfo, cron, crontab, every
 from .states import RunStatus, TaskStatus
 from .task import AsyncTaskDefinition, TaskDefinition, TaskSender
 from .task_config import TaskConfig
@@ -46,6 +48,7 @@ __all__ = [
     "HyrexContext",
     "HyrexLikeError",
     "HyrexRegistry",
+    "InvalidSchedule",
     "InvalidTaskId",
     "InvalidTaskOption",
     "KeyInUse",
@@ -54,6 +57,8 @@ __all__ = [
     "PayloadNotSerializable",
     "PayloadTooLarge",
     "RunStatus",
+    "Schedule",
+    "ScheduleInfo",
     "SchemaNotReady",
     "Settings",
     "TaskAttemptError",
@@ -74,5 +79,8 @@ __all__ = [
     "WorkerError",
     "WorkerObserver",
     "__version__",
+    "cron",
+    "crontab",
+    "every",
     "get_hyrex_context",
 ]

@@ -5,6 +5,7 @@
     ├── TaskDefinitionError       (also TypeError) a task function or option is unusable
     │   └── DuplicateTaskName
     ├── InvalidTaskOption         (also ValueError) an option value is out of range
+    │   └── InvalidSchedule       a task's schedule is unusable (bad cron, zone, payload...)
     ├── PayloadTooLarge           (also ValueError) a payload over the configured limit
     ├── PayloadNotSerializable    (also ValueError) a payload or result that cannot be stored
     │                             as JSON (NUL, NaN/Infinity, a lone surrogate, too deep)
@@ -49,6 +50,12 @@ class DuplicateTaskName(TaskDefinitionError, ValueError):
 
 class InvalidTaskOption(HyrexLikeError, ValueError):
     """A task option is unknown or out of range."""
+
+
+class InvalidSchedule(InvalidTaskOption):
+    """A task's schedule (``@hy.task(schedule=...)``) is unusable: a bad cron expression, a
+    time zone that is no IANA name, a naive datetime, an interval under a second, an unknown
+    catch-up policy, or a payload the task refuses."""
 
 
 class PayloadTooLarge(HyrexLikeError, ValueError):
@@ -133,6 +140,7 @@ __all__ = [
     "DuplicateTaskName",
     "HyrexLikeError",
     "InvalidTaskId",
+    "InvalidSchedule",
     "InvalidTaskOption",
     "NoTaskContext",
     "PayloadNotSerializable",
