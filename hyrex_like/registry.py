@@ -11,7 +11,7 @@ import inspect
 import typing
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -22,12 +22,15 @@ from .db import Store
 from .errors import (
     ConfigurationError,
     DuplicateTaskName,
+    InvalidSchedule,
     InvalidTaskId,
     InvalidTaskOption,
     UnknownTaskName,
 )
 from .handle import TaskHandle
+from .schedules import Schedule, ScheduleInfo
 from .signature import _inspect_function
+from .states import TaskStatus
 from .task import AsyncTaskDefinition, TaskSender, named_task
 from .task import TaskDefinition as TaskDefinition  # re-exported: the worker imports it here
 from .task_config import _UNSET, _config
@@ -37,11 +40,29 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def _bound_schedule(schedule: Any, definition: TaskDefinition[Any, Any]) -> Schedule:
+    """``schedule`` checked for ``definition`` (`InvalidSchedule` naming the task), holding
+    the JSON of its payload as the task's own validation writes it."""
+    if not isinstance(schedule, Schedule):
+        raise InvalidSchedule(
+            f"schedule of task {definition.name}: expected every(...), cron(...) or "
+            f"crontab(...), got {schedule!r}"
+        )
+    return schedule._bind(definition.name, definition.dump_payload)
+
+
 class _Decorator:
-    def __init__(self, registry: HyrexRegistry, name: str | None, options: dict[str, Any]):
+    def __init__(
+        self,
+        registry: HyrexRegistry,
+        name: str | None,
+        options: dict[str, Any],
+        schedule: Schedule | None = None,
+    ):
         self._registry = registry
         self._name = name
         self._options = options
+        self._schedule = schedule
 
     @overload
     def __call__(self, fn: Callable[[T], Coroutine[Any, Any, R]]) -> AsyncTaskDefinition[T, R]: ...
@@ -54,7 +75,7 @@ class _Decorator:
     @overload
     def __call__(self, fn: Callable[[], R]) -> TaskDefinition[None, R]: ...
     def __call__(self, fn: Callable[..., Any]) -> TaskDefinition[Any, Any]:
-        return self._registry._register(fn, self._name, self._options)
+        return self._registry._register(fn, self._name, self._options, self._schedule)
 
 
 if typing.TYPE_CHECKING:
@@ -99,6 +120,35 @@ class HyrexRegistry:
     def get_task(self, name: str) -> TaskDefinition[Any, Any] | None:
         return self._tasks.get(name)
 
+    def scheduled(self) -> dict[str, TaskDefinition[Any, Any]]:
+        """The registered tasks that have a schedule, by name (what a scheduler fires)."""
+        return {name: d for name, d in self._tasks.items() if d.schedule is not None}
+
+    def schedules(self, *, now: datetime | None = None) -> list[ScheduleInfo]:
+        """Each schedule of this registry, by task name: its next tick after ``now`` (default:
+        the clock) and its newest recorded tick with that tick's task and status."""
+        scheduled = self.scheduled()
+        names = sorted(scheduled)
+        states = self.store.schedule_states(names) if names else {}
+        when = datetime.now(UTC) if now is None else now
+        infos = []
+        for name in names:
+            schedule = scheduled[name].schedule
+            assert schedule is not None
+            last_tick, last_id, last_status = states.get(name, (None, None, None))
+            infos.append(
+                ScheduleInfo(
+                    task_name=name,
+                    schedule=schedule.describe(),
+                    catch_up=schedule.catch_up,
+                    next_tick=schedule.next_after(when),
+                    last_tick=last_tick,
+                    last_task_id=last_id,
+                    last_task_status=TaskStatus(last_status) if last_status else None,
+                )
+            )
+        return infos
+
     @overload
     def task(self, fn: Callable[[T], Coroutine[Any, Any, R]], /) -> AsyncTaskDefinition[T, R]: ...
     @overload
@@ -120,6 +170,7 @@ class HyrexRegistry:
         timeout_seconds: float | None = ...,
         retry_backoff: float | Callable[[int], float] | None = ...,
         on_error: Callable[[Exception], Any] | None = ...,
+        schedule: Schedule | None = ...,
     ) -> _Decorator: ...
     def task(
         self,
@@ -133,8 +184,12 @@ class HyrexRegistry:
         timeout_seconds: float | None = _UNSET,
         retry_backoff: float | Callable[[int], float] | None = _UNSET,
         on_error: Callable[[Exception], Any] | None = _UNSET,
+        schedule: Schedule | None = None,
     ) -> TaskDefinition[Any, Any] | _Decorator:
-        """Register a task: ``@hy.task`` or ``@hy.task(queue=..., max_retries=..., ...)``."""
+        """Register a task: ``@hy.task`` or ``@hy.task(queue=..., max_retries=..., ...)``.
+
+        ``schedule`` (`every`, `cron`, `crontab`): the task also runs by itself at each tick,
+        with the schedule's payload; the schedule is checked now (`InvalidSchedule`)."""
         options = dict(
             queue=queue,
             priority=priority,
@@ -144,11 +199,15 @@ class HyrexRegistry:
             on_error=on_error,
         )
         if fn is not None:
-            return self._register(fn, name, options)
-        return _Decorator(self, name, options)
+            return self._register(fn, name, options, schedule)
+        return _Decorator(self, name, options, schedule)
 
     def _register(
-        self, fn: Callable[..., Any], name: str | None, options: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        name: str | None,
+        options: dict[str, Any],
+        schedule: Schedule | None = None,
     ) -> TaskDefinition[Any, Any]:
         task_name = name if name is not None else getattr(fn, "__name__", None)
         try:
@@ -167,6 +226,8 @@ class HyrexRegistry:
         definition: TaskDefinition[Any, Any] = kind(
             self, fn, task_name, config, param_name, payload_adapter, result_adapter, annotation
         )
+        if schedule is not None:
+            definition.schedule = _bound_schedule(schedule, definition)
         self._tasks[task_name] = definition
         return definition
 

@@ -34,6 +34,7 @@ from .errors import InvalidTaskOption, PayloadNotSerializable, PayloadTooLarge
 from .handle import TaskHandle
 from .ids import new_task_id, new_task_ids
 from .payloads import _ANY_SERIALIZER, _json_problem, _json_serializer, _serialization_problem
+from .schedules import Schedule
 from .task_config import _UNSET, SendOptions, TaskConfig, _config, check_key, send_options
 
 if typing.TYPE_CHECKING:
@@ -302,6 +303,10 @@ class TaskSender(_Sending[T, R]):
 
 class TaskDefinition(_Sending[T, R]):
     """A registered task. Calling it runs the function in-process; `send` enqueues it."""
+
+    schedule: Schedule | None = None
+    """``@hy.task(schedule=...)``'s schedule, checked and bound to this task (its
+    ``payload_json`` is what each tick sends); None for a task that runs only when sent."""
 
     def __init__(
         self,
