@@ -158,6 +158,11 @@ class WorkerOptions(BaseModel):
     """Seconds after which the worker deletes finished tasks (every final status) and their
     runs, a few at a time on its upkeep thread; None (default) keeps them. Also a duration
     such as ``"7d"`` (`hyrex_like.durations`)."""
+    scheduler: bool = True
+    """Run the scheduler (`hyrex_like.worker.scheduler`) when the app has scheduled tasks: it
+    turns their ticks into tasks. Any number of workers may run it at once (each tick makes
+    one task); False (``--no-scheduler``) leaves it to other workers or to
+    ``hyrex-like run-scheduler``."""
     log_level: str = "info"
     log_format: str = "console"
 

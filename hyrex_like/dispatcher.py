@@ -34,6 +34,7 @@ from .worker.handlers import OnErrorCalls
 from .worker.ledger import Ledger
 from .worker.maintenance import Maintenance
 from .worker.retention import Retention
+from .worker.scheduler import Scheduler
 from .worker.signals import ForcedExit, Signals
 
 __all__ = ["MAX_PROCESSES", "Dispatcher", "WorkerOptions", "default_processes"]
@@ -135,6 +136,18 @@ class Dispatcher:
             observer=self.observer,
             retention=None if options.retention is None else Retention(options.retention, self.log),
         )
+        scheduled = registry.scheduled() if options.scheduler else {}
+        # Fires every schedule the app registers, whatever queues this worker serves.
+        self.scheduler = (
+            Scheduler(
+                lambda: registry.store.connect(worker=True),
+                scheduled,
+                self.log,
+                observer=self.observer,
+            )
+            if scheduled
+            else None
+        )
         self.cancels = Cancels(
             self.ledger, self.pool.cancel_head, self.pool.take_back, self.stats, self.log
         )
@@ -190,6 +203,8 @@ class Dispatcher:
         self.conns.ensure_schema(deadline)
         self.conns.connect_at_start(deadline)
         self.maintenance.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         self.log.info(
             "worker_started",
             app=self.app,
@@ -200,6 +215,7 @@ class Dispatcher:
             busy_after=self.options.busy_after,
             database=redact_dsn(store.url()),
             schema=store.schema,
+            schedules=sorted(self.scheduler.definitions) if self.scheduler else [],
         )
 
     def _step(self) -> None:
@@ -239,6 +255,7 @@ class Dispatcher:
         """After the grace period: requeue what still runs, write everything, stop executors."""
         self.pool.interrupt("the worker shut down before this attempt finished")
         self.pool.stop()
+        self._stop_scheduler()
         self.maintenance.stop()  # before the final write marks the worker stopped
         deadline = time.monotonic() + max(10.0, self.options.grace_period)
         written = self._final_flush(deadline)
@@ -252,6 +269,7 @@ class Dispatcher:
         self.log.warning("worker_forced_stop")
         self.pool.interrupt("the worker was stopped at once (second signal)")
         self.pool.kill_all()
+        self._stop_scheduler(timeout=0.5)
         self.maintenance.stop(timeout=0.5)
         self.ledger.begin_stop()
         # One quick try; whatever is not written is requeued by other workers once our
@@ -264,6 +282,10 @@ class Dispatcher:
         self.log.info("worker_stopped", clean=False, **self.stats)
         return 1
 
+    def _stop_scheduler(self, timeout: float = 5.0) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout)
+
     def _final_flush(self, deadline: float) -> bool:
         return self.completer.final_flush(deadline, lambda: self.claimer.round is None)
 
@@ -274,6 +296,7 @@ class Dispatcher:
 
         Results already in hand are written first if a connection still works; those that
         cannot be are logged apart, by task id: these tasks finished, and will run again."""
+        self._stop_scheduler(timeout=0.5)
         self.maintenance.stop(timeout=0.5)
         if self.conns.started:
             self.pool.collect()  # results the executors sent before they are killed

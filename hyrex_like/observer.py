@@ -2,9 +2,10 @@
 
 Pass an instance to ``hy.worker(..., observer=...)`` (or ``Dispatcher(..., observer=...)``);
 override the methods you need, the rest do nothing. Each hook is called on the dispatch loop's
-thread, except `heartbeat`, `rescued` and `maintenance_skipped` (the upkeep thread), so keep
-it cheap and thread-safe; an exception it raises is logged once and otherwise ignored, never the
-worker's problem. With no observer the worker pays nothing for them.
+thread, except `heartbeat`, `rescued` and `maintenance_skipped` (the upkeep thread) and
+`scheduled` and `scheduler_skipped` (the scheduler's thread), so keep it cheap and
+thread-safe; an exception it raises is logged once and otherwise ignored, never the worker's
+problem. With no observer the worker pays nothing for them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class WorkerObserver:
         """A maintenance round did not run (``why``: ``not_leader``, ``database`` or
         ``error``)."""
 
+    def scheduled(self, tasks: int) -> None:
+        """A scheduler pass ran and made ``tasks`` tasks (0: nothing was due, or another
+        scheduler made them first)."""
+
+    def scheduler_skipped(self, why: str) -> None:
+        """A scheduler pass failed (``why``: ``database`` or ``error``); it is retried soon."""
+
 
 class GuardedObserver(WorkerObserver):
     """Forwards every event to ``inner``; an exception a hook raises is logged once per hook
@@ -92,6 +100,12 @@ class GuardedObserver(WorkerObserver):
 
     def maintenance_skipped(self, why: str) -> None:
         self._call("maintenance_skipped", why)
+
+    def scheduled(self, tasks: int) -> None:
+        self._call("scheduled", tasks)
+
+    def scheduler_skipped(self, why: str) -> None:
+        self._call("scheduler_skipped", why)
 
 
 def timed(observer: WorkerObserver, *steps: tuple[str, Callable[[], object]]) -> None:
@@ -164,3 +178,9 @@ class RecordingObserver(WorkerObserver):
 
     def maintenance_skipped(self, why: str) -> None:
         self._record("maintenance_skipped", why)
+
+    def scheduled(self, tasks: int) -> None:
+        self._record("scheduled", tasks)
+
+    def scheduler_skipped(self, why: str) -> None:
+        self._record("scheduler_skipped", why)

@@ -1,0 +1,195 @@
+"""The scheduler: turns the ticks of the registry's schedules into tasks, exactly once each
+across every scheduler of the schema.
+
+Every worker runs one by default (``run-worker --no-scheduler`` turns it off), and
+``hyrex-like run-scheduler`` runs one alone. Any number may run at once: each pass inserts a
+schedule's due ticks with their tasks in one statement keyed by (schedule, tick time)
+(``insert_schedule_ticks``), so a tick that two schedulers both find due makes one task, and a
+tick is never recorded without its task. Which ticks are due is `schedules.due_ticks`' business
+(the catch-up policy), from the newest tick recorded in the database: read when the scheduler
+starts or reconnects, then kept up to date by its own passes.
+
+A thread and a connection of its own, as `Maintenance` has: it sleeps until the next tick of
+its schedules (not a poll: the tick's task should start within milliseconds of its time), and
+no error ends it (a database outage is logged once; the next pass reconnects).
+`Scheduler.run_once` is one pass, callable without the thread in tests, with the clock given.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from ..db import WorkerQueries
+from ..ids import new_task_ids
+from ..observer import WorkerObserver
+from ..registry import HyrexRegistry
+from ..schedules import due_ticks
+from ..task import TaskDefinition
+from .connection import DB_ERRORS, close_quietly, describe
+from .processes import set_os_thread_name
+
+RETRY_AFTER = timedelta(seconds=1)
+"""How soon a pass that failed (database away, an error) is tried again."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    """Fires the schedules of a registry's tasks (or of the definitions given)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        registry_or_definitions: HyrexRegistry | Mapping[str, TaskDefinition[Any, Any]],
+        log: Any,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        observer: WorkerObserver | None = None,
+    ) -> None:
+        self._connect = connect
+        if isinstance(registry_or_definitions, HyrexRegistry):
+            definitions = registry_or_definitions.scheduled()
+        else:
+            definitions = dict(registry_or_definitions)
+        # (the schedules are fixed for the scheduler's life: a changed one takes effect at
+        # the next start, and its recorded ticks are never fired again: same key)
+        self.definitions = {name: d for name, d in definitions.items() if d.schedule is not None}
+        self.log = log
+        self.clock = clock
+        self.observer = observer or WorkerObserver()
+        self.db: psycopg.Connection[Any] | None = None
+        self._last: dict[str, datetime] | None = None  # newest recorded tick; None: read it
+        self._failed_at: datetime | None = None  # the last pass failed (retry soon)
+        self._unavailable = False  # logged once per outage
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- the thread
+
+    def start(self) -> None:
+        """Fire what is due now, then sleep until each next tick, on a thread of its own."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="hyrex-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread (after the pass under way) and close its connection. A pass stuck on
+        a dead link is left behind: the thread is a daemon, and its statement is all or
+        nothing."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return
+        self.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until `stop` is called (True) or ``timeout`` seconds pass (False)."""
+        return self._stop.wait(timeout)
+
+    def _serve(self) -> None:
+        set_os_thread_name(b"hyrex-scheduler")
+        while not self._stop.is_set():
+            self.run_once(self.clock())
+            left = (self.next_wake(self.clock()) - self.clock()).total_seconds()
+            self._stop.wait(max(0.0, left))
+
+    def next_wake(self, now: datetime) -> datetime:
+        """When the next pass is due: the earliest next tick of the schedules (sooner after a
+        failed pass, to retry)."""
+        wakes = [d.schedule.next_after(now) for d in self.definitions.values() if d.schedule]
+        if self._failed_at is not None:
+            wakes.append(self._failed_at + RETRY_AFTER)
+        return min(wakes, default=now + timedelta(hours=1))
+
+    # ---------------------------------------------------------------- one pass
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Insert the ticks due at ``now`` with their tasks: the number of tasks made (ticks
+        another scheduler made first are not counted). Errors end the pass and drop the
+        connection; the next pass reconnects and reads the newest ticks again."""
+        now = self.clock() if now is None else now
+        try:
+            db = self._ensure()
+            last = self._last
+            if last is None:
+                last = self._last = WorkerQueries.last_ticks(db, list(self.definitions))
+            made = 0
+            for name, definition in self.definitions.items():
+                made += self._fire(db, name, definition, last, now)
+        except DB_ERRORS as exc:
+            if not self._unavailable:
+                self.log.warning("scheduler_database_unavailable", error=describe(exc))
+            self._unavailable = True
+            self._failed(now, "database")
+            return 0
+        except Exception as exc:  # never end the thread: the schedules would stop firing
+            self.log.error("scheduler_failed", error=describe(exc))
+            self._failed(now, "error")
+            return 0
+        self._failed_at = None
+        self.observer.scheduled(made)
+        return made
+
+    def _fire(
+        self,
+        db: psycopg.Connection[Any],
+        name: str,
+        definition: TaskDefinition[Any, Any],
+        last: dict[str, datetime],
+        now: datetime,
+    ) -> int:
+        schedule = definition.schedule
+        assert schedule is not None
+        ticks = due_ticks(schedule, last.get(name), now)
+        if not ticks:
+            return 0
+        config = definition.config
+        made = WorkerQueries.insert_ticks(
+            db,
+            name,
+            ticks,
+            new_task_ids(len(ticks)),
+            queue=config.queue,
+            priority=config.priority,
+            args_json=schedule.payload_json or "null",
+            max_retries=config.max_retries,
+            timeout_seconds=config.timeout_seconds,
+            backoff_seconds=config.backoff_schedule(),
+        )
+        # the ticks not made were recorded by another scheduler: recorded all the same
+        last[name] = max(ticks[-1], last.get(name, ticks[-1]))
+        if made:
+            self.log.debug("schedule_fired", task=name, ticks=[t.isoformat() for t in made])
+        return len(made)
+
+    def _failed(self, now: datetime, why: str) -> None:
+        self._failed_at = now
+        self.close()
+        self.observer.scheduler_skipped(why)
+
+    def _ensure(self) -> psycopg.Connection[Any]:
+        if self.db is None or self.db.closed:
+            self.close()
+            self.db = self._connect()
+            WorkerQueries.watch_client(self.db)
+            if self._unavailable:
+                self.log.info("scheduler_database_reconnected")
+            self._unavailable = False
+        return self.db
+
+    def close(self) -> None:
+        """Drop the connection; the next pass reconnects and reads the newest ticks again
+        (another scheduler may have fired meanwhile)."""
+        if self.db is not None:
+            close_quietly(self.db)
+        self.db = None
+        self._last = None
