@@ -30,7 +30,6 @@ from .errors import (
 from .handle import TaskHandle
 from .schedules import Schedule, ScheduleInfo
 from .signature import _inspect_function
-from .states import TaskStatus
 from .task import AsyncTaskDefinition, TaskSender, named_task
 from .task import TaskDefinition as TaskDefinition  # re-exported: the worker imports it here
 from .task_config import _UNSET, _config
@@ -144,7 +143,7 @@ class HyrexRegistry:
                     next_tick=schedule.next_after(when),
                     last_tick=last_tick,
                     last_task_id=last_id,
-                    last_task_status=TaskStatus(last_status) if last_status else None,
+                    last_task_status=last_status,
                 )
             )
         return infos

@@ -169,10 +169,15 @@ class Every(Schedule):
         return problem
 
     def _index_at_or_before(self, t: datetime) -> int:
-        return (_aware(t) - self.start) // self.interval  # floor, exact (microseconds)
+        return (_aware(t) - self._origin) // self.interval  # floor, exact (microseconds)
 
     def _tick(self, k: int) -> datetime:
-        return (self.start + k * self.interval).astimezone(UTC)
+        # in UTC: adding to a datetime in a zone with DST would add wall-clock time
+        return self._origin + k * self.interval
+
+    @property
+    def _origin(self) -> datetime:
+        return self.start.astimezone(UTC)
 
     def next_after(self, t: datetime) -> datetime:
         self.check()
