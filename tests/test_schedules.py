@@ -404,3 +404,31 @@ def test_cron_class_is_the_schedule_of_cron_and_crontab() -> None:
     assert crontab(minute=0, hour=9, day_of_week="mon-fri", tz="Europe/Paris") == cron(
         "0 9 * * mon-fri", tz="Europe/Paris"
     )
+
+
+def test_schedules_reports_the_last_tick_its_task_and_status(
+    database_url: str, schema: str
+) -> None:
+    import structlog
+
+    from hyrex_like import TaskStatus
+    from hyrex_like.worker.scheduler import Scheduler
+
+    hy = HyrexRegistry(database_url, schema=schema)
+
+    @hy.task(schedule=every(timedelta(minutes=5)))
+    def five() -> None:
+        pass
+
+    try:
+        hy.migrate()
+        scheduler = Scheduler(lambda: hy.store.connect(worker=True), hy, structlog.get_logger())
+        try:
+            assert scheduler.run_once(at("2026-07-01 12:05:10")) == 1
+        finally:
+            scheduler.close()
+        (info,) = hy.schedules(now=at("2026-07-01 12:05:10"))
+    finally:
+        hy.close()
+    assert info.last_tick == at("2026-07-01 12:05") and info.next_tick == at("2026-07-01 12:10")
+    assert info.last_task_id is not None and info.last_task_status is TaskStatus.QUEUED
