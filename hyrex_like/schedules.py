@@ -70,6 +70,13 @@ class Schedule:
         """Why this schedule is unusable (None: it is fine)."""
         if self._invalid is not None:
             return self._invalid
+        return self._timing_problem() or self._catch_up_problem()
+
+    def _timing_problem(self) -> str | None:
+        """What is wrong with when it ticks (each kind says)."""
+        return None
+
+    def _catch_up_problem(self) -> str | None:
         if self.catch_up not in get_args(CatchUp):
             return f"catch_up must be 'latest', 'all' or 'none', got {self.catch_up!r}"
         window = self.catch_up_window
@@ -150,7 +157,7 @@ class Every(Schedule):
     interval: timedelta = timedelta(minutes=1)
     start: datetime = EPOCH
 
-    def problem(self) -> str | None:
+    def _timing_problem(self) -> str | None:
         i = self.interval
         if not isinstance(i, timedelta):
             return f"every() takes a timedelta (or seconds), got {i!r}"
@@ -159,12 +166,15 @@ class Every(Schedule):
         s = self.start
         if not isinstance(s, datetime) or s.tzinfo is None or s.utcoffset() is None:
             return f"start must be a timezone-aware datetime, got {s!r}"
-        problem = super().problem()
+        return None
+
+    def _catch_up_problem(self) -> str | None:
+        problem = super()._catch_up_problem()
         if problem is None and self.catch_up == "all":
-            if self.catch_up_window // i > MAX_CATCH_UP_TICKS:
+            if self.catch_up_window // self.interval > MAX_CATCH_UP_TICKS:
                 return (
                     f"catch_up_window {self.catch_up_window} holds more than "
-                    f"{MAX_CATCH_UP_TICKS} ticks of {_duration_text(i)}; shorten it"
+                    f"{MAX_CATCH_UP_TICKS} ticks of {_duration_text(self.interval)}; shorten it"
                 )
         return problem
 
@@ -213,7 +223,7 @@ class Cron(Schedule):
     expression: str = "* * * * *"
     tz: str = "UTC"
 
-    def problem(self) -> str | None:
+    def _timing_problem(self) -> str | None:
         if not isinstance(self.expression, str):
             return f"the cron expression must be a str, got {self.expression!r}"
         if not isinstance(self.tz, str):
@@ -225,7 +235,7 @@ class Cron(Schedule):
             _cron.check(self.expression, self.tz)
         except _cron.CronProblem as exc:
             return str(exc)
-        return super().problem()
+        return None
 
     def _after(self, t: datetime) -> Iterator[datetime]:
         self.check()
@@ -264,10 +274,6 @@ class Cron(Schedule):
         return f"cron {self.expression} ({self.tz})"
 
 
-def _catch_up_args(catch_up: Any, catch_up_window: Any) -> dict[str, Any]:
-    return {"catch_up": catch_up, "catch_up_window": catch_up_window}
-
-
 def every(
     interval: timedelta | float,
     *,
@@ -285,13 +291,19 @@ def every(
     default 1 day), ``"none"`` (skip them).
     """
     span: Any = interval
+    invalid = None
     if isinstance(interval, int | float) and not isinstance(interval, bool):
-        span = timedelta(seconds=interval)
+        try:
+            span = timedelta(seconds=interval)
+        except (ValueError, OverflowError):  # NaN, infinity, too large
+            span, invalid = timedelta(0), f"every() needs a finite interval, got {interval!r}"
     return Every(
         interval=span,
         start=EPOCH if start is None else start,
         payload=payload,
-        **_catch_up_args(catch_up, catch_up_window),
+        catch_up=catch_up,
+        catch_up_window=catch_up_window,
+        _invalid=invalid,
     )
 
 
@@ -317,7 +329,8 @@ def cron(
         expression=_cron.normalize(expression) if isinstance(expression, str) else expression,
         tz=zone,
         payload=payload,
-        **_catch_up_args(catch_up, catch_up_window),
+        catch_up=catch_up,
+        catch_up_window=catch_up_window,
     )
 
 

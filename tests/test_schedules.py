@@ -109,6 +109,7 @@ REFUSED: list[tuple[str, Any, str]] = [
     ("zero_interval", every(timedelta(0)), r"at least 1 second"),
     ("negative_interval", every(-5), r"at least 1 second"),
     ("sub_second", every(0.5), r"at least 1 second"),
+    ("infinite", every(float("inf")), r"finite interval"),
     ("not_a_duration", every("5m"), r"takes a timedelta"),  # type: ignore[arg-type]
     ("huge_window", every(1, catch_up="all", catch_up_window=timedelta(days=2)), r"more than"),
     ("bad_crontab", crontab(minute="0 5"), r"crontab minute='0 5' is not one cron field"),
