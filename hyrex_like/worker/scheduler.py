@@ -91,10 +91,6 @@ class Scheduler:
                 return
         self.close()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until `stop` is called (True) or ``timeout`` seconds pass (False)."""
-        return self._stop.wait(timeout)
-
     def _serve(self) -> None:
         set_os_thread_name(b"hyrex-scheduler")
         while not self._stop.is_set():
