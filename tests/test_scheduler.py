@@ -303,3 +303,75 @@ def test_the_thread_fires_each_tick_as_it_comes(registry, schedulers, database_u
     assert len(rows) >= 2
     assert max(float(r[0]) for r in rows[1:]) < 5.0  # the first may be a tick just past
     assert_each_tick_once(database_url, schema)
+
+
+class Log:
+    """A logger that keeps the events it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def _keep(self, level: str) -> Any:
+        return lambda event, **fields: self.events.append((level, event))
+
+    def __getattr__(self, level: str) -> Any:
+        return self._keep(level)
+
+
+def test_a_database_outage_is_logged_once_and_the_ticks_fire_when_it_is_back(
+    registry, schedulers, database_url, schema, db_proxy
+):
+    @registry.task(schedule=every(timedelta(seconds=1), catch_up="all"))
+    def job() -> None:
+        pass
+
+    registry.migrate()
+    proxied = HyrexRegistry(db_proxy.url, schema=schema)
+    observer = RecordingObserver()
+    log = Log()
+    s = Scheduler(
+        lambda: proxied.store.connect(worker=True, connect_timeout=2),
+        registry,
+        log,
+        observer=observer,
+    )
+    schedulers.append(s)
+    try:
+        db_proxy.up()
+        assert s.run_once(T0 + timedelta(milliseconds=500)) == 1
+        db_proxy.down()
+        assert s.run_once(T0 + timedelta(milliseconds=1500)) == 0
+        assert s.run_once(T0 + timedelta(milliseconds=2500)) == 0
+        assert observer.counts["scheduler_skipped"] == 2
+        db_proxy.up()
+        assert s.run_once(T0 + timedelta(milliseconds=3500)) == 3  # T0+1 s..T0+3 s
+    finally:
+        proxied.close()
+    assert log.events.count(("warning", "scheduler_database_unavailable")) == 1
+    assert ("info", "scheduler_database_reconnected") in log.events
+    assert ticks_of(database_url, schema, "job") == [T0 + k * S for k in range(4)]
+    assert_each_tick_once(database_url, schema)
+
+
+def test_a_schedule_that_raises_is_logged_once_and_the_others_fire(
+    registry, schedulers, database_url, schema
+):
+    @registry.task(
+        schedule=every(timedelta(seconds=1)), max_retries=1, retry_backoff=lambda n: 1 / 0
+    )
+    def broken() -> None:
+        pass
+
+    @registry.task(schedule=every(timedelta(seconds=1)))
+    def fine() -> None:
+        pass
+
+    registry.migrate()
+    log = Log()
+    s = Scheduler(lambda: registry.store.connect(worker=True), registry, log)
+    schedulers.append(s)
+    for k in range(3):
+        assert s.run_once(T0 + k * S + timedelta(milliseconds=500)) == 1
+    assert log.events.count(("error", "schedule_failed")) == 1
+    assert ticks_of(database_url, schema, "fine") == [T0, T0 + S, T0 + 2 * S]
+    assert ticks_of(database_url, schema, "broken") == []

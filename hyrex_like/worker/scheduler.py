@@ -67,6 +67,7 @@ class Scheduler:
         self.db: psycopg.Connection[Any] | None = None
         self._last: dict[str, datetime] | None = None  # newest recorded tick; None: read it
         self._failed_at: datetime | None = None  # the last pass failed (retry soon)
+        self._broken: set[str] = set()  # schedules whose last firing raised (logged once)
         self._unavailable = False  # logged once per outage
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,8 +111,10 @@ class Scheduler:
 
     def run_once(self, now: datetime | None = None) -> int:
         """Insert the ticks due at ``now`` with their tasks: the number of tasks made (ticks
-        another scheduler made first are not counted). Errors end the pass and drop the
-        connection; the next pass reconnects and reads the newest ticks again."""
+        another scheduler made first are not counted). A schedule whose firing raises (say,
+        its retry_backoff callable) is logged once and tried again at the next pass, the
+        others fire meanwhile; a database error ends the pass and drops the connection, and
+        the next pass reconnects and reads the newest ticks again."""
         now = self.clock() if now is None else now
         try:
             db = self._ensure()
@@ -119,8 +122,17 @@ class Scheduler:
             if last is None:
                 last = self._last = WorkerQueries.last_ticks(db, list(self.definitions))
             made = 0
+            broken: set[str] = set()
             for name, definition in self.definitions.items():
-                made += self._fire(db, name, definition, last, now)
+                try:
+                    made += self._fire(db, name, definition, last, now)
+                except DB_ERRORS:
+                    raise
+                except Exception as exc:  # this schedule's own problem: fire the others
+                    if name not in self._broken:
+                        self.log.error("schedule_failed", task=name, error=describe(exc))
+                    broken.add(name)
+            self._broken = broken
         except DB_ERRORS as exc:
             if not self._unavailable:
                 self.log.warning("scheduler_database_unavailable", error=describe(exc))
@@ -131,8 +143,12 @@ class Scheduler:
             self.log.error("scheduler_failed", error=describe(exc))
             self._failed(now, "error")
             return 0
-        self._failed_at = None
         self.observer.scheduled(made)
+        if broken:
+            self._failed_at = now  # tried again soon
+            self.observer.scheduler_skipped("error")
+        else:
+            self._failed_at = None
         return made
 
     def _fire(
