@@ -524,3 +524,24 @@ CROSS JOIN LATERAL (
     ORDER BY k.tick_at DESC
     LIMIT 1) AS s
 LEFT JOIN task AS t ON t.id = s.task_id
+
+-- prune_schedule_ticks --
+-- The scheduler's upkeep: delete up to %(limit)s tick rows of a schedule older than %(before)s,
+-- never its newest (where schedulers resume). A scheduler only ever fires ticks after the
+-- newest it read, so a tick well older than that is never fired again, recorded or not (the
+-- caller's cutoff keeps the catch-up window and a day more). Rows another scheduler is
+-- deleting are skipped, not waited for.
+WITH doomed AS (
+    SELECT k.tick_at FROM schedule_tick AS k
+    WHERE k.schedule_name = %(schedule_name)s
+      AND k.tick_at < %(before)s::timestamptz
+      AND k.tick_at < (SELECT n.tick_at FROM schedule_tick AS n
+                       WHERE n.schedule_name = %(schedule_name)s
+                       ORDER BY n.tick_at DESC LIMIT 1)
+    ORDER BY k.tick_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM schedule_tick AS k
+USING doomed AS d
+WHERE k.schedule_name = %(schedule_name)s AND k.tick_at = d.tick_at

@@ -375,3 +375,34 @@ def test_a_schedule_that_raises_is_logged_once_and_the_others_fire(
     assert log.events.count(("error", "schedule_failed")) == 1
     assert ticks_of(database_url, schema, "fine") == [T0, T0 + S, T0 + 2 * S]
     assert ticks_of(database_url, schema, "broken") == []
+
+
+def test_old_tick_rows_are_pruned_but_never_a_schedules_newest(
+    registry, schedulers, database_url, schema
+):
+    @registry.task(schedule=every(timedelta(hours=1), catch_up="all"))
+    def hourly() -> None:
+        pass
+
+    @registry.task(schedule=every(timedelta(days=1), catch_up_window=timedelta(days=3)))
+    def daily() -> None:
+        pass
+
+    s = make(schedulers, registry)
+    for hour in range(4 * 24 + 1):  # four days, a pass each hour
+        s.run_once(T0 + hour * 3600 * S + S)
+    assert count(database_url, schema, table="schedule_tick") == 4 * 24 + 1 + 4
+    now = T0 + 4 * 24 * 3600 * S + S
+    # kept: the catch-up window and a day more (hourly: 2 days; daily: 4 days, so all 4)
+    assert s.prune(now) == 2 * 24 + 1  # hourly's T0..T0+48 h
+    kept = "SELECT min(tick_at), count(*) FROM schedule_tick WHERE schedule_name = %s"
+    assert query(database_url, schema, kept, ["hourly"]) == [(T0 + 49 * 3600 * S, 48)]
+    assert query(database_url, schema, kept, ["daily"]) == [(T0 + 12 * 3600 * S, 4)]
+    assert s.prune(now + 365 * 24 * 3600 * S) == 47 + 3  # a year on: only the newest stay
+    assert query(
+        database_url, schema, "SELECT schedule_name, tick_at FROM schedule_tick ORDER BY 1"
+    ) == [
+        ("daily", T0 + (3 * 24 + 12) * 3600 * S),
+        ("hourly", T0 + 4 * 24 * 3600 * S),
+    ]
+    assert count(database_url, schema) == 4 * 24 + 1 + 4  # the tasks are not the prune's

@@ -253,6 +253,18 @@ class WorkerQueries:
         return [t.astimezone(UTC) for t in row[0]] if row else []
 
     @staticmethod
+    def prune_ticks(
+        conn: psycopg.Connection[Any], schedule_name: str, before: datetime, limit: int
+    ) -> int:
+        """Delete up to ``limit`` tick rows of a schedule older than ``before``, never its
+        newest: how many were deleted."""
+        cur = conn.execute(
+            q("prune_schedule_ticks"),
+            {"schedule_name": schedule_name, "before": before, "limit": limit},
+        )
+        return cur.rowcount
+
+    @staticmethod
     def last_ticks(conn: psycopg.Connection[Any], names: Sequence[str]) -> dict[str, datetime]:
         """The newest tick recorded for each of these schedules (absent: none yet)."""
         rows = conn.execute(q("schedule_last_ticks"), {"names": list(names)}).fetchall()

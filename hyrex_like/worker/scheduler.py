@@ -11,7 +11,9 @@ starts or reconnects, then kept up to date by its own passes.
 
 A thread and a connection of its own, as `Maintenance` has: it sleeps until the next tick of
 its schedules (not a poll: the tick's task should start within milliseconds of its time), and
-no error ends it (a database outage is logged once; the next pass reconnects).
+no error ends it (a database outage is logged once; the next pass reconnects). Every ten
+minutes it also deletes its schedules' tick rows older than their catch-up window and a day
+(never a schedule's newest): no scheduler fires a tick that old again.
 `Scheduler.run_once` is one pass, callable without the thread in tests, with the clock given.
 """
 
@@ -35,6 +37,14 @@ from .processes import set_os_thread_name
 
 RETRY_AFTER = timedelta(seconds=1)
 """How soon a pass that failed (database away, an error) is tried again."""
+
+PRUNE_EVERY = timedelta(minutes=10)
+"""How often a scheduler deletes its schedules' old tick rows (`prune_schedule_ticks`)..."""
+PRUNE_BATCH = 5_000
+"""...at most this many per schedule at a time (a second's ticks for over an hour), so the
+pass after a tick stays short."""
+KEEP_TICKS = timedelta(days=1)
+"""Tick rows are kept this long beyond the schedule's catch-up window (the newest always)."""
 
 
 def _utc_now() -> datetime:
@@ -68,6 +78,7 @@ class Scheduler:
         self._last: dict[str, datetime] | None = None  # newest recorded tick; None: read it
         self._failed_at: datetime | None = None  # the last pass failed (retry soon)
         self._broken: set[str] = set()  # schedules whose last firing raised (logged once)
+        self._next_prune: datetime | None = None  # None: at the first pass that works
         self._unavailable = False  # logged once per outage
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,7 +106,10 @@ class Scheduler:
     def _serve(self) -> None:
         set_os_thread_name(b"hyrex-scheduler")
         while not self._stop.is_set():
-            self.run_once(self.clock())
+            now = self.clock()
+            self.run_once(now)
+            if self.db is not None and (self._next_prune is None or now >= self._next_prune):
+                self.prune(now)  # right after a pass: the next tick is furthest away
             left = (self.next_wake(self.clock()) - self.clock()).total_seconds()
             self._stop.wait(max(0.0, left))
 
@@ -182,6 +196,27 @@ class Scheduler:
         if made:
             self.log.debug("schedule_fired", task=name, ticks=[t.isoformat() for t in made])
         return len(made)
+
+    def prune(self, now: datetime) -> int:
+        """Delete old tick rows (the thread does, every `PRUNE_EVERY`), so ``schedule_tick``
+        holds a catch-up window and a day of each schedule's ticks rather than all of them
+        (every(1 s): 86,400 a day); the newest stays. Returns how many were deleted; an
+        error is logged and left to the next pass."""
+        self._next_prune = now + PRUNE_EVERY
+        deleted = 0
+        try:
+            db = self._ensure()
+            for name, definition in self.definitions.items():
+                assert definition.schedule is not None
+                before = now - definition.schedule.catch_up_window - KEEP_TICKS
+                deleted += WorkerQueries.prune_ticks(db, name, before, PRUNE_BATCH)
+        except DB_ERRORS:
+            self.close()  # (the next pass reconnects and says so, or logs the outage)
+        except Exception as exc:
+            self.log.error("schedule_ticks_prune_failed", error=describe(exc))
+        if deleted:
+            self.log.debug("schedule_ticks_pruned", ticks=deleted)
+        return deleted
 
     def _failed(self, now: datetime, why: str) -> None:
         self._failed_at = now
