@@ -378,6 +378,7 @@ class HyrexRegistry:
         stale_after: float | None = None,
         poll_interval: float | None = None,
         startup_timeout: float | None = None,
+        scheduler: bool | None = None,
         log_level: str | None = None,
         log_format: str | None = None,
         app: str | None = None,
@@ -394,6 +395,8 @@ class HyrexRegistry:
         if ``log_level`` or ``log_format`` is given. ``observer`` (a `WorkerObserver`) is told
         of claims, writes, heartbeats and rescues as they happen. ``retention``: delete
         finished tasks older than this (seconds or '7d'); see run-worker --retention.
+        ``scheduler=False``: do not fire the app's schedules in this worker (see run-worker
+        --no-scheduler).
         See `hyrex_like.runner`.
         """
         from .runner import Worker  # at call time: the registry never imports the dispatcher
@@ -411,6 +414,7 @@ class HyrexRegistry:
             stale_after=stale_after,
             poll_interval=poll_interval,
             startup_timeout=startup_timeout,
+            scheduler=scheduler,
             log_level=log_level,
             log_format=log_format,
             **({"retention": retention} if retention is not None else {}),

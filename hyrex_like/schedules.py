@@ -374,8 +374,9 @@ def due_ticks(schedule: Schedule, last: datetime | None, now: datetime) -> list[
     recorded for this schedule (None: it never fired).
 
     Pending ticks are those in (last, now]; a schedule that never fired considers only its
-    on-time ticks (it never backfills history). A tick is on time while ``now - tick`` is at
-    most its grace (min(60 s, the period)); older ones are missed, and the policy decides:
+    on-time ticks (it never backfills history). A tick is on time while ``now - tick`` is
+    less than its grace (min(60 s, the period)), so at most one tick of a schedule is on time
+    at once; older ones are missed, and the policy decides:
     ``"latest"`` fires the on-time ticks, or else the newest missed one (once); ``"all"`` fires
     the missed ticks no older than ``catch_up_window`` (at most the newest
     `MAX_CATCH_UP_TICKS`) and the on-time ones; ``"none"`` fires the on-time ones only.
@@ -386,7 +387,7 @@ def due_ticks(schedule: Schedule, last: datetime | None, now: datetime) -> list[
     if last is not None:
         last = _aware(last, "last")
         floor = max(floor, last)
-    on_time = [t for t in schedule.ticks(floor, now) if now - t <= schedule.grace(t)]
+    on_time = [t for t in schedule.ticks(floor, now) if now - t < schedule.grace(t)]
     if last is None or schedule.catch_up == "none":
         return on_time
     first_on_time = on_time[0] if on_time else now + timedelta(microseconds=1)
