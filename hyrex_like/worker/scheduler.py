@@ -130,33 +130,29 @@ class Scheduler:
         others fire meanwhile; a database error ends the pass and drops the connection, and
         the next pass reconnects and reads the newest ticks again."""
         now = self.clock() if now is None else now
-        try:
-            db = self._ensure()
-            last = self._last
-            if last is None:
-                last = self._last = WorkerQueries.last_ticks(db, list(self.definitions))
-            made = 0
-            broken: set[str] = set()
-            for name, definition in self.definitions.items():
-                try:
-                    made += self._fire(db, name, definition, last, now)
-                except DB_ERRORS:
-                    raise
-                except Exception as exc:  # this schedule's own problem: fire the others
-                    if name not in self._broken:
-                        self.log.error("schedule_failed", task=name, error=describe(exc))
-                    broken.add(name)
-            self._broken = broken
-        except DB_ERRORS as exc:
-            if not self._unavailable:
-                self.log.warning("scheduler_database_unavailable", error=describe(exc))
-            self._unavailable = True
-            self._failed(now, "database")
-            return 0
-        except Exception as exc:  # never end the thread: the schedules would stop firing
-            self.log.error("scheduler_failed", error=describe(exc))
-            self._failed(now, "error")
-            return 0
+        for first_try in (True, False):
+            # A connection that worked before may have died while the scheduler slept (a
+            # terminated backend, a failover): a tick that comes due then must not wait for a
+            # retry a second later (with a period of a second it would be missed), so the
+            # pass is done again at once on a fresh connection. Each pass is all or nothing.
+            had_connection = self.db is not None and not self.db.closed
+            try:
+                made, broken = self._pass(now)
+                break
+            except DB_ERRORS as exc:
+                self.close()
+                if first_try and had_connection:
+                    continue
+                if not self._unavailable:
+                    self.log.warning("scheduler_database_unavailable", error=describe(exc))
+                self._unavailable = True
+                self._failed(now, "database")
+                return 0
+            except Exception as exc:  # never end the thread: the schedules would stop firing
+                self.log.error("scheduler_failed", error=describe(exc))
+                self._failed(now, "error")
+                return 0
+        self._broken = broken
         self.observer.scheduled(made)
         if broken:
             self._failed_at = now  # tried again soon
@@ -164,6 +160,26 @@ class Scheduler:
         else:
             self._failed_at = None
         return made
+
+    def _pass(self, now: datetime) -> tuple[int, set[str]]:
+        """One pass over the schedules: the tasks made, and the schedules whose firing raised
+        (not a database error: those end the pass)."""
+        db = self._ensure()
+        last = self._last
+        if last is None:
+            last = self._last = WorkerQueries.last_ticks(db, list(self.definitions))
+        made = 0
+        broken: set[str] = set()
+        for name, definition in self.definitions.items():
+            try:
+                made += self._fire(db, name, definition, last, now)
+            except DB_ERRORS:
+                raise
+            except Exception as exc:  # this schedule's own problem: fire the others
+                if name not in self._broken:
+                    self.log.error("schedule_failed", task=name, error=describe(exc))
+                broken.add(name)
+        return made, broken
 
     def _fire(
         self,
