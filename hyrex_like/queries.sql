@@ -497,7 +497,7 @@ WITH ticked AS (
     FROM ticked AS k
     RETURNING scheduled_for
 )
-SELECT coalesce(array_agg(m.scheduled_for ORDER BY m.scheduled_for), '{}') AS made,
+SELECT coalesce(array_agg(m.scheduled_for ORDER BY m.scheduled_for), ARRAY[]::timestamptz[]) AS made,
        CASE WHEN count(*) > 0 THEN pg_notify('hyrex_like_' || current_schema(), '') END
            AS notified
 FROM made AS m
