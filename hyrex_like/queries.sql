@@ -488,12 +488,14 @@ WITH ticked AS (
     ON CONFLICT (schedule_name, tick_at) DO NOTHING
     RETURNING tick_at, task_id
 ), made AS (
-    -- run_after = created_at (now()): due at once, and out of task_due_idx like any send
+    -- due at once (run_after = created_at: out of task_due_idx like any send), but never
+    -- before its tick by this server's clock: a scheduler whose host clock runs fast finds a
+    -- tick due early, and the task then waits for its time as a delayed one does
     INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
                       backoff_seconds, run_after, scheduled_for)
     SELECT k.task_id, %(schedule_name)s, %(queue)s, %(priority)s, %(args)s::jsonb,
            %(max_retries)s, %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
-           now(), k.tick_at
+           greatest(now(), k.tick_at), k.tick_at
     FROM ticked AS k
     RETURNING scheduled_for
 )

@@ -267,6 +267,17 @@ class Cron(Schedule):
                 return None
         return None
 
+    def _catch_up_problem(self) -> str | None:
+        problem = super()._catch_up_problem()
+        # five fields: ticks are at least a minute apart, so this bounds a backfill's ticks
+        limit = MAX_CATCH_UP_TICKS * _cron.MIN_PERIOD
+        if problem is None and self.catch_up == "all" and self.catch_up_window > limit:
+            return (
+                f"catch_up_window {self.catch_up_window} may hold more than "
+                f"{MAX_CATCH_UP_TICKS} ticks of a cron schedule (at most {limit.days} days)"
+            )
+        return problem
+
     def grace(self, tick: datetime) -> timedelta:
         return min(MAX_GRACE, _cron.MIN_PERIOD)  # five fields: never less than a minute apart
 
@@ -369,26 +380,45 @@ def crontab(
     )
 
 
-def due_ticks(schedule: Schedule, last: datetime | None, now: datetime) -> list[datetime]:
+def due_ticks(
+    schedule: Schedule,
+    last: datetime | None,
+    now: datetime,
+    running_since: datetime | None = None,
+) -> list[datetime]:
     """The ticks a scheduler pass at ``now`` fires, oldest first; ``last`` is the newest tick
-    recorded for this schedule (None: it never fired).
+    recorded for this schedule (None: it never fired); ``running_since`` is when this
+    scheduler's previous pass succeeded, if it was within `MAX_GRACE` (None: it just started,
+    reconnected, or stalled).
 
-    Pending ticks are those in (last, now]; a schedule that never fired considers only its
-    on-time ticks (it never backfills history). A tick is on time while ``now - tick`` is
-    less than its grace (min(60 s, the period)), so at most one tick of a schedule is on time
-    at once; older ones are missed, and the policy decides:
-    ``"latest"`` fires the on-time ticks, or else the newest missed one (once); ``"all"`` fires
-    the missed ticks no older than ``catch_up_window`` (at most the newest
-    `MAX_CATCH_UP_TICKS`) and the on-time ones; ``"none"`` fires the on-time ones only.
+    Pending ticks are those in (last, now]. A tick is on time while ``now - tick`` is less
+    than its grace (min(60 s, the period)), or when it came after ``running_since`` (a pass
+    that is late, by a slow statement or a stall shorter than the grace, misses nothing);
+    older ones are missed, and the policy decides: ``"latest"`` fires the on-time ticks, or
+    else the newest missed one (once); ``"all"`` fires the missed ticks no older than
+    ``catch_up_window`` (at most the newest `MAX_CATCH_UP_TICKS`) and the on-time ones;
+    ``"none"`` fires the on-time ones only. A schedule that never fired, or whose newest
+    recorded tick is no tick of it (its expression changed), considers only its on-time ticks
+    (it never backfills history), and never one at or before ``last``.
     """
     schedule.check()
     now = _aware(now, "now")
     floor = now - MAX_GRACE  # no tick older than this is on time
+    if running_since is not None:
+        running_since = _aware(running_since, "running_since")
+        if now - running_since <= MAX_GRACE:
+            floor = min(floor, running_since)
+        else:
+            running_since = None
     if last is not None:
         last = _aware(last, "last")
         floor = max(floor, last)
-    on_time = [t for t in schedule.ticks(floor, now) if now - t < schedule.grace(t)]
-    if last is None or schedule.catch_up == "none":
+    on_time = [
+        t
+        for t in schedule.ticks(floor, now)
+        if now - t < schedule.grace(t) or (running_since is not None and t > running_since)
+    ]
+    if last is None or schedule.catch_up == "none" or not _is_tick(schedule, last):
         return on_time
     first_on_time = on_time[0] if on_time else now + timedelta(microseconds=1)
     if schedule.catch_up == "latest":
@@ -404,6 +434,11 @@ def due_ticks(schedule: Schedule, last: datetime | None, now: datetime) -> list[
             break
         missed.append(t)
     return [*missed, *on_time]
+
+
+def _is_tick(schedule: Schedule, t: datetime) -> bool:
+    """Whether ``t`` is a tick of ``schedule`` (not one of an expression it replaced)."""
+    return schedule.next_after(t - timedelta(microseconds=1)) == t
 
 
 @dataclass(frozen=True)

@@ -432,3 +432,31 @@ def test_old_tick_rows_are_pruned_but_never_a_schedules_newest(
         ("hourly", T0 + 4 * 24 * 3600 * S),
     ]
     assert count(database_url, schema) == 4 * 24 + 1 + 4  # the tasks are not the prune's
+
+
+def test_a_late_pass_of_a_running_scheduler_fires_every_tick_since_its_previous_one(
+    registry, schedulers, database_url, schema
+):
+    @registry.task(schedule=every(timedelta(seconds=1)))  # catch_up="latest"
+    def job() -> None:
+        pass
+
+    s = make(schedulers, registry)
+    assert s.run_once(T0) == 1
+    assert s.run_once(T0 + 2.2 * S) == 2  # late by more than the 1 s grace: nothing missed
+    assert ticks_of(database_url, schema, "job") == [T0, T0 + S, T0 + 2 * S]
+
+
+def test_a_tick_found_due_by_a_fast_clock_waits_for_its_time(
+    registry, schedulers, database_url, schema
+):
+    @registry.task(schedule=every(timedelta(seconds=1)))
+    def job() -> None:
+        pass
+
+    ahead = datetime.now(UTC).replace(microsecond=0) + 30 * S  # this host's clock runs fast
+    assert make(schedulers, registry).run_once(ahead) == 1
+    [(run_after, scheduled_for)] = query(
+        database_url, schema, "SELECT run_after, scheduled_for FROM task WHERE task_name = 'job'"
+    )
+    assert run_after == scheduled_for == ahead  # not claimable before the tick

@@ -433,3 +433,51 @@ def test_schedules_reports_the_last_tick_its_task_and_status(
         hy.close()
     assert info.last_tick == at("2026-07-01 12:05") and info.next_tick == at("2026-07-01 12:10")
     assert info.last_task_id is not None and info.last_task_status is TaskStatus.QUEUED
+
+
+# ------------------------------------------------------------ a late pass, a changed expression
+
+SEC = timedelta(seconds=1)
+T = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("catch_up", ["latest", "none", "all"])
+def test_a_pass_late_by_less_than_the_grace_misses_no_tick_of_its_running_scheduler(catch_up):
+    # every(1 s): a tick is on time for a second only. A pass 2.2 s after the previous one (a
+    # slow statement, a stall) still fires every tick since that pass: they were never missed.
+    s = every(SEC, catch_up=catch_up)
+    assert due_ticks(s, T, T + 2.2 * SEC, running_since=T) == [T + SEC, T + 2 * SEC]
+    # Without a previous pass (just started or reconnected) the policy decides.
+    expected = {"latest": [T + 2 * SEC], "none": [T + 2 * SEC], "all": [T + SEC, T + 2 * SEC]}[
+        catch_up
+    ]
+    assert due_ticks(s, T, T + 2.2 * SEC) == expected
+
+
+def test_a_previous_pass_older_than_the_grace_is_a_stall_and_the_policy_decides():
+    s = every(SEC)  # catch_up="latest"
+    now = T + 90 * SEC
+    assert due_ticks(s, T, now, running_since=T) == [now]  # the newest only
+
+
+def test_a_changed_expression_does_not_backfill_the_new_one_from_the_old_ones_last_tick():
+    # 03:00 was the old expression's tick; the new one's 04:00 today has passed by 10:00: a
+    # new expression starts at its next tick, as a new schedule does.
+    last = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+    now = datetime(2026, 3, 2, 10, 0, 30, tzinfo=UTC)
+    for catch_up in ("latest", "all"):
+        new = cron("0 4 * * *", catch_up=catch_up)
+        assert due_ticks(new, last, now) == []
+    # a tick of the new expression is still never fired at or before the old last tick
+    assert due_ticks(cron("* * * * *"), now, now + timedelta(seconds=10)) == []
+
+
+def test_a_cron_catch_up_window_that_may_hold_too_many_ticks_is_refused():
+    hy = HyrexRegistry("postgresql://unused@localhost/none")
+    with pytest.raises(InvalidSchedule, match="at most 69 days"):
+
+        @hy.task(schedule=cron("* * * * *", catch_up="all", catch_up_window=timedelta(days=70)))
+        def backfilled() -> None: ...
+
+    @hy.task(schedule=cron("* * * * *", catch_up="all", catch_up_window=timedelta(days=69)))
+    def backfilled_enough() -> None: ...

@@ -36,6 +36,8 @@ from .connection import DB_ERRORS, close_quietly, describe
 from .processes import set_os_thread_name
 
 RETRY_AFTER = timedelta(seconds=1)
+MAX_SLEEP = 30.0
+"""The longest the thread sleeps between two passes (seconds), whatever the next tick."""
 """How soon a pass that failed (database away, an error) is tried again."""
 
 PRUNE_EVERY = timedelta(minutes=10)
@@ -76,6 +78,9 @@ class Scheduler:
         self.observer = observer or WorkerObserver()
         self.db: psycopg.Connection[Any] | None = None
         self._last: dict[str, datetime] | None = None  # newest recorded tick; None: read it
+        # when this scheduler's previous pass succeeded (None: none yet, or it failed): the
+        # ticks since then were this scheduler's to fire, never missed ones (`due_ticks`)
+        self._prev_pass: datetime | None = None
         self._failed_at: datetime | None = None  # the last pass failed (retry soon)
         self._broken: set[str] = set()  # schedules whose last firing raised (logged once)
         self._next_prune: datetime | None = None  # None: at the first pass that works
@@ -106,12 +111,18 @@ class Scheduler:
     def _serve(self) -> None:
         set_os_thread_name(b"hyrex-scheduler")
         while not self._stop.is_set():
-            now = self.clock()
-            self.run_once(now)
-            if self.db is not None and (self._next_prune is None or now >= self._next_prune):
-                self.prune(now)  # right after a pass: the next tick is furthest away
-            left = (self.next_wake(self.clock()) - self.clock()).total_seconds()
-            self._stop.wait(max(0.0, left))
+            try:
+                now = self.clock()
+                self.run_once(now)
+                if self.db is not None and (self._next_prune is None or now >= self._next_prune):
+                    self.prune(now)  # right after a pass: the next tick is furthest away
+                left = (self.next_wake(self.clock()) - self.clock()).total_seconds()
+            except Exception as exc:  # never end the thread: the schedules would stop firing
+                self.log.error("scheduler_failed", error=describe(exc))
+                left = RETRY_AFTER.total_seconds()
+            # At most MAX_SLEEP at a time: the wait runs on the monotonic clock, and the wall
+            # clock may step (NTP) or the host sleep; a pass with nothing due costs nothing.
+            self._stop.wait(min(max(0.0, left), MAX_SLEEP))
 
     def next_wake(self, now: datetime) -> datetime:
         """When the next pass is due: the earliest next tick of the schedules (sooner after a
@@ -153,6 +164,7 @@ class Scheduler:
                 self._failed(now, "error")
                 return 0
         self._broken = broken
+        self._prev_pass = now
         self.observer.scheduled(made)
         if broken:
             self._failed_at = now  # tried again soon
@@ -191,7 +203,7 @@ class Scheduler:
     ) -> int:
         schedule = definition.schedule
         assert schedule is not None
-        ticks = due_ticks(schedule, last.get(name), now)
+        ticks = due_ticks(schedule, last.get(name), now, self._prev_pass)
         if not ticks:
             return 0
         config = definition.config
@@ -236,6 +248,7 @@ class Scheduler:
 
     def _failed(self, now: datetime, why: str) -> None:
         self._failed_at = now
+        self._prev_pass = None  # the ticks until the next success are missed ones
         self.close()
         self.observer.scheduler_skipped(why)
 
