@@ -22,13 +22,12 @@ from .db import Store
 from .errors import (
     ConfigurationError,
     DuplicateTaskName,
-    InvalidSchedule,
     InvalidTaskId,
     InvalidTaskOption,
     UnknownTaskName,
 )
 from .handle import TaskHandle
-from .schedules import Schedule, ScheduleInfo
+from .schedules import Schedule, ScheduleInfo, bind_schedule, schedule_infos
 from .signature import _inspect_function
 from .task import AsyncTaskDefinition, TaskSender, named_task
 from .task import TaskDefinition as TaskDefinition  # re-exported: the worker imports it here
@@ -37,17 +36,6 @@ from .task_config import check_name as check_name  # re-exported: the CLI and wo
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def _bound_schedule(schedule: Any, definition: TaskDefinition[Any, Any]) -> Schedule:
-    """``schedule`` checked for ``definition`` (`InvalidSchedule` naming the task), holding
-    the JSON of its payload as the task's own validation writes it."""
-    if not isinstance(schedule, Schedule):
-        raise InvalidSchedule(
-            f"schedule of task {definition.name}: expected every(...), cron(...) or "
-            f"crontab(...), got {schedule!r}"
-        )
-    return schedule._bind(definition.name, definition.dump_payload)
 
 
 class _Decorator:
@@ -127,26 +115,8 @@ class HyrexRegistry:
         """Each schedule of this registry, by task name: its next tick after ``now`` (default:
         the clock) and its newest recorded tick with that tick's task and status."""
         scheduled = self.scheduled()
-        names = sorted(scheduled)
-        states = self.store.schedule_states(names) if names else {}
-        when = datetime.now(UTC) if now is None else now
-        infos = []
-        for name in names:
-            schedule = scheduled[name].schedule
-            assert schedule is not None
-            last_tick, last_id, last_status = states.get(name, (None, None, None))
-            infos.append(
-                ScheduleInfo(
-                    task_name=name,
-                    schedule=schedule.describe(),
-                    catch_up=schedule.catch_up,
-                    next_tick=schedule.next_after(when),
-                    last_tick=last_tick,
-                    last_task_id=last_id,
-                    last_task_status=last_status,
-                )
-            )
-        return infos
+        states = self.store.schedule_states(sorted(scheduled)) if scheduled else {}
+        return schedule_infos(scheduled, states, datetime.now(UTC) if now is None else now)
 
     @overload
     def task(self, fn: Callable[[T], Coroutine[Any, Any, R]], /) -> AsyncTaskDefinition[T, R]: ...
@@ -226,7 +196,7 @@ class HyrexRegistry:
             self, fn, task_name, config, param_name, payload_adapter, result_adapter, annotation
         )
         if schedule is not None:
-            definition.schedule = _bound_schedule(schedule, definition)
+            definition.schedule = bind_schedule(schedule, definition)
         self._tasks[task_name] = definition
         return definition
 

@@ -1,5 +1,5 @@
 """Periodic tasks: when a schedule ticks (`every`, `cron`, `crontab`) and which ticks a scheduler
-pass fires (`due_ticks`).
+pass fires (`hyrex_like.catch_up.due_ticks`).
 
 Everything here is pure: times go in and out as timezone-aware UTC datetimes, the clock is an
 argument, nothing touches the database. The scheduler (`hyrex_like.worker.scheduler`) records
@@ -15,10 +15,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from . import _cron
@@ -26,8 +26,11 @@ from .errors import InvalidSchedule
 from .states import TaskStatus
 from .task_config import _UNSET
 
+if TYPE_CHECKING:
+    from .task import TaskDefinition  # for the annotation only: it imports us
+
 CatchUp = Literal["latest", "all", "none"]
-"""What a scheduler pass does with missed ticks: see `due_ticks`."""
+"""What a scheduler pass does with missed ticks: see `hyrex_like.catch_up.due_ticks`."""
 
 MAX_GRACE = timedelta(seconds=60)
 """A tick is on time while no older than this (or than its schedule's period, if shorter)."""
@@ -380,67 +383,6 @@ def crontab(
     )
 
 
-def due_ticks(
-    schedule: Schedule,
-    last: datetime | None,
-    now: datetime,
-    running_since: datetime | None = None,
-) -> list[datetime]:
-    """The ticks a scheduler pass at ``now`` fires, oldest first; ``last`` is the newest tick
-    recorded for this schedule (None: it never fired); ``running_since`` is when this
-    scheduler's previous pass succeeded, if it was within `MAX_GRACE` (None: it just started,
-    reconnected, or stalled).
-
-    Pending ticks are those in (last, now]. A tick is on time while ``now - tick`` is less
-    than its grace (min(60 s, the period)), or when it came after ``running_since`` (a pass
-    that is late, by a slow statement or a stall shorter than the grace, misses nothing);
-    older ones are missed, and the policy decides: ``"latest"`` fires the on-time ticks, or
-    else the newest missed one (once); ``"all"`` fires the missed ticks no older than
-    ``catch_up_window`` (at most the newest `MAX_CATCH_UP_TICKS`) and the on-time ones;
-    ``"none"`` fires the on-time ones only. A schedule that never fired, or whose newest
-    recorded tick is no tick of it (its expression changed), considers only its on-time ticks
-    (it never backfills history), and never one at or before ``last``.
-    """
-    schedule.check()
-    now = _aware(now, "now")
-    floor = now - MAX_GRACE  # no tick older than this is on time
-    if running_since is not None:
-        running_since = _aware(running_since, "running_since")
-        if now - running_since <= MAX_GRACE:
-            floor = min(floor, running_since)
-        else:
-            running_since = None
-    if last is not None:
-        last = _aware(last, "last")
-        floor = max(floor, last)
-    on_time = [
-        t
-        for t in schedule.ticks(floor, now)
-        if now - t < schedule.grace(t) or (running_since is not None and t > running_since)
-    ]
-    if last is None or schedule.catch_up == "none" or not _is_tick(schedule, last):
-        return on_time
-    first_on_time = on_time[0] if on_time else now + timedelta(microseconds=1)
-    if schedule.catch_up == "latest":
-        if on_time:
-            return on_time
-        newest = schedule.latest_at_or_before(now, after=last)
-        return [newest] if newest is not None else []
-    # "all": the window bounds the walk, so a long outage costs at most the window's ticks
-    oldest = max(last, now - schedule.catch_up_window - timedelta(microseconds=1))
-    missed: collections.deque[datetime] = collections.deque(maxlen=MAX_CATCH_UP_TICKS)
-    for t in schedule.ticks(oldest, now):
-        if t >= first_on_time:
-            break
-        missed.append(t)
-    return [*missed, *on_time]
-
-
-def _is_tick(schedule: Schedule, t: datetime) -> bool:
-    """Whether ``t`` is a tick of ``schedule`` (not one of an expression it replaced)."""
-    return schedule.next_after(t - timedelta(microseconds=1)) == t
-
-
 @dataclass(frozen=True)
 class ScheduleInfo:
     """One schedule as `HyrexRegistry.schedules` reports it."""
@@ -457,6 +399,43 @@ class ScheduleInfo:
     last_task_status: TaskStatus | None
 
 
+def bind_schedule(schedule: Any, definition: TaskDefinition[Any, Any]) -> Schedule:
+    """``schedule`` checked for ``definition`` (`InvalidSchedule` naming the task), holding
+    the JSON of its payload as the task's own validation writes it."""
+    if not isinstance(schedule, Schedule):
+        raise InvalidSchedule(
+            f"schedule of task {definition.name}: expected every(...), cron(...) or "
+            f"crontab(...), got {schedule!r}"
+        )
+    return schedule._bind(definition.name, definition.dump_payload)
+
+
+def schedule_infos(
+    scheduled: Mapping[str, TaskDefinition[Any, Any]],
+    states: Mapping[str, tuple[datetime | None, uuid.UUID | None, TaskStatus | None]],
+    now: datetime,
+) -> list[ScheduleInfo]:
+    """`HyrexRegistry.schedules`: each schedule, by task name, with its next tick after ``now``
+    and its newest recorded tick (from ``states``: tick, task id, status)."""
+    infos = []
+    for name in sorted(scheduled):
+        schedule = scheduled[name].schedule
+        assert schedule is not None
+        last_tick, last_id, last_status = states.get(name, (None, None, None))
+        infos.append(
+            ScheduleInfo(
+                task_name=name,
+                schedule=schedule.describe(),
+                catch_up=schedule.catch_up,
+                next_tick=schedule.next_after(now),
+                last_tick=last_tick,
+                last_task_id=last_id,
+                last_task_status=last_status,
+            )
+        )
+    return infos
+
+
 __all__ = [
     "CatchUp",
     "Cron",
@@ -465,6 +444,5 @@ __all__ = [
     "ScheduleInfo",
     "cron",
     "crontab",
-    "due_ticks",
     "every",
 ]

@@ -25,7 +25,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from hyrex_like import cron
-from hyrex_like.schedules import Cron, due_ticks
+from hyrex_like.catch_up import due_ticks
+from hyrex_like.schedules import Cron
 
 PARIS = ZoneInfo("Europe/Paris")
 SPRING = date(2026, 3, 29)

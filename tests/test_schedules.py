@@ -18,7 +18,8 @@ from pydantic import BaseModel
 
 import hyrex_like
 from hyrex_like import HyrexRegistry, InvalidSchedule, InvalidTaskOption, cron, crontab, every
-from hyrex_like.schedules import MAX_CATCH_UP_TICKS, Cron, Every, Schedule, due_ticks
+from hyrex_like.catch_up import due_ticks
+from hyrex_like.schedules import MAX_CATCH_UP_TICKS, Cron, Every, Schedule
 
 MIN = timedelta(minutes=1)
 DAY = timedelta(days=1)

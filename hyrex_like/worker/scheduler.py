@@ -26,11 +26,11 @@ from typing import Any
 
 import psycopg
 
+from ..catch_up import due_ticks
 from ..db import WorkerQueries
 from ..ids import new_task_ids
 from ..observer import WorkerObserver
 from ..registry import HyrexRegistry
-from ..schedules import due_ticks
 from ..task import TaskDefinition
 from .connection import DB_ERRORS, close_quietly, describe
 from .processes import set_os_thread_name
