@@ -12,7 +12,6 @@ thread in tests, with the clock injected.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,13 +22,16 @@ import psycopg
 from ..config import WorkerOptions
 from ..db import WorkerQueries
 from ..observer import WorkerObserver
-from .connection import DB_ERRORS, close_quietly, describe
-from .processes import set_os_thread_name
+from .connection import DB_ERRORS, describe
 from .retention import Retention
+from .service import ThreadService
 
 
-class Maintenance:
+class Maintenance(ThreadService):
     """Heartbeat and (when elected) rescuer of one worker."""
+
+    thread_name = "hyrex-upkeep"
+    event = "upkeep"
 
     def __init__(
         self,
@@ -45,45 +47,21 @@ class Maintenance:
         retention: Retention | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._connect = connect
+        super().__init__(connect, log)
         self._register = register
         self.options = options
         self.worker_id = worker_id
-        self.log = log
         self._on_rescued = on_rescued
         self._on_cancel = on_cancel
         self.observer = observer or WorkerObserver()
         self.clock = clock
         self.retention = retention  # (--retention) run by the elected rescuer after its scan
-        self.db: psycopg.Connection[Any] | None = None
         self.leader = False  # holds the rescuer lock on `db`
         self._next_full_rescue = 0.0  # see WorkerQueries.rescue
-        self._unavailable = False  # logged once per outage
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- the thread
 
-    def start(self) -> None:
-        """Beat (and rescue) now, then every heartbeat interval, on a thread of its own."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name="hyrex-upkeep", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread (after the pass under way) and close its connection, which hands
-        the rescuer's lock to another worker. A pass stuck on a dead link is left behind:
-        the thread is a daemon."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                return
-        self.close()
-
     def _serve(self) -> None:
-        set_os_thread_name(b"hyrex-upkeep")
         while not self._stop.is_set():
             started = self.clock()
             self.run_once(started)
@@ -110,25 +88,12 @@ class Maintenance:
             else:
                 self.observer.maintenance_skipped("not_leader")
         except DB_ERRORS as exc:
-            if not self._unavailable:
-                self.log.warning("upkeep_database_unavailable", error=describe(exc))
-            self._unavailable = True
-            self.close()
+            self._database_lost(exc)
             self.observer.maintenance_skipped("database")
         except Exception as exc:  # never end the thread: a worker that stops beating is rescued
             self.log.error("upkeep_failed", error=describe(exc))  # and its tasks run twice
             self.close()
             self.observer.maintenance_skipped("error")
-
-    def _ensure(self) -> psycopg.Connection[Any]:
-        if self.db is None or self.db.closed:
-            self.close()
-            self.db = self._connect()
-            WorkerQueries.watch_client(self.db)
-            if self._unavailable:
-                self.log.info("upkeep_database_reconnected")
-            self._unavailable = False
-        return self.db
 
     def _beat(self, db: psycopg.Connection[Any]) -> None:
         alive, cancel = WorkerQueries.heartbeat(db, self.worker_id)
@@ -160,6 +125,5 @@ class Maintenance:
                     WorkerQueries.release_rescue(self.db)
                 except DB_ERRORS:
                     pass  # the lock ends with the session anyway
-            close_quietly(self.db)
-        self.db = None
+        super().close()
         self.leader = False

@@ -19,7 +19,6 @@ minutes it also deletes its schedules' tick rows older than their catch-up windo
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,8 +31,8 @@ from ..ids import new_task_ids
 from ..observer import WorkerObserver
 from ..registry import HyrexRegistry
 from ..task import TaskDefinition
-from .connection import DB_ERRORS, close_quietly, describe
-from .processes import set_os_thread_name
+from .connection import DB_ERRORS, describe
+from .service import ThreadService
 
 RETRY_AFTER = timedelta(seconds=1)
 MAX_SLEEP = 30.0
@@ -53,8 +52,11 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Scheduler:
+class Scheduler(ThreadService):
     """Fires the schedules of a registry's tasks (or of the definitions given)."""
+
+    thread_name = "hyrex-scheduler"
+    event = "scheduler"
 
     def __init__(
         self,
@@ -65,7 +67,7 @@ class Scheduler:
         clock: Callable[[], datetime] = _utc_now,
         observer: WorkerObserver | None = None,
     ) -> None:
-        self._connect = connect
+        super().__init__(connect, log)
         if isinstance(registry_or_definitions, HyrexRegistry):
             definitions = registry_or_definitions.scheduled()
         else:
@@ -73,10 +75,8 @@ class Scheduler:
         # (the schedules are fixed for the scheduler's life: a changed one takes effect at
         # the next start, and its recorded ticks are never fired again: same key)
         self.definitions = {name: d for name, d in definitions.items() if d.schedule is not None}
-        self.log = log
         self.clock = clock
         self.observer = observer or WorkerObserver()
-        self.db: psycopg.Connection[Any] | None = None
         self._last: dict[str, datetime] | None = None  # newest recorded tick; None: read it
         # when this scheduler's previous pass succeeded (None: none yet, or it failed): the
         # ticks since then were this scheduler's to fire, never missed ones (`due_ticks`)
@@ -84,32 +84,10 @@ class Scheduler:
         self._failed_at: datetime | None = None  # the last pass failed (retry soon)
         self._broken: set[str] = set()  # schedules whose last firing raised (logged once)
         self._next_prune: datetime | None = None  # None: at the first pass that works
-        self._unavailable = False  # logged once per outage
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- the thread
 
-    def start(self) -> None:
-        """Fire what is due now, then sleep until each next tick, on a thread of its own."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name="hyrex-scheduler", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread (after the pass under way) and close its connection. A pass stuck on
-        a dead link is left behind: the thread is a daemon, and its statement is all or
-        nothing."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                return
-        self.close()
-
     def _serve(self) -> None:
-        set_os_thread_name(b"hyrex-scheduler")
         while not self._stop.is_set():
             try:
                 now = self.clock()
@@ -154,9 +132,7 @@ class Scheduler:
                 self.close()
                 if first_try and had_connection:
                     continue
-                if not self._unavailable:
-                    self.log.warning("scheduler_database_unavailable", error=describe(exc))
-                self._unavailable = True
+                self._database_lost(exc)
                 self._failed(now, "database")
                 return 0
             except Exception as exc:  # never end the thread: the schedules would stop firing
@@ -252,20 +228,8 @@ class Scheduler:
         self.close()
         self.observer.scheduler_skipped(why)
 
-    def _ensure(self) -> psycopg.Connection[Any]:
-        if self.db is None or self.db.closed:
-            self.close()
-            self.db = self._connect()
-            WorkerQueries.watch_client(self.db)
-            if self._unavailable:
-                self.log.info("scheduler_database_reconnected")
-            self._unavailable = False
-        return self.db
-
     def close(self) -> None:
         """Drop the connection; the next pass reconnects and reads the newest ticks again
         (another scheduler may have fired meanwhile)."""
-        if self.db is not None:
-            close_quietly(self.db)
-        self.db = None
+        super().close()
         self._last = None
