@@ -3,7 +3,8 @@
     HyrexLikeError
     ├── ConfigurationError        bad settings: no database, embedded forbidden, bad URL
     ├── TaskDefinitionError       (also TypeError) a task function or option is unusable
-    │   └── DuplicateTaskName
+    │   ├── DuplicateTaskName
+    │   └── WorkflowDefinitionError  a workflow's steps do not fit (types, names, shape)
     ├── InvalidTaskOption         (also ValueError) an option value is out of range
     │   └── InvalidSchedule       a task's schedule is unusable (bad cron, zone, payload...)
     ├── PayloadTooLarge           (also ValueError) a payload over the configured limit
@@ -11,6 +12,8 @@
     │                             as JSON (NUL, NaN/Infinity, a lone surrogate, too deep)
     ├── InvalidTaskId             (also ValueError) `get_handle` got something that is no UUID
     ├── TaskNotFound              (also LookupError) no task row with that id
+    ├── WorkflowNotFound          (also LookupError) no workflow row with that id
+    ├── WorkflowStateError        pause/resume/cancel asked of a workflow in the wrong state
     ├── TaskNotCompleted          `handle.result` of a task that has not completed
     ├── NoTaskContext             (also LookupError) `get_hyrex_context()` outside any task
     ├── TaskWaitTimeout           (also TimeoutError) `TaskHandle.wait` ran out of time
@@ -124,6 +127,21 @@ class UnknownTaskName(HyrexLikeError, LookupError):
     names (``HyrexRegistry(refuse_unknown_tasks=True)``)."""
 
 
+class WorkflowDefinitionError(TaskDefinitionError):
+    """A workflow cannot be built from these steps: a step's parameter type does not accept
+    what the step before it returns, two steps share a name, there is not exactly one final
+    step, ... The message names the steps and the types."""
+
+
+class WorkflowNotFound(HyrexLikeError, LookupError):
+    """No workflow row with that id (or it was pruned)."""
+
+
+class WorkflowStateError(HyrexLikeError):
+    """``pause``/``resume``/``cancel`` asked of a workflow whose state does not allow it (for
+    example resuming one that is running); the message says its state and what is allowed."""
+
+
 class KeyInUse(HyrexLikeError):
     """A retry by hand would queue a task whose idempotency key another live task now holds."""
 
@@ -151,4 +169,7 @@ __all__ = [
     "TaskNotFound",
     "TaskWaitTimeout",
     "WorkerError",
+    "WorkflowDefinitionError",
+    "WorkflowNotFound",
+    "WorkflowStateError",
 ]

@@ -16,6 +16,11 @@ A task moves along ``TASK_TRANSITIONS`` (also drawn at the top of ``sql/schema.s
     queued  -> canceled    canceled before a worker claimed it
     running -> canceled    canceled while running: the attempt ended (stopped by its worker,
                            failed, given back or lost with its worker) and is not run again
+    queued  -> paused      a workflow step held by a pause of its workflow (never claimed)
+    running -> paused      its workflow was paused while it ran: the attempt ended (stopped by
+                           its worker, or any way but completion) and waits for the resume
+    paused  -> queued      its workflow was resumed
+    paused  -> canceled    its workflow was canceled
 
 A retry by hand (``handle.retry()``) queues a failed or canceled task again: outside the
 worker's state machine, so `TASK_RETRY_BY_HAND` holds it apart.
@@ -39,6 +44,7 @@ class TaskStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
+    PAUSED = "paused"  # a workflow step held by a pause of its workflow: never claimed
 
 
 class RunStatus(enum.StrEnum):
@@ -72,10 +78,17 @@ TASK_UNFINISHED: frozenset[TaskStatus] = frozenset(TaskStatus) - TASK_FINAL
 
 TASK_TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = MappingProxyType(
     {
-        TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELED}),
+        TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELED, TaskStatus.PAUSED}),
         TaskStatus.RUNNING: frozenset(
-            {TaskStatus.COMPLETED, TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.CANCELED}
+            {
+                TaskStatus.COMPLETED,
+                TaskStatus.QUEUED,
+                TaskStatus.FAILED,
+                TaskStatus.CANCELED,
+                TaskStatus.PAUSED,
+            }
         ),
+        TaskStatus.PAUSED: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELED}),
         TaskStatus.COMPLETED: frozenset(),
         TaskStatus.FAILED: frozenset(),
         TaskStatus.CANCELED: frozenset(),
