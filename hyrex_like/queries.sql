@@ -148,12 +148,15 @@ WITH input AS MATERIALIZED (
         -- way an attempt ends but completion ends the task canceled.
         -- (A run the worker stopped as canceled with no request on the row, a stale request
         -- of an earlier attempt, is requeued as an interrupted one: it is not the task's.)
+        -- A pause of the task's workflow holds it the same way (paused), unless it completed.
         status = CASE WHEN o.run_status = 'completed' THEN 'completed'
                       WHEN t.cancel_requested_at IS NOT NULL THEN 'canceled'
+                      WHEN t.pause_requested_at IS NOT NULL THEN 'paused'
                       WHEN o.run_status IN ('interrupted', 'canceled') THEN 'queued'
                       WHEN o.retryable AND t.failure_count + o.failed <= t.max_retries THEN 'queued'
                       ELSE 'failed' END,
         run_after = CASE WHEN o.failed = 1 AND o.retryable AND t.cancel_requested_at IS NULL
+                              AND t.pause_requested_at IS NULL
                               AND t.failure_count + o.failed <= t.max_retries
                          THEN now() + make_interval(
                                   secs => coalesce(t.backoff_seconds[t.failure_count + o.failed], 0))
@@ -162,11 +165,16 @@ WITH input AS MATERIALIZED (
         result = CASE WHEN o.run_status = 'completed' THEN o.result ELSE t.result END,
         -- a completed task has no last error (its runs keep every attempt's)
         last_error = CASE WHEN o.run_status = 'completed' THEN NULL
+                          WHEN o.run_status = 'canceled' AND t.cancel_requested_at IS NULL
+                               AND t.pause_requested_at IS NOT NULL
+                          THEN jsonb_build_object('type', 'WorkflowPaused', 'message', 'its workflow was paused while this attempt ran; the attempt does not count',
+                                                  'attempt', o.attempt)
                           ELSE jsonb_build_object('type', o.error_type, 'message', o.error_message,
                                                   'attempt', o.attempt) END,
         finished_at = CASE WHEN o.run_status = 'completed'
                                 OR t.cancel_requested_at IS NOT NULL
-                                OR (o.run_status NOT IN ('interrupted', 'canceled')
+                                OR (t.pause_requested_at IS NULL
+                                    AND o.run_status NOT IN ('interrupted', 'canceled')
                                     AND NOT (o.retryable
                                              AND t.failure_count + o.failed <= t.max_retries))
                            THEN o.finished_at END
@@ -178,10 +186,17 @@ WITH input AS MATERIALIZED (
     -- a handful of task rows, and on a table of a few thousand rows scans them all, re-reading
     -- the whole input for each one (~250 ms per 1,000 rows instead of ~10).
     WHERE t.id = o.task_id AND t.attempt_count = o.attempt AND t.worker_id = o.worker_id
+    -- A run its worker stopped for its workflow's pause is recorded as interrupted by it.
     RETURNING t.id, t.status, t.run_after, t.attempt_count,
               CASE WHEN o.run_status = 'canceled' AND t.cancel_requested_at IS NULL
                    THEN 'interrupted' ELSE o.run_status END AS run_status, o.started_at,
-              o.finished_at, o.result AS run_result, o.error_type, o.error_message, o.tb
+              o.finished_at, o.result AS run_result,
+              CASE WHEN o.run_status = 'canceled' AND t.cancel_requested_at IS NULL
+                        AND t.pause_requested_at IS NOT NULL
+                   THEN 'WorkflowPaused' ELSE o.error_type END AS error_type,
+              CASE WHEN o.run_status = 'canceled' AND t.cancel_requested_at IS NULL
+                        AND t.pause_requested_at IS NOT NULL
+                   THEN 'its workflow was paused while this attempt ran; the attempt does not count' ELSE o.error_message END AS error_message, o.tb
 ), runs AS (
     -- Driven by the rows that passed the guard, one unique-index lookup each. (A filter on the
     -- run's own status here would let the planner, on a fresh table, guess that few rows match
@@ -198,14 +213,16 @@ SELECT id, status, run_after, attempt_count FROM updated WHERE status <> 'comple
 
 -- give_back_tasks --
 -- Claimed but never started (shutdown, or an executor died before reaching them): undo the
--- claim as if it never happened (a task whose cancel was asked for meanwhile ends canceled).
+-- claim as if it never happened (a task whose cancel was asked for meanwhile ends canceled; a
+-- step whose workflow was paused meanwhile is held, paused).
 -- (The guard compares with input columns for the reason given at finish_runs.)
 WITH input AS MATERIALIZED (
     SELECT i.task_id, i.attempt, 'running'::text AS status, %(worker_id)s::uuid AS worker_id
     FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[]) AS i(task_id, attempt)
 ), undone AS (
     UPDATE task AS t
-    SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'canceled' END,
+    SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'canceled'
+                      WHEN t.pause_requested_at IS NOT NULL THEN 'paused' ELSE 'queued' END,
         finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
         attempt_count = t.attempt_count - 1, worker_id = NULL
     FROM input AS i
@@ -224,7 +241,8 @@ SELECT count(*) AS n, pg_notify('hyrex_like_' || current_schema(), '') FROM undo
 -- back this worker's running tasks that it does not know it holds (their runs never started).
 WITH undone AS (
     UPDATE task AS t
-    SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'canceled' END,
+    SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'canceled'
+                      WHEN t.pause_requested_at IS NOT NULL THEN 'paused' ELSE 'queued' END,
         finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
         attempt_count = t.attempt_count - 1, worker_id = NULL
     WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
@@ -260,13 +278,15 @@ ON CONFLICT (id) DO UPDATE
 SET status = 'running', heartbeat_at = now(), stopped_at = NULL
 
 -- heartbeat --
--- Also the tasks this worker runs whose cancel was asked for: found here if the control
--- channel's NOTIFY was missed (the LISTEN connection was down), one probe of the running index.
+-- Also the tasks this worker runs whose cancel (or its workflow's pause) was asked for: found
+-- here if the control channel's NOTIFY was missed (the LISTEN connection was down), one probe
+-- of the running index.
 UPDATE worker SET heartbeat_at = now()
 WHERE id = %(id)s AND status = 'running'
 RETURNING id, ARRAY(SELECT t.id FROM task AS t
                     WHERE t.status = 'running' AND t.worker_id = %(id)s
-                      AND t.cancel_requested_at IS NOT NULL) AS cancel
+                      AND (t.cancel_requested_at IS NOT NULL
+                           OR t.pause_requested_at IS NOT NULL)) AS cancel
 
 -- stop_worker --
 UPDATE worker SET status = 'stopped', stopped_at = now() WHERE id = %(id)s
@@ -310,8 +330,10 @@ WITH dead AS (
     LEFT JOIN task_run AS r ON r.task_id = o.id AND r.attempt_number = o.attempt_count
 ), requeued AS (
     UPDATE task AS t
-    -- a task whose cancel was asked for ends canceled with its worker, not requeued
-    SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'canceled' END,
+    -- a task whose cancel was asked for ends canceled with its worker, not requeued (and a
+    -- step whose workflow was paused is held, paused)
+    SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'canceled'
+                      WHEN t.pause_requested_at IS NOT NULL THEN 'paused' ELSE 'queued' END,
         finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
         worker_id = NULL, run_after = now(),
         attempt_count = CASE WHEN h.began THEN t.attempt_count ELSE t.attempt_count - 1 END,
@@ -343,8 +365,17 @@ SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued)
 SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
        backoff_seconds, attempt_count, failure_count, run_after, parent_id, root_id, worker_id, created_at,
        started_at, finished_at, result, last_error, idempotency_key, cancel_requested_at,
-       scheduled_for
+       scheduled_for, workflow_id, workflow_step, pause_requested_at, progress
 FROM task WHERE id = %(id)s
+
+-- get_workflow_tasks --
+-- A workflow's step tasks, in step order (one probe of task_workflow_step_idx).
+SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
+       backoff_seconds, attempt_count, failure_count, run_after, parent_id, root_id, worker_id, created_at,
+       started_at, finished_at, result, last_error, idempotency_key, cancel_requested_at,
+       scheduled_for, workflow_id, workflow_step, pause_requested_at, progress
+FROM task WHERE workflow_id = %(id)s::uuid
+ORDER BY workflow_step
 
 -- get_task_runs --
 SELECT task_id, attempt_number, status, worker_id, claimed_at, started_at, finished_at, result,
@@ -397,8 +428,8 @@ SELECT set_config('tcp_keepalives_idle', '10', false),
        set_config('tcp_user_timeout', '30000', false)
 
 -- cancel_tasks --
--- Cancel a task (with %(children)s, also every task sent from it, at any depth): a queued one
--- becomes canceled at once; a running one gets cancel_requested_at, and its worker is told on
+-- Cancel a task (with %(children)s, also every task sent from it, at any depth): a queued (or
+-- paused) one becomes canceled at once; a running one gets cancel_requested_at, and its worker is told on
 -- the control channel (payload: worker id, space, task id). One UPDATE, so a claim or a finish
 -- racing it is waited for and re-read: the row it changes is the latest. Returns the tasks it
 -- changed, with their new status (canceled, or running: a stop was requested).
@@ -408,11 +439,11 @@ WITH RECURSIVE tree AS (
     SELECT t.id FROM task AS t JOIN tree ON t.parent_id = tree.id WHERE %(children)s::boolean
 ), changed AS (
     UPDATE task AS t
-    SET status = CASE WHEN t.status = 'queued' THEN 'canceled' ELSE t.status END,
-        finished_at = CASE WHEN t.status = 'queued' THEN now() ELSE t.finished_at END,
+    SET status = CASE WHEN t.status = 'running' THEN t.status ELSE 'canceled' END,
+        finished_at = CASE WHEN t.status = 'running' THEN t.finished_at ELSE now() END,
         cancel_requested_at = coalesce(t.cancel_requested_at, now())
     FROM tree
-    WHERE t.id = tree.id AND t.status IN ('queued', 'running')
+    WHERE t.id = tree.id AND t.status IN ('queued', 'running', 'paused')
     RETURNING t.id, t.status, t.worker_id
 )
 SELECT id, status,
@@ -427,7 +458,7 @@ FROM changed
 WITH queued AS (
     UPDATE task
     SET status = 'queued', failure_count = 0, run_after = now(), finished_at = NULL,
-        cancel_requested_at = NULL, worker_id = NULL
+        cancel_requested_at = NULL, pause_requested_at = NULL, worker_id = NULL
     WHERE id = %(id)s::uuid AND status IN ('failed', 'canceled')
     RETURNING id
 )
@@ -547,3 +578,130 @@ WITH doomed AS (
 DELETE FROM schedule_tick AS k
 USING doomed AS d
 WHERE k.schedule_name = %(schedule_name)s AND k.tick_at = d.tick_at
+
+-- write_progress --
+-- What running tasks last reported with update_progress (coalesced by their worker), written
+-- only onto the attempt that reported it: a late write of an earlier attempt never covers a
+-- newer one. Rows another transaction holds (a finish, a claim) are skipped, not waited for: the
+-- worker writes them at its next pass. Returns the ids written. (No status change: the
+-- workflow trigger does not fire.)
+WITH input AS MATERIALIZED (
+    SELECT i.task_id, i.attempt, i.progress
+    FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[], %(progress)s::jsonb[])
+         AS i(task_id, attempt, progress)
+), held AS (
+    SELECT t.id, i.attempt, i.progress
+    FROM input AS i JOIN task AS t ON t.id = i.task_id AND t.attempt_count = i.attempt
+    FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE task AS t SET progress = h.progress, progress_attempt = h.attempt
+FROM held AS h
+WHERE t.id = h.id
+RETURNING t.id
+
+-- insert_workflow --
+-- A workflow and the task rows of its first steps, in one statement: both or neither.
+WITH wf AS (
+    INSERT INTO workflow (id, name, steps, args, on_failure)
+    VALUES (%(id)s::uuid, %(name)s, %(steps)s::jsonb, %(args)s::jsonb, %(on_failure)s::jsonb)
+    RETURNING *
+)
+SELECT workflow_start_ready(wf, %(sources)s::integer[]) FROM wf
+
+-- get_workflow --
+SELECT id, name, state, steps, args, on_failure, on_failure_task_id, created_at, paused_at,
+       finished_at
+FROM workflow WHERE id = %(id)s::uuid
+
+-- list_workflows --
+-- Newest first, keyset-paginated by (created_at, id); with each its steps' task statuses in
+-- step order (NULL for a step not started), from which the summary status is read.
+SELECT w.id, w.name, w.state, w.created_at, w.finished_at, jsonb_array_length(w.steps) AS n,
+       ARRAY(SELECT t.status::text FROM task AS t WHERE t.workflow_id = w.id
+             ORDER BY t.workflow_step) AS statuses,
+       ARRAY(SELECT t.workflow_step FROM task AS t WHERE t.workflow_id = w.id
+             ORDER BY t.workflow_step) AS started, w.steps
+FROM workflow AS w
+WHERE (%(name)s::text IS NULL OR w.name = %(name)s)
+  AND (%(before)s::timestamptz IS NULL OR (w.created_at, w.id) < (%(before)s, %(before_id)s::uuid))
+ORDER BY w.created_at DESC, w.id DESC
+LIMIT %(limit)s
+
+-- lock_workflow_steps --
+-- A pause, resume or cancel first locks the workflow's unfinished step tasks: a step's
+-- completion (its finish statement) holds its task row, then the workflow row (the hand-off);
+-- taking them in the same order means waiting, never a deadlock.
+SELECT id FROM task
+WHERE workflow_id = %(id)s::uuid AND status IN ('queued', 'running', 'paused')
+ORDER BY workflow_step
+FOR UPDATE
+
+-- lock_workflow --
+SELECT state FROM workflow WHERE id = %(id)s::uuid FOR UPDATE
+
+-- set_workflow_state --
+UPDATE workflow
+SET state = %(state)s,
+    paused_at = CASE WHEN %(state)s = 'paused' THEN now() ELSE NULL END,
+    finished_at = CASE WHEN %(state)s = 'canceled' THEN now() ELSE finished_at END
+WHERE id = %(id)s::uuid
+
+-- pause_workflow_steps --
+-- Hold the queued steps (paused) and ask the workers of the running ones to stop them, as for
+-- a cancel (the control channel; the heartbeat as fallback). A separate statement from the
+-- state change, so that it sees every step a completion inserted before that change.
+WITH held AS (
+    UPDATE task AS t
+    SET status = CASE WHEN t.status = 'queued' THEN 'paused' ELSE t.status END,
+        pause_requested_at = now()
+    WHERE t.workflow_id = %(id)s::uuid AND t.status IN ('queued', 'running')
+    RETURNING t.id, t.status, t.worker_id
+)
+SELECT id, status,
+       CASE WHEN status = 'running'
+            THEN pg_notify(%(control)s, worker_id::text || ' ' || id::text) END AS told
+FROM held
+
+-- resume_workflow_steps --
+-- Queue the held steps again (and withdraw the stop asked of running ones, which then end
+-- interrupted and are requeued), then start every step whose predecessors completed meanwhile.
+WITH queued AS (
+    UPDATE task AS t
+    SET status = CASE WHEN t.status = 'paused' THEN 'queued' ELSE t.status END,
+        pause_requested_at = NULL, run_after = now()
+    WHERE t.workflow_id = %(id)s::uuid AND t.status IN ('paused', 'running')
+    RETURNING t.id
+)
+SELECT (SELECT count(*) FROM queued) AS queued,
+       pg_notify('hyrex_like_' || current_schema(), '') AS told
+
+-- start_ready_steps --
+SELECT workflow_start_ready(w, ARRAY(SELECT generate_series(0, jsonb_array_length(w.steps) - 1)))
+FROM workflow AS w WHERE w.id = %(id)s::uuid
+
+-- retry_failed_steps --
+-- Resume a failed workflow: its failed steps are queued again with a fresh retry budget, as a
+-- retry by hand does (attempt numbers go on; runs stay).
+WITH queued AS (
+    UPDATE task
+    SET status = 'queued', failure_count = 0, run_after = now(), finished_at = NULL,
+        worker_id = NULL
+    WHERE workflow_id = %(id)s::uuid AND status = 'failed'
+    RETURNING id
+)
+SELECT count(*) AS queued, pg_notify('hyrex_like_' || current_schema(), '') AS told FROM queued
+
+-- cancel_workflow_steps --
+-- Cancel every unfinished step: queued or paused ones at once, running ones by their worker.
+WITH changed AS (
+    UPDATE task AS t
+    SET status = CASE WHEN t.status = 'running' THEN t.status ELSE 'canceled' END,
+        finished_at = CASE WHEN t.status = 'running' THEN t.finished_at ELSE now() END,
+        cancel_requested_at = coalesce(t.cancel_requested_at, now())
+    WHERE t.workflow_id = %(id)s::uuid AND t.status IN ('queued', 'running', 'paused')
+    RETURNING t.id, t.status, t.worker_id
+)
+SELECT id, status,
+       CASE WHEN status = 'running'
+            THEN pg_notify(%(control)s, worker_id::text || ' ' || id::text) END AS told
+FROM changed

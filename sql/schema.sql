@@ -1,6 +1,6 @@
--- hyrex-like schema, version 6: the current schema, written out whole.
+-- hyrex-like schema, version 7: the current schema, written out whole.
 --
--- What migrations 0001..0006 produce, as one readable file (tests/test_schema_file.py applies
+-- What migrations 0001..0007 produce, as one readable file (tests/test_schema_file.py applies
 -- both to fresh schemas and compares the catalogs). The numbered migrations stay the way a
 -- database gets here; change the schema with a new migration, then bring this file and the
 -- version above in line with it. Names are unqualified: it runs with search_path set to the
@@ -17,6 +17,11 @@
 --   running   -> canceled            canceled while running (cancel_requested_at set): the
 --                                    attempt ended (stopped, failed, given back, its worker
 --                                    lost) and the task is not run again
+--   queued    -> paused              a workflow step held by a pause of its workflow
+--   running   -> paused              its workflow was paused while it ran (pause_requested_at
+--                                    set): the attempt ended any way but completion
+--   paused    -> queued              its workflow was resumed
+--   paused    -> canceled            its workflow (or the task) was canceled
 -- completed, failed and canceled are final.
 -- (A retry by hand queues a failed or canceled task again: see retry_task in queries.sql.)
 
@@ -29,7 +34,7 @@ CREATE DOMAIN task_priority AS smallint
     CONSTRAINT task_priority_range CHECK (VALUE BETWEEN 1 AND 10);
 CREATE DOMAIN task_status AS text
     CONSTRAINT task_status_known
-    CHECK (VALUE IN ('queued', 'running', 'completed', 'failed', 'canceled'));
+    CHECK (VALUE IN ('queued', 'running', 'completed', 'failed', 'canceled', 'paused'));
 CREATE DOMAIN task_count AS integer
     CONSTRAINT task_count_not_negative CHECK (VALUE >= 0);
 CREATE DOMAIN task_timeout AS double precision
@@ -65,7 +70,16 @@ CREATE TABLE task (
     -- (unless it completed)
     cancel_requested_at timestamptz,
     -- the tick time of a task made by a schedule (NULL for every other task)
-    scheduled_for    timestamptz
+    scheduled_for    timestamptz,
+    -- a workflow step: its workflow and its step's index there (one task row per step, ever)
+    workflow_id      uuid,
+    workflow_step    smallint,
+    -- its workflow was paused while it ran: it ends paused, whatever way its attempt ends
+    -- (unless it completed)
+    pause_requested_at timestamptz,
+    -- what the task last reported with update_progress, and the attempt that reported it
+    progress         jsonb,
+    progress_attempt integer
 );
 
 -- Queue tables churn fast: keep statistics fresh so plans follow the queue's real size.
@@ -87,6 +101,10 @@ CREATE INDEX task_tree_live_idx ON task (root_id)
 -- Send once per key: one live task per name and key; a failed or canceled one frees the key.
 CREATE UNIQUE INDEX task_idempotency_idx ON task (task_name, idempotency_key)
     WHERE idempotency_key IS NOT NULL AND status IN ('queued', 'running', 'completed');
+
+-- One task row per workflow step.
+CREATE UNIQUE INDEX task_workflow_step_idx ON task (workflow_id, workflow_step)
+    WHERE workflow_id IS NOT NULL;
 
 -- One row per attempt, keyed by its task and attempt number; never overwritten by a later
 -- attempt. A run given back before it started is deleted, not closed.
@@ -142,3 +160,154 @@ CREATE TABLE schedule_tick (
 
 -- No trigger: senders wake workers with a NOTIFY after their insert has committed (channel
 -- 'hyrex_like_' || the schema name); rows inserted by other SQL are found by the workers' poll.
+
+-- One row per workflow run (#16). Its steps are task rows (task.workflow_id); the hand-off
+-- from a step to the next is the trigger below, in the transaction that records the completion.
+CREATE TABLE workflow (
+    id                  uuid PRIMARY KEY,  -- UUIDv7, made by the sender
+    name                task_label  NOT NULL,
+    state               text        NOT NULL DEFAULT 'running'
+                        CHECK (state IN ('running', 'paused', 'canceled', 'completed')),
+    -- one object per step, in order: {"name", "task_name", "queue", "priority", "max_retries",
+    -- "timeout_seconds", "backoff_seconds", "after": [step...], "next": [step...], "fan_in"}
+    steps               jsonb       NOT NULL,
+    args                jsonb       NOT NULL,  -- the payload of the first steps
+    -- the task queued when a step fails: {"task_name", "queue", "priority", "max_retries",
+    -- "timeout_seconds", "backoff_seconds"}
+    on_failure          jsonb,
+    on_failure_task_id  uuid,                   -- the last such task
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    paused_at           timestamptz,
+    finished_at         timestamptz
+);
+CREATE INDEX workflow_created_idx ON workflow (created_at, id);
+
+-- Insert the task row of each of these steps whose predecessors have all completed (a source
+-- step has none: it gets the workflow's payload). A step's payload is its predecessor's result,
+-- or, for a step that several steps lead into, an object of their results by step name. A step
+-- that has its row already is left alone. Wakes the workers when it inserted any. Returns how
+-- many rows it inserted.
+CREATE FUNCTION workflow_start_ready(wf workflow, candidates integer[]) RETURNS integer
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH cand AS (
+        SELECT c.i, wf.steps -> c.i AS s
+        FROM unnest(candidates) AS c(i)
+    ), ready AS (
+        SELECT cand.i, cand.s,
+               CASE WHEN jsonb_array_length(cand.s -> 'after') = 0 THEN wf.args
+                    WHEN NOT (cand.s ->> 'fan_in')::boolean
+                    THEN (SELECT p.result FROM task AS p
+                          WHERE p.workflow_id = wf.id
+                            AND p.workflow_step = (cand.s -> 'after' ->> 0)::integer)
+                    ELSE (SELECT jsonb_object_agg(wf.steps -> p.workflow_step ->> 'name',
+                                                  coalesce(p.result, 'null'::jsonb))
+                          FROM task AS p
+                          WHERE p.workflow_id = wf.id
+                            AND p.workflow_step IN (SELECT a::integer FROM jsonb_array_elements_text(
+                                                        cand.s -> 'after') AS a)) END AS args
+        FROM cand
+        WHERE NOT EXISTS (
+            SELECT 1 FROM jsonb_array_elements_text(cand.s -> 'after') AS a
+            WHERE NOT EXISTS (SELECT 1 FROM task AS p
+                              WHERE p.workflow_id = wf.id AND p.workflow_step = a::integer
+                                AND p.status = 'completed'))
+    ), inserted AS (
+        INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                          backoff_seconds, workflow_id, workflow_step)
+        SELECT workflow_task_id(wf.id, r.i), r.s ->> 'task_name', r.s ->> 'queue',
+               (r.s ->> 'priority')::smallint, coalesce(r.args, 'null'::jsonb),
+               (r.s ->> 'max_retries')::integer, (r.s ->> 'timeout_seconds')::double precision,
+               ARRAY(SELECT b::double precision
+                     FROM jsonb_array_elements_text(r.s -> 'backoff_seconds') AS b),
+               wf.id, r.i
+        FROM ready AS r
+        ORDER BY r.i
+        ON CONFLICT (workflow_id, workflow_step) WHERE workflow_id IS NOT NULL DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM inserted;
+    IF n > 0 THEN
+        PERFORM pg_notify('hyrex_like_' || current_schema(), '');
+    END IF;
+    RETURN n;
+END
+$$;
+
+-- A step's task id: time-ordered like every id the library makes (UUIDv7 layout: the current
+-- time in milliseconds, then random bits).
+CREATE FUNCTION workflow_task_id(wf uuid, step integer) RETURNS uuid
+LANGUAGE sql VOLATILE AS $$
+    SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+            || '7' || substr(md5(random()::text || wf::text || step::text), 1, 3)
+            || to_hex(8 + (random() * 3)::integer)
+            || substr(md5(random()::text || clock_timestamp()::text), 1, 15))::uuid
+$$;
+
+-- The hand-off: a step's task changed status.
+CREATE FUNCTION workflow_step_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    wf workflow;
+    step jsonb;
+    handler uuid;
+BEGIN
+    IF NEW.status = 'completed' THEN
+        -- The workflow row is the meeting point of a pause, a resume, a cancel and the steps'
+        -- completions. A shared lock lets completions of different steps run side by side and
+        -- makes a pause wait for them (and them for it). The last step, and a step leading
+        -- into one that several steps lead into, take it exclusively from the start: the first
+        -- writes the row, and two predecessors of one step finishing at once must see each
+        -- other. (Taking it shared, then exclusively, would deadlock with a waiting pause.)
+        SELECT w.steps -> NEW.workflow_step INTO step FROM workflow AS w WHERE w.id = NEW.workflow_id;
+        IF step IS NULL THEN
+            RETURN NULL;
+        END IF;
+        IF jsonb_array_length(step -> 'next') = 0
+           OR EXISTS (SELECT 1 FROM workflow AS w, jsonb_array_elements_text(step -> 'next') AS x
+                      WHERE w.id = NEW.workflow_id AND (w.steps -> x::integer ->> 'fan_in')::boolean)
+        THEN
+            SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR UPDATE;
+        ELSE
+            SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR SHARE;
+        END IF;
+        IF wf.state <> 'running' THEN
+            RETURN NULL;  -- paused: the resume starts what is ready; canceled: nothing more
+        END IF;
+        IF jsonb_array_length(step -> 'next') = 0 THEN
+            UPDATE workflow SET state = 'completed', finished_at = now() WHERE id = wf.id;
+        ELSE
+            PERFORM workflow_start_ready(
+                wf, ARRAY(SELECT x::integer FROM jsonb_array_elements_text(step -> 'next') AS x));
+        END IF;
+    ELSIF NEW.status = 'failed' THEN
+        SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR UPDATE;
+        IF wf.on_failure IS NOT NULL AND wf.state = 'running' THEN
+            handler := workflow_task_id(wf.id, -1);
+            INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                              backoff_seconds, parent_id, root_id)
+            VALUES (handler, wf.on_failure ->> 'task_name', wf.on_failure ->> 'queue',
+                    (wf.on_failure ->> 'priority')::smallint,
+                    jsonb_build_object('workflow_id', wf.id, 'workflow_name', wf.name,
+                                       'step', wf.steps -> NEW.workflow_step ->> 'name',
+                                       'task_id', NEW.id, 'error', NEW.last_error),
+                    (wf.on_failure ->> 'max_retries')::integer,
+                    (wf.on_failure ->> 'timeout_seconds')::double precision,
+                    ARRAY(SELECT b::double precision
+                          FROM jsonb_array_elements_text(wf.on_failure -> 'backoff_seconds') AS b),
+                    NEW.id, coalesce(NEW.root_id, NEW.id));
+            UPDATE workflow SET on_failure_task_id = handler WHERE id = wf.id;
+            PERFORM pg_notify('hyrex_like_' || current_schema(), '');
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER task_workflow_advance
+    AFTER UPDATE OF status ON task
+    FOR EACH ROW
+    WHEN (NEW.workflow_id IS NOT NULL AND NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION workflow_step_changed();

@@ -104,10 +104,14 @@ def catalog(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
     # Inspected with search_path on the schema, so type names come out unqualified too.
     conn.execute("SELECT set_config('search_path', %s, true)", [schema])
     prefix = re.compile(rf'(?:"{re.escape(schema)}"|\b{re.escape(schema)})\.')
+    # functions made with "SET search_path FROM CURRENT" carry the schema's name as a setting
+    setting = re.compile(rf"search_path TO '?\"?{re.escape(schema)}\"?'?")
     found: dict[str, str] = {}
     for kind, query in _CATALOG.items():
         for key, *rest in conn.execute(query, {"schema": schema}).fetchall():
-            found[f"{kind} {key}"] = prefix.sub("", repr(tuple(rest)))
+            found[f"{kind} {key}"] = setting.sub(
+                "search_path TO <schema>", prefix.sub("", repr(tuple(rest)))
+            )
     return found
 
 

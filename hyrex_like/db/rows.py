@@ -39,6 +39,10 @@ class TaskRow:
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None  # a cancel of the running task was asked for
     scheduled_for: datetime | None = None  # the tick time of a task made by a schedule
+    workflow_id: uuid.UUID | None = None  # the workflow this task is a step of
+    workflow_step: int | None = None  # its step's index in that workflow
+    pause_requested_at: datetime | None = None  # its workflow was paused while it ran
+    progress: Any = None  # what it last reported with update_progress (None: nothing yet)
 
 
 @dataclass(frozen=True)

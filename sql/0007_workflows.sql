@@ -1,0 +1,184 @@
+-- hyrex-like schema, version 7: workflows (#16) and progress.
+--
+-- 1. workflow: one row per workflow run: its definition (steps, as JSON: each step's task name,
+--    queue, priority, retry budget, timeout, backoff, and the steps it follows), the payload of
+--    its first steps, and its control state (running, paused, canceled, completed). Its
+--    summary status (pending, running, failed, ...) is read from its steps' tasks.
+-- 2. task.workflow_id / task.workflow_step: a step is an ordinary task row; one row per step,
+--    ever (task_workflow_step_idx): a resume queues the same row again.
+-- 3. The hand-off is a trigger: when a step's task becomes completed, the statement that
+--    recorded it (whichever it is: a worker's finish, a rescue, a retry by hand) also inserts
+--    the steps that were waiting for it, in the same transaction. A crash cannot lose a step
+--    between two steps, nor make one twice (the unique index). When a step's task fails, the
+--    workflow's on_failure task is queued the same way.
+-- 4. task_status 'paused': a step held by a pause of its workflow, never claimed.
+--    task.pause_requested_at: a running step whose workflow was paused; its worker stops it as
+--    it stops a canceled task, and the task is held ('paused'), not canceled.
+-- 5. task.progress / task.progress_attempt: what a task last reported with
+--    ctx.update_progress(), and the attempt that reported it.
+--
+-- Cheap on a large table: nullable columns without defaults (no rewrite). Re-checking the
+-- status domain reads the table once, under its lock; the trigger fires only for the rows of
+-- workflow steps (its WHEN clause is checked in C for every other row).
+ALTER DOMAIN task_status DROP CONSTRAINT task_status_known;
+ALTER DOMAIN task_status ADD CONSTRAINT task_status_known
+    CHECK (VALUE IN ('queued', 'running', 'completed', 'failed', 'canceled', 'paused'));
+
+ALTER TABLE task
+    ADD COLUMN workflow_id uuid,
+    ADD COLUMN workflow_step smallint,
+    ADD COLUMN pause_requested_at timestamptz,
+    ADD COLUMN progress jsonb,
+    ADD COLUMN progress_attempt integer;
+
+CREATE UNIQUE INDEX task_workflow_step_idx ON task (workflow_id, workflow_step)
+    WHERE workflow_id IS NOT NULL;
+
+CREATE TABLE workflow (
+    id                  uuid PRIMARY KEY,  -- UUIDv7, made by the sender
+    name                task_label  NOT NULL,
+    state               text        NOT NULL DEFAULT 'running'
+                        CHECK (state IN ('running', 'paused', 'canceled', 'completed')),
+    -- one object per step, in order: {"name", "task_name", "queue", "priority", "max_retries",
+    -- "timeout_seconds", "backoff_seconds", "after": [step...], "next": [step...], "fan_in"}
+    steps               jsonb       NOT NULL,
+    args                jsonb       NOT NULL,  -- the payload of the first steps
+    -- the task queued when a step fails: {"task_name", "queue", "priority", "max_retries",
+    -- "timeout_seconds", "backoff_seconds"}
+    on_failure          jsonb,
+    on_failure_task_id  uuid,                   -- the last such task
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    paused_at           timestamptz,
+    finished_at         timestamptz
+);
+CREATE INDEX workflow_created_idx ON workflow (created_at, id);
+
+-- Insert the task row of each of these steps whose predecessors have all completed (a source
+-- step has none: it gets the workflow's payload). A step's payload is its predecessor's result,
+-- or, for a step that several steps lead into, an object of their results by step name. A step
+-- that has its row already is left alone. Wakes the workers when it inserted any. Returns how
+-- many rows it inserted.
+CREATE FUNCTION workflow_start_ready(wf workflow, candidates integer[]) RETURNS integer
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH cand AS (
+        SELECT c.i, wf.steps -> c.i AS s
+        FROM unnest(candidates) AS c(i)
+    ), ready AS (
+        SELECT cand.i, cand.s,
+               CASE WHEN jsonb_array_length(cand.s -> 'after') = 0 THEN wf.args
+                    WHEN NOT (cand.s ->> 'fan_in')::boolean
+                    THEN (SELECT p.result FROM task AS p
+                          WHERE p.workflow_id = wf.id
+                            AND p.workflow_step = (cand.s -> 'after' ->> 0)::integer)
+                    ELSE (SELECT jsonb_object_agg(wf.steps -> p.workflow_step ->> 'name',
+                                                  coalesce(p.result, 'null'::jsonb))
+                          FROM task AS p
+                          WHERE p.workflow_id = wf.id
+                            AND p.workflow_step IN (SELECT a::integer FROM jsonb_array_elements_text(
+                                                        cand.s -> 'after') AS a)) END AS args
+        FROM cand
+        WHERE NOT EXISTS (
+            SELECT 1 FROM jsonb_array_elements_text(cand.s -> 'after') AS a
+            WHERE NOT EXISTS (SELECT 1 FROM task AS p
+                              WHERE p.workflow_id = wf.id AND p.workflow_step = a::integer
+                                AND p.status = 'completed'))
+    ), inserted AS (
+        INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                          backoff_seconds, workflow_id, workflow_step)
+        SELECT workflow_task_id(wf.id, r.i), r.s ->> 'task_name', r.s ->> 'queue',
+               (r.s ->> 'priority')::smallint, coalesce(r.args, 'null'::jsonb),
+               (r.s ->> 'max_retries')::integer, (r.s ->> 'timeout_seconds')::double precision,
+               ARRAY(SELECT b::double precision
+                     FROM jsonb_array_elements_text(r.s -> 'backoff_seconds') AS b),
+               wf.id, r.i
+        FROM ready AS r
+        ORDER BY r.i
+        ON CONFLICT (workflow_id, workflow_step) WHERE workflow_id IS NOT NULL DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM inserted;
+    IF n > 0 THEN
+        PERFORM pg_notify('hyrex_like_' || current_schema(), '');
+    END IF;
+    RETURN n;
+END
+$$;
+
+-- A step's task id: time-ordered like every id the library makes (UUIDv7 layout: the current
+-- time in milliseconds, then random bits).
+CREATE FUNCTION workflow_task_id(wf uuid, step integer) RETURNS uuid
+LANGUAGE sql VOLATILE AS $$
+    SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+            || '7' || substr(md5(random()::text || wf::text || step::text), 1, 3)
+            || to_hex(8 + (random() * 3)::integer)
+            || substr(md5(random()::text || clock_timestamp()::text), 1, 15))::uuid
+$$;
+
+-- The hand-off: a step's task changed status.
+CREATE FUNCTION workflow_step_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    wf workflow;
+    step jsonb;
+    handler uuid;
+BEGIN
+    IF NEW.status = 'completed' THEN
+        -- The workflow row is the meeting point of a pause, a resume, a cancel and the steps'
+        -- completions. A shared lock lets completions of different steps run side by side and
+        -- makes a pause wait for them (and them for it). The last step, and a step leading
+        -- into one that several steps lead into, take it exclusively from the start: the first
+        -- writes the row, and two predecessors of one step finishing at once must see each
+        -- other. (Taking it shared, then exclusively, would deadlock with a waiting pause.)
+        SELECT w.steps -> NEW.workflow_step INTO step FROM workflow AS w WHERE w.id = NEW.workflow_id;
+        IF step IS NULL THEN
+            RETURN NULL;
+        END IF;
+        IF jsonb_array_length(step -> 'next') = 0
+           OR EXISTS (SELECT 1 FROM workflow AS w, jsonb_array_elements_text(step -> 'next') AS x
+                      WHERE w.id = NEW.workflow_id AND (w.steps -> x::integer ->> 'fan_in')::boolean)
+        THEN
+            SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR UPDATE;
+        ELSE
+            SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR SHARE;
+        END IF;
+        IF wf.state <> 'running' THEN
+            RETURN NULL;  -- paused: the resume starts what is ready; canceled: nothing more
+        END IF;
+        IF jsonb_array_length(step -> 'next') = 0 THEN
+            UPDATE workflow SET state = 'completed', finished_at = now() WHERE id = wf.id;
+        ELSE
+            PERFORM workflow_start_ready(
+                wf, ARRAY(SELECT x::integer FROM jsonb_array_elements_text(step -> 'next') AS x));
+        END IF;
+    ELSIF NEW.status = 'failed' THEN
+        SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR UPDATE;
+        IF wf.on_failure IS NOT NULL AND wf.state = 'running' THEN
+            handler := workflow_task_id(wf.id, -1);
+            INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
+                              backoff_seconds, parent_id, root_id)
+            VALUES (handler, wf.on_failure ->> 'task_name', wf.on_failure ->> 'queue',
+                    (wf.on_failure ->> 'priority')::smallint,
+                    jsonb_build_object('workflow_id', wf.id, 'workflow_name', wf.name,
+                                       'step', wf.steps -> NEW.workflow_step ->> 'name',
+                                       'task_id', NEW.id, 'error', NEW.last_error),
+                    (wf.on_failure ->> 'max_retries')::integer,
+                    (wf.on_failure ->> 'timeout_seconds')::double precision,
+                    ARRAY(SELECT b::double precision
+                          FROM jsonb_array_elements_text(wf.on_failure -> 'backoff_seconds') AS b),
+                    NEW.id, coalesce(NEW.root_id, NEW.id));
+            UPDATE workflow SET on_failure_task_id = handler WHERE id = wf.id;
+            PERFORM pg_notify('hyrex_like_' || current_schema(), '');
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER task_workflow_advance
+    AFTER UPDATE OF status ON task
+    FOR EACH ROW
+    WHEN (NEW.workflow_id IS NOT NULL AND NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION workflow_step_changed();
