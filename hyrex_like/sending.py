@@ -27,6 +27,7 @@ from .task_config import _UNSET, SendOptions, TaskConfig, _config, check_key, se
 
 if typing.TYPE_CHECKING:
     from .task import TaskDefinition  # for the annotation only: it imports us
+    from .workflow_types import Flow, Graph  # the same: workflows import us
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,6 +44,22 @@ class _Sending(Generic[T, R]):
     """The config a send writes (queue, priority, retries, timeout, backoff)."""
     send_options: SendOptions | None = None
     """A sender's delay or due time and idempotency key (None: none; a send's own override)."""
+    priority_override: int | None = None
+    """The priority given to ``with_config`` (None: not given): a workflow step keeps it instead
+    of its depth-based priority."""
+
+    def __rshift__(self, other: Flow) -> Graph:
+        """``task >> next``: a workflow graph where ``next`` (a task, a sender, a `step`, a
+        graph, or a list of those for a fan-out) takes this task's result."""
+        from .workflow_types import Graph
+
+        return Graph.of(self) >> other
+
+    def __rrshift__(self, other: Sequence[object]) -> Graph:
+        """``[a, b] >> task``: a fan-in (the list itself has no ``>>``)."""
+        from .workflow_types import Graph
+
+        return Graph.of(other) >> self
 
     def with_config(
         self,
@@ -82,7 +99,9 @@ class _Sending(Generic[T, R]):
         sending = send_options(
             name, self.send_options, delay, run_at, idempotency_key, unset=_UNSET
         )
-        return TaskSender(self.definition, config, sending)
+        sender = TaskSender(self.definition, config, sending)
+        sender.priority_override = priority if priority is not _UNSET else self.priority_override
+        return sender
 
     def _options(self, delay: Any, run_at: Any, idempotency_key: Any) -> SendOptions:
         """This sender's options with a send's own (None: not given) in their place."""

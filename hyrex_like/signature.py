@@ -92,3 +92,16 @@ def _adapter(task: str, where: str, annotation: Any) -> TypeAdapter[Any]:
             f"stored as JSON ({type(exc).__name__}); use a Pydantic model or JSON types"
         ) from None
     return adapter
+
+
+def _return_annotation(fn: Callable[..., Any]) -> Any:
+    """The declared return type of a task function (an awaitable's result for a coroutine
+    function), or ``inspect.Signature.empty`` when it has none: a workflow checks that what a
+    step returns fits the next step's parameter. ``-> None`` is ``NoneType``."""
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # resolved at decoration already; a function changed since: no type
+        return inspect.Signature.empty
+    if "return" not in hints:
+        return inspect.Signature.empty
+    return _unwrap_awaitable(hints["return"])

@@ -8,6 +8,7 @@ holds the definition and the merged config. Both send through one path (`_Sendin
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Coroutine, Mapping
@@ -32,6 +33,7 @@ from .payloads import _ANY_SERIALIZER, _json_problem, _json_serializer, _seriali
 from .schedules import Schedule
 from .sending import TaskSender as TaskSender  # re-exported: senders are imported from here
 from .sending import _Sending
+from .signature import _return_annotation
 from .task_config import _UNSET, TaskConfig
 
 if typing.TYPE_CHECKING:
@@ -79,6 +81,12 @@ class TaskDefinition(_Sending[T, R]):
 
     def __repr__(self) -> str:
         return f"<TaskDefinition {self.name} queue={self.config.queue!r}>"
+
+    @functools.cached_property
+    def return_annotation(self) -> Any:
+        """The function's declared return type (awaited, for ``async def``), or
+        ``inspect.Signature.empty`` if it declares none (a workflow checks hand-offs with it)."""
+        return _return_annotation(self.fn)
 
     @overload
     def __call__(self: TaskDefinition[None, R]) -> R: ...
