@@ -27,6 +27,9 @@ from .errors import (
     TaskWaitTimeout,
     UnknownTaskName,
     WorkerError,
+    WorkflowDefinitionError,
+    WorkflowNotFound,
+    WorkflowStateError,
 )
 from .handle import TaskError, TaskHandle, TaskRun
 from .observer import WorkerObserver
@@ -36,6 +39,9 @@ from .schedules import Schedule, ScheduleInfo, cron, crontab, every
 from .states import RunStatus, TaskStatus
 from .task import AsyncTaskDefinition, TaskDefinition, TaskSender
 from .task_config import TaskConfig
+from .workflow_handle import StepState, WorkflowHandle
+from .workflow_status import WORKFLOW_ACTIVE, WORKFLOW_DONE, WorkflowStatus
+from .workflows import Workflow, WorkflowFailure, step
 
 __version__ = "0.1.0"
 
@@ -78,6 +84,17 @@ __all__ = [
     "UnknownTaskName",
     "WorkerError",
     "WorkerObserver",
+    "StepState",
+    "WORKFLOW_ACTIVE",
+    "WORKFLOW_DONE",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowFailure",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowStateError",
+    "WorkflowStatus",
+    "step",
     "__version__",
     "cron",
     "crontab",

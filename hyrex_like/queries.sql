@@ -600,10 +600,12 @@ WHERE t.id = h.id
 RETURNING t.id
 
 -- insert_workflow --
--- A workflow and the task rows of its first steps, in one statement: both or neither.
+-- A workflow and the task rows of its first steps, in one statement: both or neither. (Sent
+-- again after a lost connection, when the first try committed, it does nothing.)
 WITH wf AS (
     INSERT INTO workflow (id, name, steps, args, on_failure)
     VALUES (%(id)s::uuid, %(name)s, %(steps)s::jsonb, %(args)s::jsonb, %(on_failure)s::jsonb)
+    ON CONFLICT (id) DO NOTHING
     RETURNING *
 )
 SELECT workflow_start_ready(wf, %(sources)s::integer[]) FROM wf
@@ -615,12 +617,14 @@ FROM workflow WHERE id = %(id)s::uuid
 
 -- list_workflows --
 -- Newest first, keyset-paginated by (created_at, id); with each its steps' task statuses in
--- step order (NULL for a step not started), from which the summary status is read.
+-- step order (with their step numbers and attempt counts), from which the summary is read.
 SELECT w.id, w.name, w.state, w.created_at, w.finished_at, jsonb_array_length(w.steps) AS n,
        ARRAY(SELECT t.status::text FROM task AS t WHERE t.workflow_id = w.id
              ORDER BY t.workflow_step) AS statuses,
        ARRAY(SELECT t.workflow_step FROM task AS t WHERE t.workflow_id = w.id
-             ORDER BY t.workflow_step) AS started, w.steps
+             ORDER BY t.workflow_step) AS started,
+       ARRAY(SELECT t.attempt_count::integer FROM task AS t WHERE t.workflow_id = w.id
+             ORDER BY t.workflow_step) AS attempts, w.steps
 FROM workflow AS w
 WHERE (%(name)s::text IS NULL OR w.name = %(name)s)
   AND (%(before)s::timestamptz IS NULL OR (w.created_at, w.id) < (%(before)s, %(before_id)s::uuid))

@@ -27,6 +27,7 @@ from .errors import (
     UnknownTaskName,
 )
 from .handle import TaskHandle
+from .registry_workflows import WorkflowMethods
 from .schedules import Schedule, ScheduleInfo, bind_schedule, schedule_infos
 from .signature import _inspect_function
 from .task import AsyncTaskDefinition, TaskSender, named_task
@@ -70,7 +71,7 @@ if typing.TYPE_CHECKING:
     from .runner import Worker
 
 
-class HyrexRegistry:
+class HyrexRegistry(WorkflowMethods):
     """A set of tasks and the database they are sent to.
 
     The URL comes from ``database_url``, else ``HYREX_LIKE_DATABASE_URL``, else the embedded
@@ -95,6 +96,7 @@ class HyrexRegistry:
         self.refuse_unknown_tasks = refuse_unknown_tasks
         self._tasks: dict[str, TaskDefinition[Any, Any]] = {}
         self._named: dict[str, TaskDefinition[Any, Any]] = {}  # sent by name, not registered
+        self._workflows = {}  # hy.workflow(...), by name
 
     def __repr__(self) -> str:
         return f"<HyrexRegistry schema={self.settings.schema_name!r} tasks={len(self._tasks)}>"

@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import json
 import typing
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import psycopg
 from pydantic import BaseModel, TypeAdapter
 
+from .db import workflows as db_workflows
 from .errors import InvalidTaskOption, WorkflowDefinitionError
+from .ids import new_task_id as new_id
 from .sending import _Sending
 from .task_config import _UNSET, check_name
+from .workflow_handle import WorkflowHandle
 from .workflow_types import Flow as Flow
 from .workflow_types import (
     Graph,
@@ -163,6 +168,50 @@ class Workflow(Generic[InT, OutT]):
             raise
 
     source_payload_json = payload_json
+
+    def on_failure_json(self) -> dict[str, Any] | None:
+        """The ``on_failure`` task as stored in ``workflow.on_failure`` (its send options)."""
+        if self.on_failure is None:
+            return None
+        task = self.on_failure
+        row = task._row(_NIL, "null", task.config.backoff_schedule(), None)
+        return {
+            "task_name": task.name,
+            "queue": row.queue,
+            "priority": row.priority,
+            "max_retries": row.max_retries,
+            "timeout_seconds": row.timeout_seconds,
+            "backoff_seconds": list(row.backoff_seconds),
+        }
+
+    def send(
+        self, payload: Any = _UNSET, *, conn: psycopg.Connection[Any] | None = None
+    ) -> WorkflowHandle[OutT]:
+        """Start a run: the payload is checked as the first step's task checks it, then the
+        workflow row and its first steps' tasks are written in one statement (on ``conn``, in
+        the caller's transaction, if given). Returns its `WorkflowHandle`."""
+        body = self.payload_json(payload)
+        wid = new_id()
+        params = {
+            "id": str(wid),
+            "name": self.name,
+            "steps": json.dumps(self.steps_json()),
+            "args": body,
+            "on_failure": None if self.on_failure is None else json.dumps(self.on_failure_json()),
+            "sources": [s.index for s in self.sources],
+        }
+        store = self.registry.store
+        db_workflows.insert_workflow(store, params, conn)
+        if conn is None:
+            store.wake_workers()
+        return self.handle(wid)
+
+    def handle(self, workflow_id: uuid.UUID) -> WorkflowHandle[OutT]:
+        """A handle for a run of this workflow (not read until used)."""
+        adapters = {s.name: s.task.result_adapter for s in self.steps}
+        return WorkflowHandle(
+            workflow_id, self.name, self.registry.store, self.result_adapter, adapters
+        )
 
 
 def define_workflow(

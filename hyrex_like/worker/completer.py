@@ -33,6 +33,7 @@ _INTERRUPTED = RunStatus.INTERRUPTED
 _QUEUED_STR = TaskStatus.QUEUED.value
 _FAILED_STR = TaskStatus.FAILED.value
 _CANCELED_STR = TaskStatus.CANCELED.value
+_PAUSED_STR = TaskStatus.PAUSED.value
 _CANCELED = RunStatus.CANCELED
 
 Returned = list[tuple[uuid.UUID, str, datetime, int]]
@@ -316,6 +317,14 @@ def log_outcomes(
                     run_status=row.status.value,
                     reason="its cancel was requested while this attempt ran; not retried",
                 )
+        elif status == _PAUSED_STR:
+            log.info(
+                "task_paused",
+                task_id=str(task_id),
+                task_name=row.task_name if row else None,
+                attempt=attempts,
+                reason="its workflow was paused; held until the workflow is resumed",
+            )
         elif status == _FAILED_STR:
             log.error(
                 "task_failed",
