@@ -497,11 +497,26 @@ WITH doomed AS (
       AND NOT EXISTS (SELECT 1 FROM task AS w
                       WHERE w.root_id = coalesce(t.root_id, t.id)
                         AND w.root_id IS NOT NULL AND w.status IN ('queued', 'running'))
+      -- a step of a workflow that is not over (running, including failed and resumable, or
+      -- paused) stays: its results feed the steps still to run
+      AND NOT EXISTS (SELECT 1 FROM workflow AS f
+                      WHERE f.id = t.workflow_id AND f.state IN ('running', 'paused'))
     FOR UPDATE OF t SKIP LOCKED
 ), runs AS (
     DELETE FROM task_run AS r USING doomed AS d WHERE r.task_id = d.id
 )
 DELETE FROM task AS t USING doomed AS d WHERE t.id = d.id
+
+-- prune_workflows --
+-- Retention, last step of a walk: delete up to %(limit)s completed or canceled workflows that
+-- finished before the cutoff and have no step task left (the walk deleted them).
+DELETE FROM workflow AS f
+WHERE f.id IN (SELECT w.id FROM workflow AS w
+               WHERE w.state IN ('completed', 'canceled')
+                 AND w.finished_at < now() - make_interval(secs => %(older_than)s)
+                 AND NOT EXISTS (SELECT 1 FROM task AS t WHERE t.workflow_id = w.id)
+               LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED)
 
 -- insert_schedule_ticks --
 -- A scheduler's pass for one schedule (its name is its task's name): the ticks it found due,

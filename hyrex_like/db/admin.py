@@ -71,8 +71,9 @@ class PruneWalk:
     transaction on an autocommit connection: no lock outlives it.
 
     A task of a tree (a root and the tasks sent from inside it, at any depth) a task of which
-    is queued or running stays, as does a row another transaction holds (skipped, not waited
-    for): a later walk takes them.
+    is queued or running stays, as does a step of a workflow that is not over (running, failed
+    or paused) and a row another transaction holds (skipped, not waited for): a later walk takes
+    them. At the end of the walk, completed and canceled workflows with no step left go too.
     """
 
     def __init__(
@@ -121,6 +122,10 @@ class PruneWalk:
             last, due = row if row is not None else (None, [])
             if last is None:
                 self._ended = True
+                # the workflows whose steps are all gone now
+                conn.execute(
+                    q("prune_workflows"), {"older_than": self.older_than, "limit": self.scan}
+                )
             else:
                 self.after = last
                 self._due = list(due)
