@@ -185,7 +185,10 @@ class Workflow(Generic[InT, OutT]):
         }
 
     def send(
-        self, payload: Any = _UNSET, *, conn: psycopg.Connection[Any] | None = None
+        self,
+        payload: InT = _UNSET,  # _UNSET: a first step with no payload
+        *,
+        conn: psycopg.Connection[Any] | None = None,
     ) -> WorkflowHandle[OutT]:
         """Start a run: the payload is checked as the first step's task checks it, then the
         workflow row and its first steps' tasks are written in one statement (on ``conn``, in

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hyrex_like import HyrexRegistry, TaskHandle, get_hyrex_context
+from hyrex_like import HyrexRegistry, TaskHandle, Workflow, WorkflowHandle, get_hyrex_context
 
 hy = HyrexRegistry("postgresql://u@h/db")
 
@@ -94,6 +94,20 @@ maybe = get_hyrex_context(default=None)
 maybe.attempt_number  # BAD-OPTIONAL union-attr "None"
 with hy:
     tick.send()
+
+
+@hy.task
+def inc(n: int) -> int:
+    return n + 1
+
+
+# A workflow annotated with its payload and result types: sends and results are checked.
+pipeline: Workflow[int, Doubled] = hy.workflow("typed", [inc, double])
+run: WorkflowHandle[Doubled] = pipeline.send(1)
+twice: int = pipeline.send(1).wait().result.doubled
+pipeline.send("x")  # BAD-WF-SEND arg-type "str"
+pipeline.send(1).wait().result.tripled  # BAD-WF-RESULT attr-defined "tripled"
+graph = hy.workflow("graph", inc >> double)
 
 
 async def web_handler() -> int:
