@@ -18,7 +18,7 @@ from ..errors import HyrexLikeError, InvalidTaskOption
 from ..logs import LEVELS, configure_logging
 from ..outages import URL_HINT, refusal
 from ..registry import check_name
-from . import admin, schedules
+from . import admin, schedules, workflows
 from .common import EXIT_USAGE, load_app, positive_duration
 
 # The worker's numeric options: flag -> field of WorkerOptions. Each flag parses with the
@@ -232,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         m = sub.add_parser(name, help=text, description=text)
         common(m)
     admin.add_parsers(sub, common)
+    workflows.add_parsers(sub, common)
     return parser
 
 
@@ -241,7 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_level, args.log_format)
         if args.command == "run-worker":
             return _run_worker(args)
-        command = admin.COMMANDS.get(args.command) or schedules.COMMANDS.get(args.command)
+        command = (
+            admin.COMMANDS.get(args.command)
+            or schedules.COMMANDS.get(args.command)
+            or workflows.COMMANDS.get(args.command)
+        )
         if command is not None:
             return command(args)
         return _migrate(args)
