@@ -5,6 +5,9 @@ handy in tests) it is a local context: ``is_local`` is True, the id is fresh and
 nowhere, the attempt is 1 and queue, priority and retries come from the task's config.
 Anywhere else there is no context: `get_hyrex_context()` raises `NoTaskContext`, and
 ``get_hyrex_context(default=None)`` returns None.
+
+A task reports how far it got with ``get_hyrex_context().update_progress({...})``; see
+`HyrexContext.update_progress`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,28 @@ import contextvars
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from .errors import NoTaskContext
+from .errors import NoTaskContext, PayloadNotSerializable, PayloadTooLarge
+from .payloads import (
+    _ANY_SERIALIZER,
+    _FFFD,
+    MAX_NESTING_DEPTH,
+    _json_problem,
+    _serialization_problem,
+)
 
 T = TypeVar("T")
+
+MAX_PROGRESS_BYTES = 65_536
+"""The largest progress value `HyrexContext.update_progress` takes, as JSON: progress is a
+small status ({'done': 2873, 'total': 100000}), written again every half second."""
+
+_progress_sink: Callable[[bytes, int, str], None] | None = None
+"""Where a worker's executor takes reported progress: (task id bytes, attempt, JSON text)."""
 
 
 class HyrexContext(BaseModel):
@@ -45,6 +63,70 @@ class HyrexContext(BaseModel):
     started, so a body can tell which period it covers even when it runs late or is retried.
     Every attempt of the task sees the same value. None for tasks sent any other way and for
     direct calls."""
+
+    _progress: Any = PrivateAttr(default=None)
+
+    @property
+    def progress(self) -> Any:
+        """The value last given to `update_progress` in this attempt (None: none yet)."""
+        return self._progress
+
+    def update_progress(self, value: Any) -> None:
+        """Report how far this attempt got: any JSON value, e.g. ``{'done': 2873, 'total':
+        100000}``; readable as ``handle.progress`` (and on a workflow's current step).
+
+        The value must be storable as JSON as a result must (no NaN or Infinity, no NUL
+        character, no lone surrogate, nesting within MAX_NESTING_DEPTH) and at most
+        `MAX_PROGRESS_BYTES` as JSON; else this raises `PayloadNotSerializable` or
+        `PayloadTooLarge`, naming the task. Works in sync and async tasks and is cheap to call
+        often: it only hands the value to the worker, which keeps the latest per attempt and
+        writes it at most every half second (so a reader sees the latest value within about a
+        second; the last value reported before the attempt ended is written too). It never
+        waits for the database. A value reported by an attempt never covers a later attempt's.
+
+        In a direct call of the task (``is_local``) the value is only kept here, as
+        `progress`: nothing is written.
+        """
+        data = _progress_json(self.task_name, value)
+        self._progress = value
+        sink = _progress_sink
+        if sink is not None and not self.is_local:
+            sink(self.task_id.bytes, self.attempt_number, data)
+
+
+def _progress_json(task_name: str, value: Any) -> str:
+    """``value`` as JSON text, checked as results are (see `TaskDefinition.dump_result`)."""
+    try:
+        data = pydantic_core.to_json(value, inf_nan_mode="constants")
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+        why = _serialization_problem(exc, lambda: _ANY_SERIALIZER.to_python(value))
+        raise PayloadNotSerializable(
+            f"task {task_name} reported progress that cannot be stored as JSON "
+            f"({type(value).__name__}): {why}"
+        ) from None
+    if len(data) > MAX_PROGRESS_BYTES:
+        raise PayloadTooLarge(
+            f"task {task_name} reported progress of {len(data)} bytes as JSON; the limit is "
+            f"{MAX_PROGRESS_BYTES} (MAX_PROGRESS_BYTES): report a small status, not data"
+        )
+    # The short and plain need no closer look (the common case, reported in a loop): too short
+    # to nest MAX_NESTING_DEPTH deep, no escaped NUL, no NaN or Infinity, no U+FFFD.
+    if len(data) < MAX_NESTING_DEPTH and not (
+        b"\\u0000" in data or b"NaN" in data or b"Infinity" in data or _FFFD in data
+    ):
+        return data.decode("utf-8")
+    problem = _json_problem(data, lambda: _ANY_SERIALIZER.to_python(value))
+    if problem is not None:
+        raise PayloadNotSerializable(
+            f"task {task_name} reported progress that cannot be stored as JSON: {problem}"
+        )
+    return data.decode("utf-8")
+
+
+def _set_progress_sink(sink: Callable[[bytes, int, str], None] | None) -> None:
+    """Install where reported progress goes (the executor, at its start)."""
+    global _progress_sink
+    _progress_sink = sink
 
 
 class _LazyContext:

@@ -33,6 +33,7 @@ from .worker.executors import ExecutorPool
 from .worker.handlers import OnErrorCalls
 from .worker.ledger import Ledger
 from .worker.maintenance import Maintenance
+from .worker.progress import ProgressWriter
 from .worker.retention import Retention
 from .worker.scheduler import Scheduler
 from .worker.signals import ForcedExit, Signals
@@ -148,6 +149,10 @@ class Dispatcher:
             if scheduled
             else None
         )
+        # what tasks report with update_progress, written on a thread of its own
+        self.progress = ProgressWriter(
+            lambda: registry.store.connect(worker=True), self.pool.executors, self.log
+        )
         self.cancels = Cancels(
             self.ledger, self.pool.cancel_head, self.pool.take_back, self.stats, self.log
         )
@@ -203,6 +208,7 @@ class Dispatcher:
         self.conns.ensure_schema(deadline)
         self.conns.connect_at_start(deadline)
         self.maintenance.start()
+        self.progress.start()
         if self.scheduler is not None:
             self.scheduler.start()
         self.log.info(
@@ -256,6 +262,7 @@ class Dispatcher:
         self.pool.interrupt("the worker shut down before this attempt finished")
         self.pool.stop()
         self._stop_scheduler()
+        self.progress.stop()  # (its last pass writes the last values reported)
         self.maintenance.stop()  # before the final write marks the worker stopped
         deadline = time.monotonic() + max(10.0, self.options.grace_period)
         written = self._final_flush(deadline)
@@ -270,6 +277,7 @@ class Dispatcher:
         self.pool.interrupt("the worker was stopped at once (second signal)")
         self.pool.kill_all()
         self._stop_scheduler(timeout=0.5)
+        self.progress.stop(timeout=0.5)
         self.maintenance.stop(timeout=0.5)
         self.ledger.begin_stop()
         # One quick try; whatever is not written is requeued by other workers once our
@@ -297,6 +305,7 @@ class Dispatcher:
         Results already in hand are written first if a connection still works; those that
         cannot be are logged apart, by task id: these tasks finished, and will run again."""
         self._stop_scheduler(timeout=0.5)
+        self.progress.stop(timeout=0.5)
         self.maintenance.stop(timeout=0.5)
         if self.conns.started:
             self.pool.collect()  # results the executors sent before they are killed

@@ -177,6 +177,14 @@ class TaskHandle(Generic[R]):
         return TaskError(type=stored["type"], message=stored["message"], attempt=stored["attempt"])
 
     @property
+    def progress(self) -> Any:
+        """What the task last reported with ``get_hyrex_context().update_progress(...)``, as
+        stored JSON (dicts, lists, numbers...), as of the last refresh; None if it reported
+        nothing. The worker writes it at most every half second, so it may lag the task by
+        about a second; the last value an attempt reported stays after it ends."""
+        return self._loaded().progress
+
+    @property
     def attempt_count(self) -> int:
         return self._loaded().attempt_count
 

@@ -273,3 +273,25 @@ class WorkerQueries:
     @staticmethod
     def listen(conn: psycopg.Connection[Any], channel: str) -> None:
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    @staticmethod
+    def write_progress(
+        conn: psycopg.Connection[Any], items: Sequence[tuple[uuid.UUID | bytes, int, str]]
+    ) -> set[uuid.UUID]:
+        """Store reported progress, one (task id, attempt, JSON text) per task attempt, in one
+        statement; only onto the attempt that reported it, skipping rows another transaction
+        holds. Returns the ids written (the others: locked now, or their attempt is over).
+        A task id may be given as its 16 bytes (as the worker's executors send it)."""
+        rows = conn.execute(
+            q("write_progress"),
+            {
+                # 32 hex digits are a valid uuid literal too (cheaper than str(UUID))
+                "task_ids": _array_literal(
+                    [i[0].hex() if isinstance(i[0], bytes) else str(i[0]) for i in items]
+                ),
+                "attempts": _array_literal([str(i[1]) for i in items]),
+                "progress": _array_text(i[2] for i in items),
+            },
+            prepare=True,
+        ).fetchall()
+        return {row[0] for row in rows}

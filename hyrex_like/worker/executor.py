@@ -6,7 +6,8 @@ and of signals only two. Before each job it checks its ``draining`` flag, which 
 raises with `DRAIN_SIGNAL` when it begins to stop, so on shutdown it hands back the jobs it has
 not started. `TAKE_BACK_SIGNAL` asks it, while a long task runs, to hand back at once the jobs
 queued behind that task (`_take_back`), so they run elsewhere. SIGINT and SIGTERM are ignored:
-the parent decides when it stops.
+the parent decides when it stops. What a task reports with ``update_progress`` goes to the
+parent over the same pipe (`_ProgressOut`), at most every `PROGRESS_INTERVAL` seconds.
 
 What a task does cannot take the executor down with it, short of killing the process: whatever
 it raises (``KeyboardInterrupt``, any ``BaseException``, an exception whose ``str`` raises)
@@ -23,6 +24,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -33,7 +35,13 @@ import pydantic
 import structlog
 
 from ..config import Settings
-from ..context import HyrexContext, _LazyContext, _reset_context, _set_context
+from ..context import (
+    HyrexContext,
+    _LazyContext,
+    _reset_context,
+    _set_context,
+    _set_progress_sink,
+)
 from ..errors import PayloadNotSerializable
 from ..registry import HyrexRegistry, TaskDefinition
 from .app import load_registry
@@ -47,6 +55,7 @@ from .protocol import (
     DRAIN_SIGNAL,
     ERR,
     OK,
+    PROGRESS,
     READY,
     SKIP,
     TAKE_BACK_SIGNAL,
@@ -71,6 +80,9 @@ _IDLE, _RECEIVING, _WRITING = 0, 1, 2
 _pipe = _IDLE  # what the main thread is doing with the pipe: a handler never cuts into it
 _take_back_wanted = False  # asked for during a write: answered right after it
 _stopped = False  # a take-back read the parent's stop message from the pipe
+# Held by whoever writes to the pipe: the main thread (with `_pipe` set to _WRITING first, so a
+# take-back handler never waits on it) and the progress flusher thread.
+_send_lock = threading.Lock()
 
 
 def _on_take_back_signal(signum: int, frame: Any) -> None:
@@ -87,29 +99,35 @@ def _take_back() -> None:
     and the batches still waiting in the pipe. Runs in the main thread, from the handler (at
     the next bytecode boundary, even inside a task) or right after a result was sent. A job is
     started once the main loop has popped it from `_pending`: the two never share one."""
-    global _pipe, _take_back_wanted, _stopped
+    global _pipe, _take_back_wanted
     conn = _conn
     if conn is None:  # pragma: no cover - the handler checks
         return
     _pipe = _WRITING  # a handler that runs meanwhile only asks again (the loop below)
     try:
-        while _take_back_wanted:
-            _take_back_wanted = False
-            skipped = [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in _pending]
-            _pending.clear()
-            # The parent sends whole messages, so one that has begun to arrive ends soon.
-            while not _stopped and conn.poll(0):
-                batch = conn.recv()
-                if batch is None:
-                    _stopped = True
-                else:
-                    skipped += [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in batch]
-            if skipped:
-                conn.send_bytes(pickle.dumps(skipped, pickle.HIGHEST_PROTOCOL))
+        with _send_lock:
+            _take_back_locked(conn)
     except (OSError, EOFError):
         _take_back_wanted = False  # the parent is gone: the main loop finds out next
     finally:
         _pipe = _IDLE
+
+
+def _take_back_locked(conn: Connection) -> None:
+    global _take_back_wanted, _stopped
+    while _take_back_wanted:
+        _take_back_wanted = False
+        skipped = [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in _pending]
+        _pending.clear()
+        # The parent sends whole messages, so one that has begun to arrive ends soon.
+        while not _stopped and conn.poll(0):
+            batch = conn.recv()
+            if batch is None:
+                _stopped = True
+            else:
+                skipped += [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in batch]
+        if skipped:
+            conn.send_bytes(pickle.dumps(skipped, pickle.HIGHEST_PROTOCOL))
 
 
 def _signal_name(signum: int) -> str:
@@ -211,6 +229,69 @@ def executor_main(
     os._exit(0)
 
 
+PROGRESS_INTERVAL = 0.1
+"""The least time between two progress messages of an executor (the parent writes every 0.5 s)."""
+
+
+class _ProgressOut:
+    """``update_progress``'s way to the parent: a ``(PROGRESS, key, attempt, json)`` message at
+    most every `PROGRESS_INTERVAL`; a value reported sooner is held, and sent by a flusher thread
+    when the interval has passed or with the attempt's result, whichever comes first."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.held: tuple[Any, ...] | None = None  # under _send_lock
+        self.sent_at = -PROGRESS_INTERVAL
+        self.due = threading.Event()  # something is held: the flusher sends it in time
+        self.flusher: threading.Thread | None = None
+
+    def report(self, key: bytes, attempt: int, data: str) -> None:
+        """From any thread the task runs: send now, or hold for a moment."""
+        global _pipe
+        item = (PROGRESS, key, attempt, data)
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            _pipe = _WRITING  # a take-back handler must not wait on our lock: it asks again
+        try:
+            with _send_lock:
+                now = time.monotonic()
+                if now - self.sent_at >= PROGRESS_INTERVAL:
+                    self.held = None
+                    self.sent_at = now
+                    self.conn.send_bytes(pickle.dumps([item], pickle.HIGHEST_PROTOCOL))
+                else:
+                    self.held = item
+                    if not self.due.is_set():
+                        if self.flusher is None:
+                            self.flusher = threading.Thread(
+                                target=self._flush, name="hyrex-progress", daemon=True
+                            )
+                            self.flusher.start()
+                        self.due.set()
+        except OSError:  # the parent is gone: the main loop finds out
+            pass
+        finally:
+            if main:
+                _pipe = _IDLE
+        if main and _take_back_wanted:
+            _take_back()
+
+    def _flush(self) -> None:
+        """The flusher thread: send what is held once its interval has passed."""
+        while True:
+            self.due.wait()
+            time.sleep(max(0.0, self.sent_at + PROGRESS_INTERVAL - time.monotonic()))
+            with _send_lock:
+                self.due.clear()
+                held, self.held = self.held, None
+                if held is not None:
+                    self.sent_at = time.monotonic()
+                    try:
+                        self.conn.send_bytes(pickle.dumps([held], pickle.HIGHEST_PROTOCOL))
+                    except OSError:
+                        return
+
+
 class Executor:
     def __init__(
         self,
@@ -226,12 +307,15 @@ class Executor:
         self.loop = asyncio.new_event_loop()
         self.logging_config = logging_config  # (level, format), to redo it on a new stderr
         self.streams = _StdStreams()
+        self.progress = _ProgressOut(conn)
+        _set_progress_sink(self.progress.report)
 
     def serve(self) -> None:
         global _pipe
         conn = self.conn
         streams = self.streams
         pending = _pending
+        progress = self.progress
         while True:
             if not pending:
                 if _stopped:
@@ -262,9 +346,12 @@ class Executor:
             # process.
             _pipe = _WRITING
             try:
-                # plain pickle: Connection.send builds a ForkingPickler per message, which was
-                # a third of an executor's time per tiny task
-                conn.send_bytes(pickle.dumps([result], pickle.HIGHEST_PROTOCOL))
+                with _send_lock:
+                    held, progress.held = progress.held, None  # the last progress first
+                    message = [result] if held is None else [held, result]
+                    # plain pickle: Connection.send builds a ForkingPickler per message, which
+                    # was a third of an executor's time per tiny task
+                    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
             except OSError:
                 return  # the parent is gone
             finally:

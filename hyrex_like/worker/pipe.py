@@ -1,4 +1,7 @@
-"""One executor as the parent holds it: its process, and its pipe read without blocking."""
+"""One executor as the parent holds it: its process, and its pipe read without blocking.
+
+Progress items (``update_progress``, see `protocol`) are taken out of the messages as they are
+read and left in the handle's ``progress`` deque, for the progress writer's thread."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import Job
+from .protocol import PROGRESS, Job
 
 
 @dataclass
@@ -32,6 +35,8 @@ class ExecutorHandle:
     # unread in the pipe
     batches: deque[int] = field(default_factory=deque)
     inbox: bytearray = field(default_factory=bytearray)  # bytes read, not yet a whole message
+    # (PROGRESS, key, attempt, json) items read, oldest first: the progress writer takes them
+    progress: deque[tuple[Any, ...]] = field(default_factory=deque)
     _sock: socket.socket | None = None
 
     def answered_at(self, position: int) -> None:
@@ -82,8 +87,17 @@ class ExecutorHandle:
                 start = pos + 12
             if len(view) - start < size:
                 break
-            out.append(pickle.loads(view[start : start + size]))
+            msg = pickle.loads(view[start : start + size])
             pos = start + size
+            if type(msg) is list and msg and msg[0][0] == PROGRESS:
+                n = 1
+                while n < len(msg) and msg[n][0] == PROGRESS:
+                    n += 1
+                self.progress.extend(msg[:n])
+                if n == len(msg):
+                    continue
+                msg = msg[n:]
+            out.append(msg)
         if pos:
             del self.inbox[:pos]
         return out

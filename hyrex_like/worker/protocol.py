@@ -65,9 +65,11 @@ _W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
 #   ("ok",   task_id, attempt, started, finished, result_json)
 #   ("err",  task_id, attempt, started, finished, type, message, traceback, retryable)
 #   ("skip", task_id, attempt)                  not started: draining, or taken back
+#   ("progress", task_id, attempt, json)       what the task last reported (update_progress);
+#                                              always first in its message, before any result
 # and once, at start: ("ready", pid). A skip may come before the result of the job running then
 # (a take-back answers at once): the parent matches skips by task id.
-OK, ERR, SKIP = "ok", "err", "skip"
+OK, ERR, SKIP, PROGRESS = "ok", "err", "skip", "progress"
 
 READY = "ready"
 
