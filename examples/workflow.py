@@ -97,8 +97,7 @@ def main() -> int:
         print(f"workflow {run.status}")
         for s in run.steps:
             attempts = s.handle.attempt_count if s.handle else 0
-            progress = "" if s.progress is None else f", last progress {s.progress}"
-            print(f"  step {s.name}: {s.status}, {attempts} attempt(s){progress}")
+            print(f"  step {s.name}: {s.status}, {attempts} attempt(s)")
         report = run.result  # a workflow_app.Report, typed by the workflow's definition
         print(f"result: {report!r}")
     finally:
