@@ -221,8 +221,11 @@ class WorkerProc:
 
 
 class Workers:
-    def __init__(self, n: int, cluster: Cluster, base: Path, record_dir: Path) -> None:
+    def __init__(
+        self, n: int, cluster: Cluster, base: Path, record_dir: Path, app: str = "chaos_app:hy"
+    ) -> None:
         self.n = n
+        self.app = app  # what run-worker loads (a module in chaos/)
         self.cluster = cluster
         self.base = base
         self.record_dir = record_dir
@@ -243,7 +246,7 @@ class Workers:
             "-m",
             "hyrex_like",
             "run-worker",
-            "chaos_app:hy",
+            self.app,
             "--database-url",
             self.cluster.url,
             "--processes",
@@ -498,8 +501,9 @@ def open_count(run: Run) -> int | None:
     return int(row[0])
 
 
-def chaos_step(run: Run, workers: Workers) -> None:
-    kinds, weights = zip(*ACTIONS.items(), strict=True)
+def chaos_step(run: Run, workers: Workers, actions: dict[str, int] | None = None) -> None:
+    """One fault, picked from ``actions`` (kind: weight; default ACTIONS)."""
+    kinds, weights = zip(*(actions or ACTIONS).items(), strict=True)
     missing = [k for k in kinds if run.chaos[k] == 0]
     # every kind at least once (in random order) first, then weighted at random
     kind = run.rng.choice(missing) if missing else run.rng.choices(kinds, weights)[0]
