@@ -64,7 +64,8 @@ def summarize(
         (i for i, step in enumerate(steps) if step is None or step[0] != TaskStatus.COMPLETED),
         None,
     )
-    if deciding is None:
+    # (a completed workflow whose steps retention deleted before its row is still completed)
+    if deciding is None or state == "completed":
         return WorkflowStatus.COMPLETED, None
     if state == "canceled":
         return WorkflowStatus.CANCELED, deciding
