@@ -37,6 +37,7 @@ import structlog
 from ..config import Settings
 from ..context import (
     HyrexContext,
+    _built,
     _LazyContext,
     _reset_context,
     _set_context,
@@ -80,8 +81,7 @@ _IDLE, _RECEIVING, _WRITING = 0, 1, 2
 _pipe = _IDLE  # what the main thread is doing with the pipe: a handler never cuts into it
 _take_back_wanted = False  # asked for during a write: answered right after it
 _stopped = False  # a take-back read the parent's stop message from the pipe
-# Held by whoever writes to the pipe: the main thread (with `_pipe` set to _WRITING first, so a
-# take-back handler never waits on it) and the progress flusher thread.
+# Held by whoever writes to the pipe (the main thread sets `_pipe` to _WRITING first)
 _send_lock = threading.Lock()
 
 
@@ -249,8 +249,7 @@ class _ProgressOut:
         """From any thread the task runs: send now, or hold for a moment."""
         global _pipe
         item = (PROGRESS, key, attempt, data)
-        main = threading.current_thread() is threading.main_thread()
-        if main:
+        if main := threading.current_thread() is threading.main_thread():
             _pipe = _WRITING  # a take-back handler must not wait on our lock: it asks again
         try:
             with _send_lock:
@@ -276,8 +275,7 @@ class _ProgressOut:
         if main and _take_back_wanted:
             _take_back()
 
-    def _flush(self) -> None:
-        """The flusher thread: send what is held once its interval has passed."""
+    def _flush(self) -> None:  # the flusher thread: sends what is held once its time comes
         while True:
             self.due.wait()
             time.sleep(max(0.0, self.sent_at + PROGRESS_INTERVAL - time.monotonic()))
@@ -409,17 +407,20 @@ class Executor:
             _reset_context(token)
 
     def _context(self, job: Job) -> HyrexContext:
-        return HyrexContext.model_construct(
-            task_id=job.task_id,
-            task_name=job.task_name,
-            attempt_number=job.attempt,
-            max_retries=job.max_retries,
-            queue=job.queue,
-            priority=job.priority,
-            parent_id=job.parent_id,
-            root_id=job.root_id,
-            worker_id=self.worker_id,
-            scheduled_for=job.scheduled_for,
+        return _built(
+            {
+                "task_id": job.task_id,
+                "task_name": job.task_name,
+                "attempt_number": job.attempt,
+                "max_retries": job.max_retries,
+                "queue": job.queue,
+                "priority": job.priority,
+                "parent_id": job.parent_id,
+                "root_id": job.root_id,
+                "worker_id": self.worker_id,
+                "is_local": False,
+                "scheduled_for": job.scheduled_for,
+            }
         )
 
     def _on_error(self, definition: TaskDefinition[Any, Any], exc: BaseException, job: Job) -> None:
