@@ -208,6 +208,7 @@ def check(run: Run, n: int, workers: Workers, elapsed: float) -> int:
             v.append(f"workflow {wid}: result {final}, expected {want}")
 
     # the library's own view: summary status and typed result, as a user reads them
+    app.hy.store.pool().check()  # the chaos killed idle pooled connections; reads don't retry
     summary = collections.Counter[str]()
     for wid, seq, *_ in wfs:
         handle = app.hy.get_workflow(wid)
