@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 round (CI smoke)")
     ap.add_argument("--rounds", type=int, default=None, help="drain rounds (default 3)")
     ap.add_argument("--workflows", type=int, default=None, help="workflows per drain (2,000)")
+    ap.add_argument("--trigger-tasks", type=int, default=None, help="tasks per plain drain (6,000)")
     ap.add_argument("--only", default="", help=f"comma list of: {','.join(WORKLOADS)}")
     ap.add_argument("--before", type=Path, default=None, help="checkout to compare (trigger)")
     ap.add_argument("--after", type=Path, default=ROOT, help="the other checkout (this one)")
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(args.quick)
     sizes.rounds = args.rounds or sizes.rounds
     sizes.workflows = args.workflows or sizes.workflows
+    sizes.plain_trigger = args.trigger_tasks or sizes.plain_trigger
     chosen = [w for w in (args.only.split(",") if args.only else WORKLOADS) if w]
     unknown = set(chosen) - set(WORKLOADS)
     if unknown:
