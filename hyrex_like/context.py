@@ -87,11 +87,12 @@ class HyrexContext(BaseModel):
         In a direct call of the task (``is_local``) the value is only kept here, as
         `progress`: nothing is written.
         """
-        data = _progress_json(self.task_name, value)
-        self._progress = value
+        fields = self.__dict__  # (plain reads: this may run in a tight loop)
+        data = _progress_json(fields["task_name"], value)
+        self.__pydantic_private__["_progress"] = value  # type: ignore[index]
         sink = _progress_sink
-        if sink is not None and not self.is_local:
-            sink(self.task_id.bytes, self.attempt_number, data)
+        if sink is not None and not fields["is_local"]:
+            sink(fields["task_id"].bytes, fields["attempt_number"], data)
 
 
 def _progress_json(task_name: str, value: Any) -> str:

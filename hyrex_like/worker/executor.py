@@ -249,7 +249,7 @@ class _ProgressOut:
         """From any thread the task runs: send now, or hold for a moment."""
         global _pipe
         item = (PROGRESS, key, attempt, data)
-        if main := threading.current_thread() is threading.main_thread():
+        if main := threading.get_ident() == threading.main_thread().ident:
             _pipe = _WRITING  # a take-back handler must not wait on our lock: it asks again
         try:
             with _send_lock:
