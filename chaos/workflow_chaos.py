@@ -269,7 +269,7 @@ def check(run: Run, n: int, workers: Workers, elapsed: float) -> int:
     statuses = sorted(collections.Counter(r[2] for r in runs).items())
     by_status = ", ".join(f"{k} {c}" for k, c in statuses)
     rows: list[tuple[str, str, str]] = [
-        ("workflows sent", f"{n}", f"stored {len(wfs)}, {run.send_errors} sends retried"),
+        ("workflows sent", f"{n}", f"stored {len(wfs)}; runner resent {run.send_errors}"),
         ("workflows completed", f"{summary[str(WorkflowStatus.COMPLETED)]}", "SUCCESS"),
         ("  not completed", f"{not_completed}", "must be 0"),
         ("  wrong final result", f"{bad_results}", "must be 0"),
