@@ -188,7 +188,7 @@ CREATE INDEX workflow_created_idx ON workflow (created_at, id);
 -- that has its row already is left alone. Wakes the workers when it inserted any. Returns how
 -- many rows it inserted.
 CREATE FUNCTION workflow_start_ready(wf workflow, candidates integer[]) RETURNS integer
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     n integer;
 BEGIN
@@ -217,7 +217,7 @@ BEGIN
     ), inserted AS (
         INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
                           backoff_seconds, workflow_id, workflow_step)
-        SELECT workflow_task_id(wf.id, r.i), r.s ->> 'task_name', r.s ->> 'queue',
+        SELECT workflow_task_id(), r.s ->> 'task_name', r.s ->> 'queue',
                (r.s ->> 'priority')::smallint, coalesce(r.args, 'null'::jsonb),
                (r.s ->> 'max_retries')::integer, (r.s ->> 'timeout_seconds')::double precision,
                ARRAY(SELECT b::double precision
@@ -237,55 +237,77 @@ END
 $$;
 
 -- A step's task id: time-ordered like every id the library makes (UUIDv7 layout: the current
--- time in milliseconds, then random bits).
-CREATE FUNCTION workflow_task_id(wf uuid, step integer) RETURNS uuid
+-- time in milliseconds, the version, then a v4 UUID's random bits and variant).
+CREATE FUNCTION workflow_task_id() RETURNS uuid
 LANGUAGE sql VOLATILE AS $$
     SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
-            || '7' || substr(md5(random()::text || wf::text || step::text), 1, 3)
-            || to_hex(8 + (random() * 3)::integer)
-            || substr(md5(random()::text || clock_timestamp()::text), 1, 15))::uuid
+            || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid
 $$;
 
--- The hand-off: a step's task changed status.
+-- The hand-off: a step's task changed status. It runs inside the statement that changed it
+-- (a worker's finish of a whole batch, a rescue, a retry by hand), once per step row, so it is
+-- kept short: its statements are planned once per session (generic plans), and the common case,
+-- a step with one step after it, is one read of the workflow row and one insert whose payload
+-- is the row's own result.
+--
+-- Why the workflow row is not locked there: a pause, resume or cancel first locks the run's
+-- unfinished step tasks (lock_workflow_steps), and the completing step's task row is one of
+-- them, held by the statement completing it. So either the pause waits for this transaction
+-- (and then sees the step this inserted), or this statement waited for the pause (and then
+-- reads the state it wrote). A step that several steps lead into does take the workflow row,
+-- exclusively: two of its predecessors completing at once must not both miss the other.
 CREATE FUNCTION workflow_step_changed() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
+    wf_state text;
+    steps jsonb;
+    nexts jsonb;
+    nxt integer;
+    joins integer[] := '{}';
     wf workflow;
-    step jsonb;
     handler uuid;
 BEGIN
     IF NEW.status = 'completed' THEN
-        -- The workflow row is the meeting point of a pause, a resume, a cancel and the steps'
-        -- completions. A shared lock lets completions of different steps run side by side and
-        -- makes a pause wait for them (and them for it). The last step, and a step leading
-        -- into one that several steps lead into, take it exclusively from the start: the first
-        -- writes the row, and two predecessors of one step finishing at once must see each
-        -- other. (Taking it shared, then exclusively, would deadlock with a waiting pause.)
-        SELECT w.steps -> NEW.workflow_step INTO step FROM workflow AS w WHERE w.id = NEW.workflow_id;
-        IF step IS NULL THEN
-            RETURN NULL;
-        END IF;
-        IF jsonb_array_length(step -> 'next') = 0
-           OR EXISTS (SELECT 1 FROM workflow AS w, jsonb_array_elements_text(step -> 'next') AS x
-                      WHERE w.id = NEW.workflow_id AND (w.steps -> x::integer ->> 'fan_in')::boolean)
-        THEN
-            SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR UPDATE;
-        ELSE
-            SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR SHARE;
-        END IF;
-        IF wf.state <> 'running' THEN
+        SELECT w.state, w.steps INTO wf_state, steps FROM workflow AS w WHERE w.id = NEW.workflow_id;
+        IF NOT FOUND OR wf_state <> 'running' THEN
             RETURN NULL;  -- paused: the resume starts what is ready; canceled: nothing more
         END IF;
-        IF jsonb_array_length(step -> 'next') = 0 THEN
-            UPDATE workflow SET state = 'completed', finished_at = now() WHERE id = wf.id;
-        ELSE
-            PERFORM workflow_start_ready(
-                wf, ARRAY(SELECT x::integer FROM jsonb_array_elements_text(step -> 'next') AS x));
+        nexts := steps -> NEW.workflow_step -> 'next';
+        IF nexts IS NULL THEN
+            RETURN NULL;
         END IF;
+        IF jsonb_array_length(nexts) = 0 THEN  -- the final step: the run completed
+            UPDATE workflow SET state = 'completed', finished_at = now()
+            WHERE id = NEW.workflow_id AND state = 'running';
+            RETURN NULL;
+        END IF;
+        FOR nxt IN SELECT x::integer FROM jsonb_array_elements_text(nexts) AS x LOOP
+            IF (steps -> nxt ->> 'fan_in')::boolean THEN
+                joins := joins || nxt;
+            ELSE
+                INSERT INTO task (id, task_name, queue, priority, args, max_retries,
+                                  timeout_seconds, backoff_seconds, workflow_id, workflow_step)
+                SELECT workflow_task_id(), s ->> 'task_name', s ->> 'queue',
+                       (s ->> 'priority')::smallint, coalesce(NEW.result, 'null'::jsonb),
+                       (s ->> 'max_retries')::integer, (s ->> 'timeout_seconds')::double precision,
+                       ARRAY(SELECT b::double precision
+                             FROM jsonb_array_elements_text(s -> 'backoff_seconds') AS b),
+                       NEW.workflow_id, nxt
+                FROM (SELECT steps -> nxt AS s) AS one
+                ON CONFLICT (workflow_id, workflow_step) WHERE workflow_id IS NOT NULL DO NOTHING;
+            END IF;
+        END LOOP;
+        IF cardinality(joins) > 0 THEN
+            SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR UPDATE;
+            IF wf.state = 'running' THEN
+                PERFORM workflow_start_ready(wf, joins);
+            END IF;
+        END IF;
+        PERFORM pg_notify('hyrex_like_' || current_schema(), '');
     ELSIF NEW.status = 'failed' THEN
-        SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id FOR UPDATE;
-        IF wf.on_failure IS NOT NULL AND wf.state = 'running' THEN
-            handler := workflow_task_id(wf.id, -1);
+        SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id;
+        IF FOUND AND wf.on_failure IS NOT NULL AND wf.state = 'running' THEN
+            handler := workflow_task_id();
             INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
                               backoff_seconds, parent_id, root_id)
             VALUES (handler, wf.on_failure ->> 'task_name', wf.on_failure ->> 'queue',
