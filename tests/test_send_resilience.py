@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from hyrex_like import DatabaseError, HyrexRegistry, Settings
+from hyrex_like import DatabaseError, HyrexRegistry, Settings, step
 from hyrex_like.db import pools as store_module
 
 from .helpers import TcpProxy, count, query
@@ -348,3 +348,24 @@ def _wait_gone(database_url: str, pids: list[int]) -> bool:
     from .helpers import wait_until
 
     return bool(wait_until(lambda: _alive(database_url, pids) == 0, 10, what="backends to go"))
+
+
+def test_reads_and_workflow_sends_after_every_pooled_backend_was_terminated(
+    hy: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    """A read (a handle's refresh, a workflow's) and a workflow's send on a pooled connection
+    found dead are tried once more on a fresh one, as a task's send is."""
+    echo = hy.tasks["echo"]
+    wf = hy.workflow("echo_twice", [echo, step("again", echo.with_config(queue="other"))])
+    handle = echo.send(1)
+    run = wf.send(2)
+    for read in (
+        lambda: handle.refresh().status,
+        lambda: run.refresh().status,
+        lambda: hy.list_workflows(),
+        lambda: hy.get_workflow(run.id).name,
+        lambda: wf.send(3).id,
+    ):
+        _terminate(database_url, _fill_pool(hy))
+        read()
+    assert count(database_url, schema, "true", table="workflow") == 2

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -17,18 +17,43 @@ from .pools import PooledConnection
 from .queries import q
 from .rows import RunRow, TaskRow
 
+T = TypeVar("T")
+
+
+def read_on_pool(
+    pool: ConnectionPool[PooledConnection],
+    read: Callable[[psycopg.Connection[Any]], T],
+    what: str,
+) -> T:
+    """``read`` on a pooled connection; if that connection turns out dead (the server
+    restarted, or its backend was terminated while it sat in the pool), once more on a fresh
+    one, as a send is. Errors come out as the library's (``what`` names the read)."""
+    try:
+        with pool.connection() as c:
+            try:
+                return read(c)
+            except psycopg.Error:
+                if not c.broken:
+                    raise
+        pool.check()  # drops every idle connection the restart killed
+        with pool.connection() as c:
+            return read(c)
+    except psycopg.Error as exc:
+        raise _translate(exc, what) from exc
+    raise AssertionError("unreachable: both paths above return or raise")
+
 
 def get_task(
     pool: ConnectionPool[PooledConnection], task_id: uuid.UUID
 ) -> tuple[TaskRow | None, list[RunRow]]:
     """`Store.get_task`."""
-    try:
-        with pool.connection() as c:
-            with c.cursor(row_factory=dict_row) as cur:
-                row = cur.execute(q("get_task"), {"id": task_id}).fetchone()
-                runs = cur.execute(q("get_task_runs"), {"id": task_id}).fetchall()
-    except psycopg.Error as exc:
-        raise _translate(exc, f"reading task {task_id}") from exc
+
+    def read(c: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
+        with c.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(q("get_task"), {"id": task_id}).fetchone()
+            return row, cur.execute(q("get_task_runs"), {"id": task_id}).fetchall()
+
+    row, runs = read_on_pool(pool, read, f"reading task {task_id}")
     return (
         (TaskRow(**(row | {"status": TaskStatus(row["status"])})) if row else None),
         [RunRow(**(r | {"status": RunStatus(r["status"])})) for r in runs],

@@ -29,6 +29,7 @@ from ..workflow_status import WorkflowStatus, summarize
 from .admin import control_channel
 from .errors import _translate
 from .queries import q
+from .reads import read_on_pool
 from .rows import TaskRow
 from .sends import _in_schema, _lost_connection
 
@@ -97,13 +98,13 @@ def insert_workflow(
 
 def get_workflow(store: Store, workflow_id: uuid.UUID) -> tuple[WorkflowRow, list[TaskRow]]:
     """A workflow's row and its steps' task rows (in step order); `WorkflowNotFound`."""
-    try:
-        with store.pool().connection() as c:
-            with c.cursor(row_factory=dict_row) as cur:
-                row = cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone()
-                tasks = cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
-    except psycopg.Error as exc:
-        raise _translate(exc, f"reading workflow {workflow_id}") from exc
+
+    def read(c: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
+        with c.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone()
+            return row, cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
+
+    row, tasks = read_on_pool(store.pool(), read, f"reading workflow {workflow_id}")
     if row is None:
         raise WorkflowNotFound(f"workflow {workflow_id} does not exist in this database/schema")
     return WorkflowRow(**row), [TaskRow(**(t | {"status": TaskStatus(t["status"])})) for t in tasks]
@@ -124,11 +125,11 @@ def list_workflows(
         "before": before[0] if before else None,
         "before_id": before[1] if before else None,
     }
-    try:
-        with store.pool().connection() as c:
-            rows = c.execute(q("list_workflows"), params).fetchall()
-    except psycopg.Error as exc:
-        raise _translate(exc, "listing workflows") from exc
+    rows = read_on_pool(
+        store.pool(),
+        lambda c: c.execute(q("list_workflows"), params).fetchall(),
+        "listing workflows",
+    )
     out = []
     for wid, wname, state, created, finished, n, statuses, started, attempts, steps in rows:
         status, deciding = summarize(state, _step_states(n, statuses, started, attempts))
