@@ -128,7 +128,7 @@ ORDER BY priority DESC NULLS LAST, id
 -- cleared the task's worker_id).
 WITH input AS MATERIALIZED (
     SELECT i.task_id, i.attempt, i.status AS run_status, i.retryable, i.result, i.error_type,
-           i.error_message, i.traceback AS tb, to_timestamp(i.started) AS started_at,
+           i.error_message, i.traceback AS tb, i.progress, to_timestamp(i.started) AS started_at,
            to_timestamp(i.finished) AS finished_at, %(worker_id)s::uuid AS worker_id,
            -- Only the task's own failures use up retries: an attempt interrupted by a
            -- shutdown, or lost with its whole worker, is requeued without counting.
@@ -138,9 +138,10 @@ WITH input AS MATERIALIZED (
     FROM unnest(%(task_ids)s::uuid[], %(attempts)s::integer[], %(statuses)s::text[],
                 %(retryable)s::boolean[], %(results)s::jsonb[], %(error_types)s::text[],
                 %(error_messages)s::text[], %(tracebacks)s::text[],
-                %(started)s::double precision[], %(finished)s::double precision[])
+                %(started)s::double precision[], %(finished)s::double precision[],
+                %(progress)s::jsonb[])
          AS i(task_id, attempt, status, retryable, result, error_type, error_message,
-              traceback, started, finished)
+              traceback, started, finished, progress)
 ), updated AS (
     UPDATE task AS t
     SET failure_count = t.failure_count + o.failed,
@@ -162,6 +163,10 @@ WITH input AS MATERIALIZED (
                                   secs => coalesce(t.backoff_seconds[t.failure_count + o.failed], 0))
                          ELSE now() END,
         worker_id = NULL,
+        -- the attempt's last update_progress value comes with its outcome
+        progress = coalesce(o.progress, t.progress),
+        progress_attempt = CASE WHEN o.progress IS NULL THEN t.progress_attempt
+                                ELSE o.attempt END,
         result = CASE WHEN o.run_status = 'completed' THEN o.result ELSE t.result END,
         -- a completed task has no last error (its runs keep every attempt's)
         last_error = CASE WHEN o.run_status = 'completed' THEN NULL
@@ -596,8 +601,8 @@ WHERE k.schedule_name = %(schedule_name)s AND k.tick_at = d.tick_at
 
 -- write_progress --
 -- What running tasks last reported with update_progress (coalesced by their worker), written
--- only onto the attempt that reported it: a late write of an earlier attempt never covers a
--- newer one. Rows another transaction holds (a finish, a claim) are skipped, not waited for: the
+-- only onto the running attempt that reported it: a late write never covers a newer attempt's
+-- value, nor the last value an ended attempt's outcome wrote (finish_runs). Rows another transaction holds (a finish, a claim) are skipped, not waited for: the
 -- worker writes them at its next pass. Returns the ids written. (No status change: the
 -- workflow trigger does not fire.)
 WITH input AS MATERIALIZED (
@@ -607,6 +612,7 @@ WITH input AS MATERIALIZED (
 ), held AS (
     SELECT t.id, i.attempt, i.progress
     FROM input AS i JOIN task AS t ON t.id = i.task_id AND t.attempt_count = i.attempt
+    WHERE t.status = 'running'  -- an ended attempt's last value came with its outcome
     FOR UPDATE OF t SKIP LOCKED
 )
 UPDATE task AS t SET progress = h.progress, progress_attempt = h.attempt

@@ -109,8 +109,8 @@ def test_progress_is_visible_while_the_task_runs_and_its_last_value_after(
     assert handle.progress == first
     gate.touch()
     assert handle.wait(60).result == "ok"
-    last = {"done": 2, "total": 2, "kind": kind}
-    wait_until(lambda: _progress(registry, handle.id) == last, 10, what="last progress")
+    # the last value is written with the outcome: there as soon as the task reads completed
+    assert handle.progress == {"done": 2, "total": 2, "kind": kind}
 
 
 def _count_progress_writes(database_url: str, schema: str) -> None:
@@ -136,21 +136,13 @@ def test_ten_thousand_reports_coalesce_into_a_few_writes_ending_with_the_last(
     _count_progress_writes(database_url, schema)
     progress_app("--processes", "1")
     assert small.wait(60).status == "completed"
-    wait_until(
-        lambda: _progress(registry, small.id) == {"done": 100, "total": 100},
-        10,
-        what="the last of 100 reports",
-    )
+    assert small.progress == {"done": 100, "total": 100}  # (written with the outcome)
     seconds = big.wait(60).result
-    wait_until(
-        lambda: _progress(registry, big.id) == {"done": 10_000, "total": 10_000},
-        10,
-        what="the last of 10,000 reports",
-    )
+    assert big.progress == {"done": 10_000, "total": 10_000}
     writes = query(
         database_url, schema, "SELECT count(*) FROM progress_writes WHERE task_id = %s", (big.id,)
     )[0][0]
-    # at most one write per half second of reporting, plus the last value after the end
+    # at most one write per half second of reporting, plus the finish (with the last value)
     assert 1 <= writes <= 3 + seconds / 0.5, (writes, seconds)
 
 
@@ -216,9 +208,12 @@ def _row(database_url: str, schema: str, task_id: uuid.UUID) -> tuple[Any, ...]:
 
 
 def _set_attempt(database_url: str, schema: str, task_id: uuid.UUID, attempt: int) -> None:
-    """Make the row look as if attempt ``attempt`` had started (test-side setup)."""
+    """Make the row look as if attempt ``attempt`` had started and runs (test-side setup)."""
     with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as conn:
-        conn.execute("UPDATE task SET attempt_count = %s WHERE id = %s", (attempt, task_id))
+        conn.execute(
+            "UPDATE task SET attempt_count = %s, status = 'running' WHERE id = %s",
+            (attempt, task_id),
+        )
 
 
 def _writer(registry: HyrexRegistry, handle: _Handle, connect: Any = None) -> ProgressWriter:
@@ -291,3 +286,25 @@ def test_a_database_outage_keeps_the_values_for_when_it_is_back(
     finally:
         writer.stop()
         proxied.close()
+
+
+def test_a_late_value_never_covers_the_last_one_an_ended_attempt_wrote_with_its_outcome(
+    registry: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    task_id = registry.send("away", None).id
+    _set_attempt(database_url, schema, task_id, 1)
+    with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as c:
+        c.execute(
+            "UPDATE task SET status = 'completed', progress = '{\"done\": 10}',"
+            " progress_attempt = 1 WHERE id = %s",
+            (task_id,),
+        )
+    handle = _Handle()
+    writer = _writer(registry, handle)
+    try:
+        # a value the attempt reported mid-run, still in the writer when the attempt ended
+        handle.progress.append((PROGRESS, task_id.bytes, 1, json.dumps({"done": 7})))
+        writer.run_once()
+        assert _row(database_url, schema, task_id) == ({"done": 10}, 1)
+    finally:
+        writer.stop()

@@ -145,6 +145,7 @@ class FinishedRow(NamedTuple):
     traceback: str | None
     started_at: float | None  # epoch seconds, as measured in the executor
     finished_at: float
+    progress: str | None = None  # the attempt's last update_progress value (JSON), if any
 
 
 def _array_literal(elements: Iterable[str]) -> str:

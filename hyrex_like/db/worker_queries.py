@@ -93,6 +93,7 @@ class WorkerQueries:
                 ["NULL" if r.started_at is None else repr(r.started_at) for r in rows]
             ),
             "finished": _array_literal([repr(r.finished_at) for r in rows]),
+            "progress": _array_text(r.progress for r in rows),
         }
 
     @staticmethod

@@ -47,7 +47,7 @@ from ..errors import PayloadNotSerializable
 from ..registry import HyrexRegistry, TaskDefinition
 from .app import load_registry
 from .failures import _describe_failure, call_on_error
-from .processes import _libc, set_os_thread_name
+from .processes import die_with_parent, lead_own_session
 from .protocol import (
     _W_ARGS,
     _W_ATTEMPT,
@@ -148,33 +148,6 @@ PROCESS_NAME = b"hyrex-executor"
 """What ``ps -o comm``, ``top`` and ``/proc/<pid>/comm`` show for an executor (Linux)."""
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL us if the dispatcher dies, so no task runs unsupervised, and name
-    the process (a forked executor's command line is its parent's)."""
-    if sys.platform.startswith("linux"):
-        try:
-            _libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover
-            pass
-    set_os_thread_name(PROCESS_NAME)
-
-
-def _lead_own_session() -> None:
-    """Become the leader of a new session and process group, before any task runs.
-
-    What a worker owns is its executors' process groups: the processes its tasks start stay in
-    their executor's group unless they leave it on purpose (``start_new_session=True``,
-    ``process_group=0``, ``setsid``), and `kill_executor_group` kills the group whenever the
-    parent kills or stops an executor. A session rather than only a group: with no controlling
-    terminal, a task that touches the terminal is never stopped by job control (SIGTTIN,
-    SIGTTOU) as a background group would be. The terminal's Ctrl-C now reaches the parent
-    only, which stops its executors itself (they ignore SIGINT anyway)."""
-    try:
-        os.setsid()
-    except OSError:  # pragma: no cover - already a group leader: not started by a dispatcher
-        pass
-
-
 def executor_main(
     app: str,
     settings: Settings,
@@ -186,8 +159,8 @@ def executor_main(
 ) -> None:
     """Entry point of an executor process."""
     global _draining, _conn
-    _lead_own_session()
-    _die_with_parent()
+    lead_own_session()
+    die_with_parent(PROCESS_NAME)
     # The parent decides when we stop; a Ctrl-C or a SIGTERM sent to the whole process group
     # must not kill a task halfway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -236,11 +209,13 @@ PROGRESS_INTERVAL = 0.1
 class _ProgressOut:
     """``update_progress``'s way to the parent: a ``(PROGRESS, key, attempt, json)`` message at
     most every `PROGRESS_INTERVAL`; a value reported sooner is held, and sent by a flusher thread
-    when the interval has passed or with the attempt's result, whichever comes first."""
+    when the interval has passed. The last value an attempt reported also rides on its result
+    (one more field), so the parent writes it with the outcome, never after it."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.held: tuple[Any, ...] | None = None  # under _send_lock
+        self.last: tuple[Any, ...] | None = None  # the latest item reported, sent or not
         self.sent_at = -PROGRESS_INTERVAL
         self.due = threading.Event()  # something is held: the flusher sends it in time
         self.flusher: threading.Thread | None = None
@@ -253,6 +228,7 @@ class _ProgressOut:
             _pipe = _WRITING  # a take-back handler must not wait on our lock: it asks again
         try:
             with _send_lock:
+                self.last = item
                 now = time.monotonic()
                 if now - self.sent_at >= PROGRESS_INTERVAL:
                     self.held = None
@@ -334,7 +310,7 @@ class Executor:
             except IndexError:  # a take-back emptied it since the check above
                 continue
             if _draining:
-                result = (SKIP, wire[_W_KEY], wire[_W_ATTEMPT])
+                result: tuple[Any, ...] = (SKIP, wire[_W_KEY], wire[_W_ATTEMPT])
             else:
                 result = self.run(wire)
                 if not streams.intact():
@@ -346,6 +322,11 @@ class Executor:
             try:
                 with _send_lock:
                     held, progress.held = progress.held, None  # the last progress first
+                    last, progress.last = progress.last, None
+                    if last is not None and result[0] != SKIP and last[1:3] == result[1:3]:
+                        result = (*result, last[3])  # this attempt's last value, with it
+                        if held is last:
+                            held = None
                     message = [result] if held is None else [held, result]
                     # plain pickle: Connection.send builds a ForkingPickler per message, which
                     # was a third of an executor's time per tiny task

@@ -108,13 +108,18 @@ class ExecutorPool:
                 raise WorkerError(f"executor answered for {msg[1]!r}, which it does not hold")
             position, job = found
             ex.answered_at(position)
+        # (an OK or ERR carries the attempt's last progress as one more field, if it had any)
         if kind == OK:
             self.balance.pace.observe(job.task_name, msg[4] - msg[3])
-            ledger.finish(job, _COMPLETED, True, msg[5], None, None, None, msg[3], msg[4])
+            progress = msg[6] if len(msg) > 6 else None
+            ledger.finish(job, _COMPLETED, True, msg[5], None, None, None, msg[3], msg[4], progress)
         elif kind == ERR:
-            _, _, _, started, finished, etype, emsg, tb, retryable = msg
+            started, finished, etype, emsg, tb, retryable = msg[3:9]
             self.balance.pace.observe(job.task_name, finished - started)
-            ledger.finish(job, _FAILED, retryable, None, etype, emsg, tb, started, finished)
+            progress = msg[9] if len(msg) > 9 else None
+            ledger.finish(
+                job, _FAILED, retryable, None, etype, emsg, tb, started, finished, progress
+            )
         elif kind == SKIP:
             skipped.append(job)
 

@@ -144,8 +144,10 @@ class Ledger:
         tb: str | None,
         started: float | None = None,
         finished: float | None = None,
+        progress: str | None = None,
     ) -> None:
-        """An attempt ended (however): its run row waits for the next write."""
+        """An attempt ended (however): its run row waits for the next write (with the last
+        progress it reported, written with its outcome)."""
         self.finished.append(
             FinishedRow(
                 job.task_id,
@@ -159,6 +161,7 @@ class Ledger:
                 tb,
                 started,
                 finished if finished is not None else time.time(),
+                progress,
             )
         )
         if status is _COMPLETED:

@@ -62,3 +62,33 @@ def executor_exited(process: Any) -> bool:
         return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:  # already reaped (multiprocessing reaps dead children at starts)
         return True
+
+
+# -- an executor's own set-up (called first thing in the executor process) --
+
+
+def die_with_parent(name: bytes) -> None:
+    """Ask Linux to SIGKILL us if the dispatcher dies, so no task runs unsupervised, and name
+    the process (a forked executor's command line is its parent's)."""
+    if sys.platform.startswith("linux"):
+        try:
+            _libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover
+            pass
+    set_os_thread_name(name)
+
+
+def lead_own_session() -> None:
+    """Become the leader of a new session and process group, before any task runs.
+
+    What a worker owns is its executors' process groups: the processes its tasks start stay in
+    their executor's group unless they leave it on purpose (``start_new_session=True``,
+    ``process_group=0``, ``setsid``), and `kill_executor_group` kills the group whenever the
+    parent kills or stops an executor. A session rather than only a group: with no controlling
+    terminal, a task that touches the terminal is never stopped by job control (SIGTTIN,
+    SIGTTOU) as a background group would be. The terminal's Ctrl-C now reaches the parent
+    only, which stops its executors itself (they ignore SIGINT anyway)."""
+    try:
+        os.setsid()
+    except OSError:  # pragma: no cover - already a group leader: not started by a dispatcher
+        pass

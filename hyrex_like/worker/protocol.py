@@ -67,6 +67,8 @@ _W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
 #   ("skip", task_id, attempt)                  not started: draining, or taken back
 #   ("progress", task_id, attempt, json)       what the task last reported (update_progress);
 #                                              always first in its message, before any result
+# An "ok" or "err" has one more field, the attempt's last progress (json), when it reported any:
+# written with the outcome, so a finished attempt's last value never waits for the writer.
 # and once, at start: ("ready", pid). A skip may come before the result of the job running then
 # (a take-back answers at once): the parent matches skips by task id.
 OK, ERR, SKIP, PROGRESS = "ok", "err", "skip", "progress"
