@@ -36,9 +36,6 @@ MAX_PROGRESS_BYTES = 65_536
 """The largest progress value `HyrexContext.update_progress` takes, as JSON: progress is a
 small status ({'done': 2873, 'total': 100000}), written again every half second."""
 
-_progress_sink: Callable[[bytes, int, str], None] | None = None
-"""Where a worker's executor takes reported progress: (task id bytes, attempt, JSON text)."""
-
 
 class HyrexContext(BaseModel):
     """What a running task knows about itself. Immutable."""
@@ -65,6 +62,7 @@ class HyrexContext(BaseModel):
     direct calls."""
 
     _progress: Any = PrivateAttr(default=None)
+    _progress_n: int = PrivateAttr(default=0)  # how many values were reported
 
     @property
     def progress(self) -> Any:
@@ -75,24 +73,27 @@ class HyrexContext(BaseModel):
         """Report how far this attempt got: any JSON value, e.g. ``{'done': 2873, 'total':
         100000}``; readable as ``handle.progress`` (and on a workflow's current step).
 
+        Works in sync and async tasks (and threads they start) and costs next to nothing, so
+        it can run in a tight loop: it only keeps the value here. The worker's executor looks
+        for a new value every 0.1 s while the attempt runs and the worker writes the latest at
+        most every half second (a reader sees it within about a second); the last value goes
+        with the attempt's outcome, so a task that reads completed shows it. It never waits for
+        the database, and a value reported by an attempt never covers a later attempt's.
+
         The value must be storable as JSON as a result must (no NaN or Infinity, no NUL
         character, no lone surrogate, nesting within MAX_NESTING_DEPTH) and at most
-        `MAX_PROGRESS_BYTES` as JSON; else this raises `PayloadNotSerializable` or
-        `PayloadTooLarge`, naming the task. Works in sync and async tasks and is cheap to call
-        often: it only hands the value to the worker, which keeps the latest per attempt and
-        writes it at most every half second (so a reader sees the latest value within about a
-        second; the last value reported before the attempt ended is written too). It never
-        waits for the database. A value reported by an attempt never covers a later attempt's.
+        `MAX_PROGRESS_BYTES` as JSON. It is checked when the worker takes it, not here: an
+        attempt that ends with a value JSON cannot hold fails (`PayloadNotSerializable` or
+        `PayloadTooLarge`, naming the task), as if it had returned such a result.
 
-        In a direct call of the task (``is_local``) the value is only kept here, as
-        `progress`: nothing is written.
+        In a direct call of the task (``is_local``) the value is checked at once and kept
+        here, as `progress`: nothing is written.
         """
-        fields = self.__dict__  # (plain reads: this may run in a tight loop)
-        data = _progress_json(fields["task_name"], value)
-        self.__pydantic_private__["_progress"] = value  # type: ignore[index]
-        sink = _progress_sink
-        if sink is not None and not fields["is_local"]:
-            sink(fields["task_id"].bytes, fields["attempt_number"], data)
+        if self.__dict__["is_local"]:  # a direct call (a test) checks the value at once
+            _progress_json(self.task_name, value)
+        private = self.__pydantic_private__  # (plain writes: this may run in a tight loop)
+        private["_progress"] = value  # type: ignore[index]
+        private["_progress_n"] += 1  # type: ignore[index]
 
 
 def _progress_json(task_name: str, value: Any) -> str:
@@ -135,14 +136,8 @@ def _built(values: dict[str, Any]) -> HyrexContext:
     object.__setattr__(ctx, "__dict__", values)
     object.__setattr__(ctx, "__pydantic_fields_set__", set(values))
     object.__setattr__(ctx, "__pydantic_extra__", None)
-    object.__setattr__(ctx, "__pydantic_private__", {"_progress": None})
+    object.__setattr__(ctx, "__pydantic_private__", {"_progress": None, "_progress_n": 0})
     return ctx
-
-
-def _set_progress_sink(sink: Callable[[bytes, int, str], None] | None) -> None:
-    """Install where reported progress goes (the executor, at its start)."""
-    global _progress_sink
-    _progress_sink = sink
 
 
 class _LazyContext:

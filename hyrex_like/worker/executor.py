@@ -7,7 +7,8 @@ raises with `DRAIN_SIGNAL` when it begins to stop, so on shutdown it hands back 
 not started. `TAKE_BACK_SIGNAL` asks it, while a long task runs, to hand back at once the jobs
 queued behind that task (`_take_back`), so they run elsewhere. SIGINT and SIGTERM are ignored:
 the parent decides when it stops. What a task reports with ``update_progress`` goes to the
-parent over the same pipe (`_ProgressOut`), at most every `PROGRESS_INTERVAL` seconds.
+parent over the same pipe (`progress_out`): sampled while it runs, and its last value with
+the result.
 
 What a task does cannot take the executor down with it, short of killing the process: whatever
 it raises (``KeyboardInterrupt``, any ``BaseException``, an exception whose ``str`` raises)
@@ -41,13 +42,13 @@ from ..context import (
     _LazyContext,
     _reset_context,
     _set_context,
-    _set_progress_sink,
 )
-from ..errors import PayloadNotSerializable
+from ..errors import PayloadNotSerializable, PayloadTooLarge
 from ..registry import HyrexRegistry, TaskDefinition
 from .app import load_registry
 from .failures import _describe_failure, call_on_error
 from .processes import die_with_parent, lead_own_session
+from .progress_out import ProgressOut
 from .protocol import (
     _W_ARGS,
     _W_ATTEMPT,
@@ -56,7 +57,6 @@ from .protocol import (
     DRAIN_SIGNAL,
     ERR,
     OK,
-    PROGRESS,
     READY,
     SKIP,
     TAKE_BACK_SIGNAL,
@@ -202,70 +202,6 @@ def executor_main(
     os._exit(0)
 
 
-PROGRESS_INTERVAL = 0.1
-"""The least time between two progress messages of an executor (the parent writes every 0.5 s)."""
-
-
-class _ProgressOut:
-    """``update_progress``'s way to the parent: a ``(PROGRESS, key, attempt, json)`` message at
-    most every `PROGRESS_INTERVAL`; a value reported sooner is held, and sent by a flusher thread
-    when the interval has passed. The last value an attempt reported also rides on its result
-    (one more field), so the parent writes it with the outcome, never after it."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.held: tuple[Any, ...] | None = None  # under _send_lock
-        self.last: tuple[Any, ...] | None = None  # the latest item reported, sent or not
-        self.sent_at = -PROGRESS_INTERVAL
-        self.due = threading.Event()  # something is held: the flusher sends it in time
-        self.flusher: threading.Thread | None = None
-
-    def report(self, key: bytes, attempt: int, data: str) -> None:
-        """From any thread the task runs: send now, or hold for a moment."""
-        global _pipe
-        item = (PROGRESS, key, attempt, data)
-        if main := threading.get_ident() == threading.main_thread().ident:
-            _pipe = _WRITING  # a take-back handler must not wait on our lock: it asks again
-        try:
-            with _send_lock:
-                self.last = item
-                now = time.monotonic()
-                if now - self.sent_at >= PROGRESS_INTERVAL:
-                    self.held = None
-                    self.sent_at = now
-                    self.conn.send_bytes(pickle.dumps([item], pickle.HIGHEST_PROTOCOL))
-                else:
-                    self.held = item
-                    if not self.due.is_set():
-                        if self.flusher is None:
-                            self.flusher = threading.Thread(
-                                target=self._flush, name="hyrex-progress", daemon=True
-                            )
-                            self.flusher.start()
-                        self.due.set()
-        except OSError:  # the parent is gone: the main loop finds out
-            pass
-        finally:
-            if main:
-                _pipe = _IDLE
-        if main and _take_back_wanted:
-            _take_back()
-
-    def _flush(self) -> None:  # the flusher thread: sends what is held once its time comes
-        while True:
-            self.due.wait()
-            time.sleep(max(0.0, self.sent_at + PROGRESS_INTERVAL - time.monotonic()))
-            with _send_lock:
-                self.due.clear()
-                held, self.held = self.held, None
-                if held is not None:
-                    self.sent_at = time.monotonic()
-                    try:
-                        self.conn.send_bytes(pickle.dumps([held], pickle.HIGHEST_PROTOCOL))
-                    except OSError:
-                        return
-
-
 class Executor:
     def __init__(
         self,
@@ -281,15 +217,13 @@ class Executor:
         self.loop = asyncio.new_event_loop()
         self.logging_config = logging_config  # (level, format), to redo it on a new stderr
         self.streams = _StdStreams()
-        self.progress = _ProgressOut(conn)
-        _set_progress_sink(self.progress.report)
+        self.progress = ProgressOut(conn, _send_lock)
 
     def serve(self) -> None:
         global _pipe
         conn = self.conn
         streams = self.streams
         pending = _pending
-        progress = self.progress
         while True:
             if not pending:
                 if _stopped:
@@ -321,13 +255,7 @@ class Executor:
             _pipe = _WRITING
             try:
                 with _send_lock:
-                    held, progress.held = progress.held, None  # the last progress first
-                    last, progress.last = progress.last, None
-                    if last is not None and result[0] != SKIP and last[1:3] == result[1:3]:
-                        result = (*result, last[3])  # this attempt's last value, with it
-                        if held is last:
-                            held = None
-                    message = [result] if held is None else [held, result]
+                    message = [result]
                     # plain pickle: Connection.send builds a ForkingPickler per message, which
                     # was a third of an executor's time per tiny task
                     conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
@@ -356,7 +284,10 @@ class Executor:
                 None,
                 False,
             )
-        token = _set_context(_LazyContext(lambda: self._context(Job.from_wire(wire))))
+        progress = self.progress
+        token = _set_context(
+            _LazyContext(lambda: progress.track(self._context(Job.from_wire(wire))))
+        )
         retryable = True
         try:
             try:
@@ -369,10 +300,13 @@ class Executor:
                 value = self.loop.run_until_complete(value)
             try:
                 result = definition.dump_result(value)
-            except PayloadNotSerializable:
+                last = progress.final(task_name, strict=True)  # (its last progress report)
+            except (PayloadNotSerializable, PayloadTooLarge):
                 retryable = False
                 raise
-            return (OK, key, attempt, started, time.time(), result)
+            if last is None:
+                return (OK, key, attempt, started, time.time(), result)
+            return (OK, key, attempt, started, time.time(), result, last)
         # Every BaseException: the executor ignores SIGINT and SIGTERM and its drain signal only
         # sets a flag, so a KeyboardInterrupt, a SystemExit, a CancelledError, a GeneratorExit
         # or a custom BaseException here was raised by the task. It fails the attempt; it must
@@ -383,7 +317,9 @@ class Executor:
             if not self.streams.intact():  # on_error and our log must be able to print
                 self._restore_streams(wire)
             self._on_error(definition, exc, Job.from_wire(wire))
-            return (ERR, key, attempt, started, finished, error_type, message, tb, retryable)
+            failed = (ERR, key, attempt, started, finished, error_type, message, tb, retryable)
+            last = progress.final(task_name, strict=False)
+            return failed if last is None else (*failed, last)
         finally:
             _reset_context(token)
 

@@ -1,7 +1,7 @@
 """The progress writer: what running tasks report with ``update_progress``, written off the
 dispatch loop, coalesced.
 
-Executors send progress items over their pipes (`executor._ProgressOut`, at most every 0.1 s
+Executors send progress items over their pipes (`progress_out.ProgressOut`, at most every 0.1 s
 each); the dispatcher's reads leave them in each `ExecutorHandle.progress` deque and do nothing
 else with them. This service's thread takes them every `INTERVAL` seconds, keeps the latest
 value per (task, attempt), and writes those changed since its last pass in one statement

@@ -65,12 +65,12 @@ _W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
 #   ("ok",   task_id, attempt, started, finished, result_json)
 #   ("err",  task_id, attempt, started, finished, type, message, traceback, retryable)
 #   ("skip", task_id, attempt)                  not started: draining, or taken back
-#   ("progress", task_id, attempt, json)       what the task last reported (update_progress);
-#                                              always first in its message, before any result
-# An "ok" or "err" has one more field, the attempt's last progress (json), when it reported any:
-# written with the outcome, so a finished attempt's last value never waits for the writer.
+#   ("progress", task_id, attempt, json)       what the running task last reported
+#                                              (update_progress), sampled every 0.1 s
 # and once, at start: ("ready", pid). A skip may come before the result of the job running then
-# (a take-back answers at once): the parent matches skips by task id.
+# (a take-back answers at once): the parent matches skips by task id. An "ok" or "err" has one
+# more field, the attempt's last progress (json), when it reported any: written with the
+# outcome, so a finished attempt's last value never waits for the progress writer.
 OK, ERR, SKIP, PROGRESS = "ok", "err", "skip", "progress"
 
 READY = "ready"

@@ -1,0 +1,102 @@
+"""The executor's side of progress: what a running task reported with ``update_progress``,
+taken to the parent.
+
+``update_progress`` only keeps the value on the task's context (a few attribute writes: it may
+run in a tight loop). The executor reads it from there at two moments:
+
+- while the attempt runs, a sampler thread checks every `PROGRESS_INTERVAL` whether a new value
+  was reported, and sends it as a ``(PROGRESS, task id, attempt, json)`` message (the parent
+  writes the latest of each attempt at most every half second);
+- when the attempt ends, its last value rides on its result (one more field), so the parent
+  writes it with the outcome: a task that reads completed shows its last value.
+
+The value is checked (and turned into JSON) there, not at the call: a value JSON cannot hold
+fails the attempt when it ends, naming the task (`ProgressOut.final`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from multiprocessing.connection import Connection
+
+from ..context import HyrexContext, _progress_json
+from ..errors import PayloadNotSerializable, PayloadTooLarge
+from .protocol import PROGRESS
+
+PROGRESS_INTERVAL = 0.1
+"""How often the sampler looks for a new value of the running attempt (the parent writes every
+0.5 s)."""
+
+
+class ProgressOut:
+    """One executor's progress: the running attempt's context, once its task asked for it, and
+    the sampler thread (started with the first such attempt)."""
+
+    def __init__(self, conn: Connection, send_lock: threading.Lock) -> None:
+        self.conn = conn
+        self.send_lock = send_lock  # the executor's: one message on the pipe at a time
+        self.ctx: HyrexContext | None = None  # the running attempt's, if it was built
+        self.sent = 0  # how many reports of that attempt the last message covered
+        self.wake = threading.Event()  # set while an attempt with a context runs
+        self.sampler: threading.Thread | None = None
+
+    def track(self, ctx: HyrexContext) -> HyrexContext:
+        """The running attempt's context was just built: sample it while it runs."""
+        self.sent = 0
+        self.ctx = ctx
+        if self.sampler is None:
+            self.sampler = threading.Thread(target=self._sample, name="hyrex-progress", daemon=True)
+            self.sampler.start()
+        if not self.wake.is_set():  # (set stays set while attempts follow each other)
+            self.wake.set()
+        return ctx
+
+    def final(self, task_name: str, strict: bool) -> str | None:
+        """The ending attempt's last value as JSON (None: it reported none), and the end of its
+        sampling. A value JSON cannot hold raises (`PayloadNotSerializable`, `PayloadTooLarge`,
+        naming the task) when ``strict`` (the attempt succeeded: it fails instead), and is
+        dropped otherwise (the attempt failed already: its own error stands)."""
+        ctx, self.ctx = self.ctx, None
+        if ctx is None:
+            return None
+        private = ctx.__pydantic_private__
+        assert private is not None
+        if not private["_progress_n"]:
+            return None
+        try:
+            return _progress_json(task_name, private["_progress"])
+        except (PayloadNotSerializable, PayloadTooLarge):
+            if strict:
+                raise
+            return None
+
+    def _sample(self) -> None:  # the sampler thread
+        while True:
+            self.wake.wait()
+            time.sleep(PROGRESS_INTERVAL)
+            ctx = self.ctx
+            if ctx is None:
+                self.wake.clear()
+                if self.ctx is not None:  # (tracked between the read and the clear)
+                    self.wake.set()
+                continue
+            private = ctx.__pydantic_private__
+            assert private is not None
+            count = private["_progress_n"]
+            if count == self.sent:
+                continue
+            try:
+                data = _progress_json(ctx.task_name, private["_progress"])
+            except (PayloadNotSerializable, PayloadTooLarge):
+                continue  # the attempt's end says so, if it is still its last value
+            item = (PROGRESS, ctx.task_id.bytes, ctx.attempt_number, data)
+            with self.send_lock:
+                if self.ctx is not ctx:
+                    continue  # it ended meanwhile: its last value went with its result
+                self.sent = count
+                try:
+                    self.conn.send_bytes(pickle.dumps([item], pickle.HIGHEST_PROTOCOL))
+                except OSError:
+                    return  # the parent is gone
