@@ -36,7 +36,7 @@ from .observer import WorkerObserver
 from .payloads import MAX_NESTING_DEPTH
 from .registry import HyrexRegistry
 from .schedules import Schedule, ScheduleInfo, cron, crontab, every
-from .states import RunStatus, TaskStatus
+from .states import RunStatus, TaskStatus, WorkflowState
 from .task import AsyncTaskDefinition, TaskDefinition, TaskSender
 from .task_config import TaskConfig
 from .workflow_handle import StepState, WorkflowHandle
@@ -94,6 +94,7 @@ __all__ = [
     "WorkflowNotFound",
     "WorkflowStateError",
     "WorkflowStatus",
+    "WorkflowState",
     "step",
     "__version__",
     "cron",

@@ -59,6 +59,27 @@ class RunStatus(enum.StrEnum):
     CANCELED = "canceled"  # stopped by its worker because the task was canceled
 
 
+class WorkflowState(enum.StrEnum):
+    """A workflow row's control state (``workflow.state``): what was done to the run, not its
+    summary (`WorkflowStatus`, read from its steps)."""
+
+    RUNNING = "running"  # (also a failed run: its failed step decides the summary)
+    PAUSED = "paused"
+    CANCELED = "canceled"
+    COMPLETED = "completed"  # its final step completed
+
+
+class WorkflowStatus(enum.StrEnum):
+    """A workflow run's summary status (`hyrex_like.workflow_status.summarize`)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    COMPLETED = "completed"
+
+
 class WorkerStatus(enum.StrEnum):
     """A worker process's row (``worker.status``); ``lost`` is set by the rescuer."""
 

@@ -17,22 +17,10 @@ canceled, paused; ACTIVE = pending, running.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 
-from .states import TaskStatus
-
-
-class WorkflowStatus(enum.StrEnum):
-    """A workflow's summary status (`summarize`)."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    PAUSED = "paused"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    COMPLETED = "completed"
-
+from .states import TaskStatus, WorkflowState
+from .states import WorkflowStatus as WorkflowStatus
 
 WORKFLOW_DONE = frozenset(
     {
@@ -65,11 +53,11 @@ def summarize(
         None,
     )
     # (a completed workflow whose steps retention deleted before its row is still completed)
-    if deciding is None or state == "completed":
+    if deciding is None or state == WorkflowState.COMPLETED:
         return WorkflowStatus.COMPLETED, None
-    if state == "canceled":
+    if state == WorkflowState.CANCELED:
         return WorkflowStatus.CANCELED, deciding
-    if state == "paused":
+    if state == WorkflowState.PAUSED:
         return WorkflowStatus.PAUSED, deciding
     step = steps[deciding]
     if step is not None and step[0] in _BY_TASK:

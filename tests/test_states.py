@@ -22,6 +22,8 @@ from hyrex_like.states import (
     RunStatus,
     TaskStatus,
     WorkerStatus,
+    WorkflowState,
+    WorkflowStatus,
     task_can_move,
 )
 
@@ -31,8 +33,13 @@ STATUS_COLUMNS: list[tuple[str, type[enum.StrEnum]]] = [
     ("task", TaskStatus),
     ("task_run", RunStatus),
     ("worker", WorkerStatus),
+    ("workflow", WorkflowState),  # (its column is state: what was done to the run)
 ]
-ALL_STATUSES = {str(s) for _, statuses in STATUS_COLUMNS for s in statuses}
+_COLUMN = {"workflow": "state"}  # the others' is status
+ALL_STATUSES = {str(s) for _, statuses in STATUS_COLUMNS for s in statuses} | {
+    str(s)
+    for s in WorkflowStatus  # a run's summary: never stored, read from its steps
+}
 
 # The CHECK constraints that bound a column, on the table or on the column's domain.
 _COLUMN_CHECKS = """
@@ -63,7 +70,8 @@ def constraints(database_url: str, schema: str) -> Constraints:
     with psycopg.connect(database_url, autocommit=True) as conn:
         return {
             table: conn.execute(
-                _COLUMN_CHECKS, {"schema": schema, "table": table, "column": "status"}
+                _COLUMN_CHECKS,
+                {"schema": schema, "table": table, "column": _COLUMN.get(table, "status")},
             ).fetchall()
             for table, _ in STATUS_COLUMNS
         }

@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..errors import WorkflowNotFound, WorkflowStateError
-from ..states import TaskStatus
+from ..states import TaskStatus, WorkflowState
 from ..workflow_status import WorkflowStatus, summarize
 from .admin import control_channel
 from .errors import _translate
@@ -172,7 +172,7 @@ def pause(store: Store, workflow_id: uuid.UUID) -> bool:
             raise WorkflowStateError(
                 f"cannot pause workflow {row.name} ({row.id}): it is {status}; {hint}"
             )
-        c.execute(q("set_workflow_state"), {"id": row.id, "state": "paused"})
+        c.execute(q("set_workflow_state"), {"id": row.id, "state": WorkflowState.PAUSED})
         c.execute(
             q("pause_workflow_steps"),
             {"id": row.id, "control": control_channel(store.schema)},
@@ -190,7 +190,7 @@ def resume(store: Store, workflow_id: uuid.UUID) -> WorkflowStatus:
 
     def act(c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow) -> WorkflowStatus:
         if status is WorkflowStatus.PAUSED:
-            c.execute(q("set_workflow_state"), {"id": row.id, "state": "running"})
+            c.execute(q("set_workflow_state"), {"id": row.id, "state": WorkflowState.RUNNING})
             c.execute(q("resume_workflow_steps"), {"id": row.id})
             c.execute(q("start_ready_steps"), {"id": row.id})
         elif status is WorkflowStatus.FAILED:
@@ -211,9 +211,12 @@ def cancel(store: Store, workflow_id: uuid.UUID) -> bool:
     already."""
 
     def act(c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow) -> bool:
-        if row.state in ("completed", "canceled") or status is WorkflowStatus.COMPLETED:
+        if (
+            row.state in (WorkflowState.COMPLETED, WorkflowState.CANCELED)
+            or status is WorkflowStatus.COMPLETED
+        ):
             return False
-        c.execute(q("set_workflow_state"), {"id": row.id, "state": "canceled"})
+        c.execute(q("set_workflow_state"), {"id": row.id, "state": WorkflowState.CANCELED})
         c.execute(
             q("cancel_workflow_steps"),
             {"id": row.id, "control": control_channel(store.schema)},
