@@ -11,8 +11,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from .db import RunRow, Store, TaskRow
-from .errors import KeyInUse, TaskNotCompleted, TaskNotFound, TaskWaitTimeout
-from .states import TASK_FINAL, RunStatus, TaskStatus
+from .errors import KeyInUse, TaskNotCompleted, TaskNotFound, TaskWaitTimeout, WorkflowStateError
+from .states import TASK_FINAL, TASK_RETRY_BY_HAND, RunStatus, TaskStatus
 from .task_config import _UNSET
 
 R = TypeVar("R")
@@ -226,13 +226,20 @@ class TaskHandle(Generic[R]):
     def retry(self) -> bool:
         """Queue a failed or canceled task again, with a fresh retry budget (its attempt
         numbers go on; its runs stay). False if it is not failed or canceled (nothing
-        changes). Raises `KeyInUse` if its idempotency key is now held by another live task.
+        changes). Raises `KeyInUse` if its idempotency key is now held by another live task,
+        and `WorkflowStateError` for a step of a workflow that is paused or over (resume the
+        workflow instead).
         The handle is refreshed."""
         try:
             done = self._store.retry(self.id)
         except KeyInUse:
             raise KeyInUse(self._key_in_use_message()) from None
-        self.refresh()
+        row = self.refresh().row
+        if not done and row.workflow_id is not None and row.status in TASK_RETRY_BY_HAND:
+            raise WorkflowStateError(
+                f"task {self._label()} is a step of workflow {row.workflow_id}, which is paused "
+                "or over: resume the workflow (run.resume()) rather than retry its step"
+            )
         return done
 
     def _key_in_use_message(self) -> str:

@@ -149,10 +149,14 @@ WITH input AS MATERIALIZED (
         -- way an attempt ends but completion ends the task canceled.
         -- (A run the worker stopped as canceled with no request on the row, a stale request
         -- of an earlier attempt, is requeued as an interrupted one: it is not the task's.)
-        -- A pause of the task's workflow holds it the same way (paused), unless it completed.
+        -- A pause of the task's workflow holds it (paused) when the attempt was stopped, or
+        -- failed with retries left; a failure with none left still fails it.
         status = CASE WHEN o.run_status = 'completed' THEN 'completed'
                       WHEN t.cancel_requested_at IS NOT NULL THEN 'canceled'
-                      WHEN t.pause_requested_at IS NOT NULL THEN 'paused'
+                      WHEN t.pause_requested_at IS NOT NULL
+                           AND (o.run_status IN ('interrupted', 'canceled')
+                                OR (o.retryable AND t.failure_count + o.failed <= t.max_retries))
+                      THEN 'paused'
                       WHEN o.run_status IN ('interrupted', 'canceled') THEN 'queued'
                       WHEN o.retryable AND t.failure_count + o.failed <= t.max_retries THEN 'queued'
                       ELSE 'failed' END,
@@ -178,8 +182,7 @@ WITH input AS MATERIALIZED (
                                                   'attempt', o.attempt) END,
         finished_at = CASE WHEN o.run_status = 'completed'
                                 OR t.cancel_requested_at IS NOT NULL
-                                OR (t.pause_requested_at IS NULL
-                                    AND o.run_status NOT IN ('interrupted', 'canceled')
+                                OR (o.run_status NOT IN ('interrupted', 'canceled')
                                     AND NOT (o.retryable
                                              AND t.failure_count + o.failed <= t.max_retries))
                            THEN o.finished_at END
@@ -465,6 +468,10 @@ WITH queued AS (
     SET status = 'queued', failure_count = 0, run_after = now(), finished_at = NULL,
         cancel_requested_at = NULL, pause_requested_at = NULL, worker_id = NULL
     WHERE id = %(id)s::uuid AND status IN ('failed', 'canceled')
+      -- a workflow's step only while its run goes on (resume a paused one; a canceled one is over)
+      AND (workflow_id IS NULL
+           OR EXISTS (SELECT 1 FROM workflow AS w
+                      WHERE w.id = task.workflow_id AND w.state = 'running'))
     RETURNING id
 )
 SELECT id, pg_notify('hyrex_like_' || current_schema(), '') FROM queued
@@ -653,9 +660,9 @@ ORDER BY w.created_at DESC, w.id DESC
 LIMIT %(limit)s
 
 -- lock_workflow_steps --
--- A pause, resume or cancel first locks the workflow's unfinished step tasks: a step's
--- completion (its finish statement) holds its task row, then the workflow row (the hand-off);
--- taking them in the same order means waiting, never a deadlock.
+-- The second transaction of a pause, resume or cancel (the run's new state is committed) locks
+-- the run's unfinished step tasks before the workflow row, the order a hand-off takes them in:
+-- it waits for every hand-off that may have read the old state (see db/workflows.py).
 SELECT id FROM task
 WHERE workflow_id = %(id)s::uuid AND status IN ('queued', 'running', 'paused')
 ORDER BY workflow_step

@@ -10,7 +10,8 @@
 --    recorded it (whichever it is: a worker's finish, a rescue, a retry by hand) also inserts
 --    the steps that were waiting for it, in the same transaction. A crash cannot lose a step
 --    between two steps, nor make one twice (the unique index). When a step's task fails, the
---    workflow's on_failure task is queued the same way.
+--    workflow's on_failure task is queued the same way, and when one is canceled (by hand),
+--    its run is canceled.
 -- 4. task_status 'paused': a step held by a pause of its workflow, never claimed.
 --    task.pause_requested_at: a running step whose workflow was paused; its worker stops it as
 --    it stops a canceled task, and the task is held ('paused'), not canceled.
@@ -121,12 +122,15 @@ $$;
 -- a step with one step after it, is one read of the workflow row and one insert whose payload
 -- is the row's own result.
 --
--- Why the workflow row is not locked there: a pause, resume or cancel first locks the run's
--- unfinished step tasks (lock_workflow_steps), and the completing step's task row is one of
--- them, held by the statement completing it. So either the pause waits for this transaction
--- (and then sees the step this inserted), or this statement waited for the pause (and then
--- reads the state it wrote). A step that several steps lead into does take the workflow row,
--- exclusively: two of its predecessors completing at once must not both miss the other.
+-- Why the workflow row is read, not locked, there: a pause, resume or cancel commits the new
+-- state first (a transaction of its own), and only then, in a second one, locks the run's
+-- unfinished step tasks (lock_workflow_steps) and holds, releases or cancels them. A hand-off
+-- that starts after the state's commit reads it. One that read the old state belongs to a
+-- transaction that holds its completing step's task row, a row the second transaction's lock
+-- includes (the step was unfinished when it began): that lock waits for the hand-off's commit,
+-- and the statements after it see the steps it inserted. A step that several steps lead into
+-- does take the workflow row, exclusively: two of its predecessors completing at once must not
+-- both miss the other.
 CREATE FUNCTION workflow_step_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
@@ -140,17 +144,21 @@ DECLARE
 BEGIN
     IF NEW.status = 'completed' THEN
         SELECT w.state, w.steps INTO wf_state, steps FROM workflow AS w WHERE w.id = NEW.workflow_id;
-        IF NOT FOUND OR wf_state <> 'running' THEN
-            RETURN NULL;  -- paused: the resume starts what is ready; canceled: nothing more
+        IF NOT FOUND THEN
+            RETURN NULL;
         END IF;
         nexts := steps -> NEW.workflow_step -> 'next';
         IF nexts IS NULL THEN
             RETURN NULL;
         END IF;
         IF jsonb_array_length(nexts) = 0 THEN  -- the final step: the run completed
-            UPDATE workflow SET state = 'completed', finished_at = now()
-            WHERE id = NEW.workflow_id AND state = 'running';
+            -- (also when a pause came too late to stop it: every step completed)
+            UPDATE workflow SET state = 'completed', paused_at = NULL, finished_at = now()
+            WHERE id = NEW.workflow_id AND state IN ('running', 'paused');
             RETURN NULL;
+        END IF;
+        IF wf_state <> 'running' THEN
+            RETURN NULL;  -- paused: the resume starts what is ready; canceled: nothing more
         END IF;
         FOR nxt IN SELECT x::integer FROM jsonb_array_elements_text(nexts) AS x LOOP
             IF (steps -> nxt ->> 'fan_in')::boolean THEN
@@ -177,7 +185,7 @@ BEGIN
         PERFORM pg_notify('hyrex_like_' || current_schema(), '');
     ELSIF NEW.status = 'failed' THEN
         SELECT * INTO wf FROM workflow WHERE id = NEW.workflow_id;
-        IF FOUND AND wf.on_failure IS NOT NULL AND wf.state = 'running' THEN
+        IF FOUND AND wf.on_failure IS NOT NULL AND wf.state IN ('running', 'paused') THEN
             handler := workflow_task_id();
             INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
                               backoff_seconds, parent_id, root_id)
@@ -194,6 +202,10 @@ BEGIN
             UPDATE workflow SET on_failure_task_id = handler WHERE id = wf.id;
             PERFORM pg_notify('hyrex_like_' || current_schema(), '');
         END IF;
+    ELSIF NEW.status = 'canceled' THEN
+        -- a step canceled by hand (or stopped by a cancel) ends its run: nothing more starts
+        UPDATE workflow SET state = 'canceled', finished_at = now()
+        WHERE id = NEW.workflow_id AND state IN ('running', 'paused');
     END IF;
     RETURN NULL;
 END

@@ -4,11 +4,9 @@ reading one with its steps, listing them, and pausing, resuming and canceling on
 The hand-off from a step to the next is not here: it is the ``task_workflow_advance`` trigger
 (sql/0007_workflows.sql), in the transaction that records the step's completion.
 
-Pause, resume and cancel each run in one transaction that first locks the workflow's unfinished
-step tasks, then the workflow row: the order a step's completion takes them in (its finish
-statement holds its task row, then the trigger the workflow row), so the two wait for each other
-instead of deadlocking. A deadlock the database still finds (parallel steps finishing in one
-batch while a pause runs) is retried.
+Pause, resume and cancel each commit the run's new state first, then act on its steps in a
+second transaction (see "pause, resume, cancel" below); a deadlock the database still finds
+(parallel steps finishing in one batch while a pause runs) is retried.
 """
 
 from __future__ import annotations
@@ -157,6 +155,12 @@ def step_states(n: int, tasks: Sequence[TaskRow]) -> list[tuple[TaskStatus, int]
 
 
 # -- pause, resume, cancel ---------------------------------------------------------------
+# Each in two transactions. The first, under the workflow row's lock, decides from the run's
+# summary and commits the new state: a hand-off (the trigger) that starts after it reads it. The
+# second locks the run's unfinished step tasks, then the workflow row, checks the state is still
+# the one written, and holds, releases or cancels the steps. A hand-off that read the old state
+# holds a step row of that lock set, so the second transaction waits for it and then sees the
+# steps it inserted (see the trigger's comment in sql/0007_workflows.sql).
 
 
 def pause(store: Store, workflow_id: uuid.UUID) -> bool:
@@ -164,7 +168,7 @@ def pause(store: Store, workflow_id: uuid.UUID) -> bool:
     workers (their runs end interrupted, not counted) and held; no later step starts. False if
     it is paused already; `WorkflowStateError` if it is completed, canceled or failed."""
 
-    def act(c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow) -> bool:
+    def decide(c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow) -> bool:
         if status is WorkflowStatus.PAUSED:
             return False
         if status not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
@@ -173,13 +177,14 @@ def pause(store: Store, workflow_id: uuid.UUID) -> bool:
                 f"cannot pause workflow {row.name} ({row.id}): it is {status}; {hint}"
             )
         c.execute(q("set_workflow_state"), {"id": row.id, "state": WorkflowState.PAUSED})
-        c.execute(
-            q("pause_workflow_steps"),
-            {"id": row.id, "control": control_channel(store.schema)},
-        )
         return True
 
-    return _change(store, workflow_id, "pausing", act)
+    def act(c: psycopg.Connection[Any], decided: bool) -> None:
+        if decided:
+            params = {"id": workflow_id, "control": control_channel(store.schema)}
+            c.execute(q("pause_workflow_steps"), params)
+
+    return _change(store, workflow_id, "pausing", decide, WorkflowState.PAUSED, act)
 
 
 def resume(store: Store, workflow_id: uuid.UUID) -> WorkflowStatus:
@@ -188,21 +193,26 @@ def resume(store: Store, workflow_id: uuid.UUID) -> WorkflowStatus:
     steps are queued again with a fresh retry budget). Returns what it was (paused or failed);
     `WorkflowStateError` for any other status."""
 
-    def act(c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow) -> WorkflowStatus:
+    def decide(
+        c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow
+    ) -> WorkflowStatus:
         if status is WorkflowStatus.PAUSED:
             c.execute(q("set_workflow_state"), {"id": row.id, "state": WorkflowState.RUNNING})
-            c.execute(q("resume_workflow_steps"), {"id": row.id})
-            c.execute(q("start_ready_steps"), {"id": row.id})
-        elif status is WorkflowStatus.FAILED:
-            c.execute(q("retry_failed_steps"), {"id": row.id})
-        else:
+        elif status is not WorkflowStatus.FAILED:
             raise WorkflowStateError(
                 f"cannot resume workflow {row.name} ({row.id}): it is {status}; only a failed "
                 "or paused workflow can be resumed"
             )
         return status
 
-    return _change(store, workflow_id, "resuming", act)
+    def act(c: psycopg.Connection[Any], was: WorkflowStatus) -> None:
+        if was is WorkflowStatus.PAUSED:
+            c.execute(q("resume_workflow_steps"), {"id": workflow_id})
+            c.execute(q("start_ready_steps"), {"id": workflow_id})
+        else:
+            c.execute(q("retry_failed_steps"), {"id": workflow_id})
+
+    return _change(store, workflow_id, "resuming", decide, WorkflowState.RUNNING, act)
 
 
 def cancel(store: Store, workflow_id: uuid.UUID) -> bool:
@@ -210,46 +220,64 @@ def cancel(store: Store, workflow_id: uuid.UUID) -> bool:
     stopped by their workers; nothing more starts. False if it had completed or was canceled
     already."""
 
-    def act(c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow) -> bool:
-        if (
-            row.state in (WorkflowState.COMPLETED, WorkflowState.CANCELED)
-            or status is WorkflowStatus.COMPLETED
-        ):
+    def decide(c: psycopg.Connection[Any], status: WorkflowStatus, row: WorkflowRow) -> bool:
+        over = (WorkflowState.COMPLETED, WorkflowState.CANCELED)
+        if row.state in over or status is WorkflowStatus.COMPLETED:
             return False
         c.execute(q("set_workflow_state"), {"id": row.id, "state": WorkflowState.CANCELED})
-        c.execute(
-            q("cancel_workflow_steps"),
-            {"id": row.id, "control": control_channel(store.schema)},
-        )
         return True
 
-    return _change(store, workflow_id, "canceling", act)
+    def act(c: psycopg.Connection[Any], decided: bool) -> None:
+        if decided:
+            params = {"id": workflow_id, "control": control_channel(store.schema)}
+            c.execute(q("cancel_workflow_steps"), params)
+
+    return _change(store, workflow_id, "canceling", decide, WorkflowState.CANCELED, act)
 
 
 def _change(
     store: Store,
     workflow_id: uuid.UUID,
     doing: str,
-    act: Callable[[psycopg.Connection[Any], WorkflowStatus, WorkflowRow], T],
+    decide: Callable[[psycopg.Connection[Any], WorkflowStatus, WorkflowRow], T],
+    state: WorkflowState,
+    act: Callable[[psycopg.Connection[Any], T], None],
 ) -> T:
+    """``decide`` (first transaction: the workflow row locked, its summary read; it writes the
+    new state or raises), then ``act`` on the steps (second transaction: the steps' task rows
+    locked, then the workflow row; skipped if the state is no longer ``state``)."""
     what = f"{doing} workflow {workflow_id}"
+
+    def first(c: psycopg.Connection[Any]) -> T:
+        if c.execute(q("lock_workflow"), {"id": workflow_id}).fetchone() is None:
+            raise WorkflowNotFound(f"workflow {workflow_id} does not exist in this database/schema")
+        with c.cursor(row_factory=dict_row) as cur:
+            found = cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone()
+            tasks = cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
+        assert found is not None
+        row = WorkflowRow(**found)
+        rows = [TaskRow(**(t | {"status": TaskStatus(t["status"])})) for t in tasks]
+        status, _ = summarize(row.state, step_states(len(row.steps), rows))
+        return decide(c, status, row)
+
+    def second(c: psycopg.Connection[Any]) -> None:
+        c.execute(q("lock_workflow_steps"), {"id": workflow_id})
+        found = c.execute(q("lock_workflow"), {"id": workflow_id}).fetchone()
+        if found is not None and found[0] == state:  # (else another change came in between)
+            act(c, decided)
+
+    decided = _in_transaction(store, first, what)
+    _in_transaction(store, second, what)
+    return decided
+
+
+def _in_transaction(store: Store, work: Callable[[psycopg.Connection[Any]], T], what: str) -> T:
+    """``work`` in a transaction of its own; a deadlock the database broke is tried again."""
     for attempt in range(_RETRIES):
         try:
             with store.pool().connection() as c:
                 with c.transaction():
-                    c.execute(q("lock_workflow_steps"), {"id": workflow_id})
-                    if c.execute(q("lock_workflow"), {"id": workflow_id}).fetchone() is None:
-                        raise WorkflowNotFound(
-                            f"workflow {workflow_id} does not exist in this database/schema"
-                        )
-                    with c.cursor(row_factory=dict_row) as cur:
-                        found = cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone()
-                        tasks = cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
-                    assert found is not None
-                    row = WorkflowRow(**found)
-                    rows = [TaskRow(**(t | {"status": TaskStatus(t["status"])})) for t in tasks]
-                    status, _ = summarize(row.state, step_states(len(row.steps), rows))
-                    return act(c, status, row)
+                    return work(c)
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             if attempt == _RETRIES - 1:
                 raise _translate(exc, what) from exc

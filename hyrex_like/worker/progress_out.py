@@ -89,8 +89,8 @@ class ProgressOut:
                 continue
             try:
                 data = _progress_json(ctx.task_name, private["_progress"])
-            except (PayloadNotSerializable, PayloadTooLarge):
-                continue  # the attempt's end says so, if it is still its last value
+            except Exception:  # (a value JSON cannot hold, or one a task thread changed meanwhile)
+                continue  # the attempt's end checks its last value and says what is wrong
             item = (PROGRESS, ctx.task_id.bytes, ctx.attempt_number, data)
             with self.send_lock:
                 if self.ctx is not ctx:
