@@ -18,17 +18,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
-import pydantic_core
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from .errors import NoTaskContext, PayloadNotSerializable, PayloadTooLarge
-from .payloads import (
-    _ANY_SERIALIZER,
-    _FFFD,
-    MAX_NESTING_DEPTH,
-    _json_problem,
-    _serialization_problem,
-)
+from .errors import NoTaskContext, PayloadTooLarge
+from .payloads import checked_json
 
 T = TypeVar("T")
 
@@ -97,30 +90,13 @@ class HyrexContext(BaseModel):
 
 
 def _progress_json(task_name: str, value: Any) -> str:
-    """``value`` as JSON text, checked as results are (see `TaskDefinition.dump_result`)."""
-    try:
-        data = pydantic_core.to_json(value, inf_nan_mode="constants")
-    except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
-        why = _serialization_problem(exc, lambda: _ANY_SERIALIZER.to_python(value))
-        raise PayloadNotSerializable(
-            f"task {task_name} reported progress that cannot be stored as JSON "
-            f"({type(value).__name__}): {why}"
-        ) from None
+    """``value`` as JSON text, checked as results are (`payloads.checked_json`), and at most
+    `MAX_PROGRESS_BYTES`."""
+    data = checked_json(value, None, f"task {task_name} reported progress")
     if len(data) > MAX_PROGRESS_BYTES:
         raise PayloadTooLarge(
             f"task {task_name} reported progress of {len(data)} bytes as JSON; the limit is "
             f"{MAX_PROGRESS_BYTES} (MAX_PROGRESS_BYTES): report a small status, not data"
-        )
-    # The short and plain need no closer look (the common case, reported in a loop): too short
-    # to nest MAX_NESTING_DEPTH deep, no escaped NUL, no NaN or Infinity, no U+FFFD.
-    if len(data) < MAX_NESTING_DEPTH and not (
-        b"\\u0000" in data or b"NaN" in data or b"Infinity" in data or _FFFD in data
-    ):
-        return data.decode("utf-8")
-    problem = _json_problem(data, lambda: _ANY_SERIALIZER.to_python(value))
-    if problem is not None:
-        raise PayloadNotSerializable(
-            f"task {task_name} reported progress that cannot be stored as JSON: {problem}"
         )
     return data.decode("utf-8")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypedDict, TypeVar
 
@@ -271,18 +272,23 @@ class TaskHandle(Generic[R]):
 
     def wait(self, timeout: float | None = 60.0, poll_interval: float = 0.05) -> TaskHandle[R]:
         """Refresh until the task is completed, failed or canceled; raise TaskWaitTimeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = poll_interval
-        while True:
-            self.refresh()
-            if self.done:
-                return self
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TaskWaitTimeout(
-                    f"task {self._label()} is still {self.status} after {timeout}s"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+        if not poll_until(lambda: self.refresh().done, timeout, poll_interval):
+            raise TaskWaitTimeout(f"task {self._label()} is still {self.status} after {timeout}s")
+        return self
+
+
+def poll_until(done: Callable[[], bool], timeout: float | None, poll_interval: float) -> bool:
+    """Call ``done`` (which re-reads) until it says True (True), or ``timeout`` seconds have
+    passed (False), waiting ``poll_interval`` at first, then longer, at most 1 s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = poll_interval
+    while True:
+        if done():
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
 
 
 def _cancel(store: Store, task_id: uuid.UUID, children: bool, handle: TaskHandle[Any]) -> bool:

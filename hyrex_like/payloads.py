@@ -18,6 +18,8 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import SchemaSerializer
 
+from .errors import PayloadNotSerializable
+
 # An escaped NUL in JSON text (an even number of backslashes before it means it is literal).
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 # NaN, Infinity or -Infinity where our compact dumps put a value: not inside a string, mostly.
@@ -165,6 +167,28 @@ def _surrogate_key_problem(path: str, key: str) -> str:
         f"the dict key {key!r} at {path} holds a lone surrogate, which is not valid "
         "Unicode (stored, it would become U+FFFD); encode such data first (e.g. base64)"
     )
+
+
+def checked_json(value: Any, serializer: _Serializer | None, doing: str) -> bytes:
+    """``value`` as JSON text (by ``serializer``, else as plain data), refused unless it can be
+    stored and read back as it is: `PayloadNotSerializable` saying ``doing`` ("task x returned
+    a value") and what is wrong (NUL, NaN or Infinity, a lone surrogate, too deep, a type JSON
+    has no form for). The one rule for results and progress values."""
+    plain = serializer or _ANY_SERIALIZER
+    try:
+        if serializer is not None:
+            data = serializer.to_json(value)
+        else:
+            data = pydantic_core.to_json(value, inf_nan_mode="constants")
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+        why = _serialization_problem(exc, lambda: plain.to_python(value))
+        raise PayloadNotSerializable(
+            f"{doing} that cannot be stored as JSON ({type(value).__name__}): {why}"
+        ) from None
+    problem = _json_problem(data, lambda: plain.to_python(value))
+    if problem is not None:
+        raise PayloadNotSerializable(f"{doing} that cannot be stored as JSON: {problem}")
+    return data
 
 
 def _json_problem(data: bytes, plain: Callable[[], Any]) -> str | None:

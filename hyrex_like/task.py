@@ -29,7 +29,7 @@ from .context import (
 )
 from .errors import PayloadNotSerializable, PayloadTooLarge
 from .ids import new_task_id
-from .payloads import _ANY_SERIALIZER, _json_problem, _json_serializer, _serialization_problem
+from .payloads import _json_problem, _json_serializer, _serialization_problem, checked_json
 from .schedules import Schedule
 from .sending import TaskSender as TaskSender  # re-exported: senders are imported from here
 from .sending import _Sending
@@ -224,24 +224,8 @@ class TaskDefinition(_Sending[T, R]):
         """The return value as JSON text; raises PayloadNotSerializable if it cannot be
         stored as it is (the same rule as payloads: no NUL, NaN, Infinity, lone surrogate
         or nesting deeper than MAX_NESTING_DEPTH), typed or not."""
-        serializer = self._result_serializer
-        plain = serializer or _ANY_SERIALIZER
-        try:
-            if serializer is not None:
-                data = serializer.to_json(value)
-            else:
-                data = pydantic_core.to_json(value, inf_nan_mode="constants")
-        except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
-            why = _serialization_problem(exc, lambda: plain.to_python(value))
-            raise PayloadNotSerializable(
-                f"task {self.name} returned a value that cannot be stored as JSON "
-                f"({type(value).__name__}): {why}"
-            ) from None
-        problem = _json_problem(data, lambda: plain.to_python(value))
-        if problem is not None:
-            raise PayloadNotSerializable(
-                f"task {self.name} returned a value that cannot be stored as JSON: {problem}"
-            )
+        doing = f"task {self.name} returned a value"
+        data = checked_json(value, self._result_serializer, doing)
         return data.decode("utf-8")
 
     def call(self, payload: Any) -> Any:

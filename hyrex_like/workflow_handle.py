@@ -3,7 +3,6 @@ resume and cancel it."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +13,7 @@ from pydantic import TypeAdapter
 
 from .db import workflows as db
 from .errors import TaskNotCompleted, TaskWaitTimeout
-from .handle import TaskHandle
+from .handle import TaskHandle, poll_until
 from .states import TaskStatus
 from .workflow_status import WORKFLOW_DONE, WorkflowStatus, summarize
 
@@ -177,19 +176,12 @@ class WorkflowHandle(Generic[R]):
     def wait(self, timeout: float | None = 60.0, poll_interval: float = 0.05) -> WorkflowHandle[R]:
         """Refresh until the workflow is done (completed, failed, canceled or paused); raise
         `TaskWaitTimeout` after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = poll_interval
-        while True:
-            self.refresh()
-            if self.done:
-                return self
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TaskWaitTimeout(
-                    f"workflow {self.name} ({self.id}) is still {self.status} after {timeout}s"
-                    f" (at step {self.current_step})"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+        if not poll_until(lambda: self.refresh().done, timeout, poll_interval):
+            raise TaskWaitTimeout(
+                f"workflow {self.name} ({self.id}) is still {self.status} after {timeout}s"
+                f" (at step {self.current_step})"
+            )
+        return self
 
     def pause(self) -> bool:
         """Pause: the running step is stopped within about a second (its run recorded as
