@@ -751,7 +751,18 @@ def check(
     twice = [k for k in again if k not in undone_begun]
     if twice:
         violations.append(f"{len(twice)} attempts executed more than once, e.g. {twice[:3]}")
-    unrecorded = started - set(run_keys)
+    # The same undo, when the task was canceled before it ran again: the begun attempt is not
+    # run again, so it has no run row (its task ended canceled at a lower attempt count).
+    final = {t[0]: (t[2], t[3]) for t in tasks}
+    undone_canceled = {
+        k
+        for k in started - set(run_keys)
+        if final.get(k[0], ("", 0))[0] == "canceled"
+        and k[1] > final[k[0]][1]
+        and all(e.pid in run.killed_with_worker for e in execs[k])
+    }
+    undone_begun += sorted(undone_canceled)
+    unrecorded = started - set(run_keys) - undone_canceled
     if unrecorded:
         violations.append(
             f"{len(unrecorded)} executed attempts have no run row, e.g. {sorted(unrecorded)[:3]}"
@@ -847,7 +858,8 @@ def check(
         (
             "  begun, undone with their worker",
             f"{len(undone_begun)}",
-            "began before its worker was killed, start not yet written: undone, run again",
+            "began before its worker was killed, start not yet written: undone, run again"
+            " (or canceled first)",
         ),
         ("attempts executed twice", f"{len(twice)}", "must be 0"),
     ]
