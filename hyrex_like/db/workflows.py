@@ -98,9 +98,12 @@ def get_workflow(store: Store, workflow_id: uuid.UUID) -> tuple[WorkflowRow, lis
     """A workflow's row and its steps' task rows (in step order); `WorkflowNotFound`."""
 
     def read(c: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
+        # The steps first, then the row: whatever commits in between, the row is at least as
+        # new as the steps (a failed step's on_failure task id, a completed run's state are
+        # written with the step's status, never before it).
         with c.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone()
-            return row, cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
+            tasks = cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
+            return cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone(), tasks
 
     row, tasks = read_on_pool(store.pool(), read, f"reading workflow {workflow_id}")
     if row is None:
