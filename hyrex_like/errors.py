@@ -146,6 +146,11 @@ class KeyInUse(HyrexLikeError):
     """A retry by hand would queue a task whose idempotency key another live task now holds."""
 
 
+class InvalidKVArgument(HyrexLikeError, ValueError):
+    """``hy.kv`` got a key (a str of 1 to 512 characters, no NUL) or a ttl (positive, finite
+    seconds or a timedelta) it cannot use; nothing was written."""
+
+
 __all__ = [
     "ExecutorLost",
     "KeyInUse",
@@ -157,6 +162,7 @@ __all__ = [
     "DatabaseError",
     "DuplicateTaskName",
     "HyrexLikeError",
+    "InvalidKVArgument",
     "InvalidTaskId",
     "InvalidSchedule",
     "InvalidTaskOption",

@@ -737,3 +737,45 @@ SELECT id, status,
        CASE WHEN status = 'running'
             THEN pg_notify(%(control)s, worker_id::text || ' ' || id::text) END AS told
 FROM changed
+
+-- ===== The key-value store (hy.kv, #17) =====
+-- Expiry is compared with statement_timestamp(): inside a caller's long transaction (conn=) a
+-- key expires when its time comes, not when the transaction began. An expired row is never
+-- read back and counts as absent; the worker's upkeep deletes such rows (kv_delete_expired).
+
+-- kv_set --
+INSERT INTO kv (key, value, expires_at, updated_at)
+VALUES (%(key)s, %(value)s::jsonb,
+        statement_timestamp() + %(ttl)s::float8 * interval '1 second', statement_timestamp())
+ON CONFLICT (key) DO UPDATE
+SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at
+
+-- kv_set_if_absent --
+-- A row comes back if this statement wrote: a new key, or one whose value had expired. A
+-- concurrent insert of the same key waits for the first to commit, then sees its live row.
+INSERT INTO kv (key, value, expires_at, updated_at)
+VALUES (%(key)s, %(value)s::jsonb,
+        statement_timestamp() + %(ttl)s::float8 * interval '1 second', statement_timestamp())
+ON CONFLICT (key) DO UPDATE
+SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at
+WHERE kv.expires_at <= statement_timestamp()
+RETURNING true AS written
+
+-- kv_get --
+SELECT value FROM kv
+WHERE key = %(key)s AND (expires_at IS NULL OR expires_at > statement_timestamp())
+
+-- kv_delete --
+-- Deletes an expired row too, but says whether the key was live.
+DELETE FROM kv WHERE key = %(key)s
+RETURNING expires_at IS NULL OR expires_at > statement_timestamp() AS live
+
+-- kv_delete_expired --
+-- One batch of expired keys (kv_expires_idx), skipping rows another transaction holds; the
+-- outer condition is checked again on the locked row (a key set again meanwhile stays).
+DELETE FROM kv
+WHERE key IN (
+    SELECT key FROM kv WHERE expires_at <= statement_timestamp()
+    ORDER BY expires_at LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+) AND expires_at <= statement_timestamp()

@@ -27,6 +27,7 @@ from .errors import (
     UnknownTaskName,
 )
 from .handle import TaskHandle
+from .kv import KVMethods
 from .registry_workflows import WorkflowMethods
 from .schedules import Schedule, ScheduleInfo, bind_schedule, schedule_infos
 from .signature import _inspect_function
@@ -71,7 +72,7 @@ if typing.TYPE_CHECKING:
     from .runner import Worker
 
 
-class HyrexRegistry(WorkflowMethods):
+class HyrexRegistry(WorkflowMethods, KVMethods):
     """A set of tasks and the database they are sent to.
 
     The URL comes from ``database_url``, else ``HYREX_LIKE_DATABASE_URL``, else the embedded

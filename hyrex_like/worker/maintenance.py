@@ -1,6 +1,6 @@
 """Upkeep off the dispatch loop: the worker's heartbeat (which also finds cancels of its tasks
 whose NOTIFY it missed), the rescue of tasks held by workers whose heartbeat went stale, and
-(with --retention) the deletion of old finished tasks.
+(with --retention) the deletion of old finished tasks, and that of expired ``hy.kv`` keys.
 
 All run on a thread and a connection of their own, so a dead or slow database link never
 stalls dispatch, results or timeouts, and a busy loop never delays a heartbeat. The rescue
@@ -23,6 +23,7 @@ from ..config import WorkerOptions
 from ..db import WorkerQueries
 from ..observer import WorkerObserver
 from .connection import DB_ERRORS, describe
+from .kv_cleanup import KVCleanup
 from .retention import Retention
 from .service import ThreadService
 
@@ -56,6 +57,7 @@ class Maintenance(ThreadService):
         self.observer = observer or WorkerObserver()
         self.clock = clock
         self.retention = retention  # (--retention) run by the elected rescuer after its scan
+        self.kv_cleanup = KVCleanup(log, clock=clock)  # expired hy.kv keys, by the rescuer too
         self.leader = False  # holds the rescuer lock on `db`
         self._next_full_rescue = 0.0  # see WorkerQueries.rescue
 
@@ -85,6 +87,7 @@ class Maintenance(ThreadService):
                 self._rescue(db, now)
                 if self.retention is not None:  # one worker per schema prunes, briefly
                     self.retention.run_once(db, now)
+                self.kv_cleanup.run_once(db, now)
             else:
                 self.observer.maintenance_skipped("not_leader")
         except DB_ERRORS as exc:
