@@ -65,10 +65,11 @@ def _check_ttl(key: str, ttl: float | timedelta | None) -> float | None:
             f"kv key {key!r}: ttl must be seconds (a number) or a timedelta, not "
             f"{type(ttl).__name__}"
         )
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+    # (under a microsecond, the server's timestamps would round it to no time at all)
+    if not (math.isfinite(seconds) and 1e-6 <= seconds <= MAX_SECONDS):
         raise InvalidKVArgument(
-            f"kv key {key!r}: ttl must be more than 0 and at most {MAX_SECONDS:g} seconds "
-            f"(100 years), not {ttl!r}"
+            f"kv key {key!r}: ttl must be at least a microsecond and at most {MAX_SECONDS:g} "
+            f"seconds (100 years), not {ttl!r}"
         )
     return seconds
 

@@ -348,7 +348,7 @@ def test_a_value_over_max_kv_bytes_is_refused_naming_the_key(
 
 @pytest.mark.parametrize(
     "ttl",
-    [0, -1, 0.0, math.nan, math.inf, timedelta(0), timedelta(seconds=-5), 1e12, "10", True],
+    [0, -1, 0.0, 1e-7, math.nan, math.inf, timedelta(0), timedelta(seconds=-5), 1e12, "10", True],
 )
 def test_bad_ttls_are_refused(registry: HyrexRegistry, database_url: str, schema: str, ttl: Any):
     registry.migrate()

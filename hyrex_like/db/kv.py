@@ -79,8 +79,14 @@ def run(
                 return outcome(_rows(cur.execute(q(name), params)), default)
         if repeatable:
             return outcome(read_on_pool(store.pool(), once, what), default)
-        with store.pool().connection() as c:
-            return outcome(once(c), default)
+        pool = store.pool()
+        with pool.connection() as c:
+            try:
+                return outcome(once(c), default)
+            except psycopg.Error:
+                if c.broken:
+                    pool.check()  # (the next calls get live connections, not the dead ones)
+                raise
     except psycopg.Error as exc:
         raise _translate(exc, what) from exc
 
@@ -122,7 +128,10 @@ async def _aon_pool(
         try:
             return await once(c)
         except psycopg.Error:
-            if not (repeatable and c.broken):
+            if not c.broken:
+                raise
+            if not repeatable:
+                await pool.check()  # (the next calls get live connections, not the dead ones)
                 raise
     await pool.check()
     async with pool.connection() as c:

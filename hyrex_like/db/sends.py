@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ..logs import get_logger
@@ -126,12 +127,15 @@ async def asend_again(
 @contextmanager
 def _in_schema(store: Store, conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Any]]:
     store.ensure_schema()
-    with conn.cursor() as cur:
+    # tuple rows whatever the caller's connection makes (a web app's dict_row, say)
+    with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(_SWAP_SEARCH_PATH, (store.schema,)).fetchone()
         assert row is not None
-        yield cur
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-            cur.execute(_SET_SEARCH_PATH, (row[0],))
+        try:
+            yield cur
+        finally:  # (also when the statement raised, on an autocommit connection)
+            if _can_restore(conn):
+                cur.execute(_SET_SEARCH_PATH, (row[0],))
 
 
 @asynccontextmanager
@@ -139,12 +143,24 @@ async def _ain_schema(
     store: Store, conn: psycopg.AsyncConnection[Any]
 ) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
     await store.aensure_schema()
-    async with conn.cursor() as cur:
+    async with conn.cursor(row_factory=tuple_row) as cur:
         row = await (await cur.execute(_SWAP_SEARCH_PATH, (store.schema,))).fetchone()
         assert row is not None
-        yield cur
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-            await cur.execute(_SET_SEARCH_PATH, (row[0],))
+        try:
+            yield cur
+        finally:
+            if _can_restore(conn):
+                await cur.execute(_SET_SEARCH_PATH, (row[0],))
+
+
+def _can_restore(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """The caller's search_path can be put back: the connection works and is not in a failed
+    transaction (whose rollback undoes the change itself)."""
+    status = conn.info.transaction_status
+    return not conn.broken and status in (
+        psycopg.pq.TransactionStatus.IDLE,
+        psycopg.pq.TransactionStatus.INTRANS,
+    )
 
 
 # -- the call paths ------------------------------------------------------------------------
