@@ -11,6 +11,7 @@
     ├── PayloadNotSerializable    (also ValueError) a payload or result that cannot be stored
     │                             as JSON (NUL, NaN/Infinity, a lone surrogate, too deep)
     ├── InvalidTaskId             (also ValueError) `get_handle` got something that is no UUID
+    ├── InvalidKVArgument         (also ValueError) a `hy.kv` key or ttl it cannot use
     ├── TaskNotFound              (also LookupError) no task row with that id
     ├── WorkflowNotFound          (also LookupError) no workflow row with that id
     ├── WorkflowStateError        pause/resume/cancel asked of a workflow in the wrong state

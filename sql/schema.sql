@@ -1,6 +1,6 @@
--- hyrex-like schema, version 7: the current schema, written out whole.
+-- hyrex-like schema, version 8: the current schema, written out whole.
 --
--- What migrations 0001..0007 produce, as one readable file (tests/test_schema_file.py applies
+-- What migrations 0001..0008 produce, as one readable file (tests/test_schema_file.py applies
 -- both to fresh schemas and compares the catalogs). The numbered migrations stay the way a
 -- database gets here; change the schema with a new migration, then bring this file and the
 -- version above in line with it. Names are unqualified: it runs with search_path set to the
@@ -344,3 +344,12 @@ CREATE TRIGGER task_workflow_advance
     FOR EACH ROW
     WHEN (NEW.workflow_id IS NOT NULL AND NEW.status IS DISTINCT FROM OLD.status)
     EXECUTE FUNCTION workflow_step_changed();
+
+-- Keys and JSON values for tasks and applications (#17), with an optional expiry.
+CREATE TABLE kv (
+    key         text        PRIMARY KEY CHECK (length(key) BETWEEN 1 AND 512),
+    value       jsonb       NOT NULL,
+    expires_at  timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX kv_expires_idx ON kv (expires_at) WHERE expires_at IS NOT NULL;
