@@ -3,10 +3,11 @@ step driven on a connection, and a worker's upkeep running it."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import conninfo, sql
 
 from hyrex_like import HyrexRegistry
 from hyrex_like.db.kv import delete_expired
@@ -73,6 +74,8 @@ class _Log:
     def info(self, event: str, **fields: Any) -> None:
         self.events.append((event, fields))
 
+    warning = info
+
 
 def test_the_cleanup_deletes_expired_keys_in_batches_then_rests(
     registry: HyrexRegistry, database_url: str, schema: str
@@ -127,3 +130,39 @@ def test_a_workers_upkeep_deletes_expired_keys(
     )
     assert "kv_expired_deleted" in w.log()
     assert w.stop() == 0
+
+
+def test_a_cleanup_the_database_refuses_says_so_once_and_rests(
+    registry: HyrexRegistry, database_url: str, schema: str
+):
+    """A worker role left out of the store's grants: the clean-up is refused, logs it, rests an
+    hour (and raises nothing: the rescuer's pass goes on)."""
+    registry.migrate()
+    _fill(database_url, schema, expired=3, live=0, future=0)
+    role = f"kv_noperm_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        admin.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+        admin.execute(
+            sql.SQL("GRANT SELECT ON {}.kv TO {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+    try:
+        url = conninfo.make_conninfo(database_url, user=role)
+        log = _Log()
+        now = [100.0]
+        cleanup = KVCleanup(log, clock=lambda: now[0])
+        with _connect(url, schema) as db:
+            assert cleanup.run_once(db, now[0]) == 0
+            assert cleanup.run_once(db, now[0] + 60) == 0  # resting: not refused again
+        assert [e[0] for e in log.events] == ["kv_cleanup_refused"]
+        assert _kv_rows(database_url, schema) == 3
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
