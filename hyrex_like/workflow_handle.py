@@ -12,7 +12,7 @@ import pydantic
 from pydantic import TypeAdapter
 
 from .db import workflows as db
-from .errors import TaskNotCompleted, TaskWaitTimeout
+from .errors import TaskNotCompleted, TaskNotFound, TaskWaitTimeout
 from .handle import TaskHandle, poll_until
 from .states import TaskStatus
 from .workflow_status import WORKFLOW_DONE, WorkflowStatus, summarize
@@ -141,7 +141,13 @@ class WorkflowHandle(Generic[R]):
                 status=status,
             )
         last = len(self._loaded().steps) - 1
-        stored = next(t.result for t in self._tasks if t.workflow_step == last)
+        final = next((t for t in self._tasks if t.workflow_step == last), None)
+        if final is None or final.status != TaskStatus.COMPLETED:
+            raise TaskNotFound(
+                f"workflow {self.name} ({self.id}) completed, but its last step's task is gone "
+                "(deleted by retention): its result is no longer stored"
+            )
+        stored = final.result
         if self._result_adapter is None:
             value: R = stored
             return value

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from hyrex_like import HyrexRegistry, WorkflowStatus
+from hyrex_like import HyrexRegistry, TaskNotFound, WorkflowStatus
 from hyrex_like.db.admin import prune
 from hyrex_like.states import TASK_FINAL
 
@@ -111,3 +111,17 @@ def test_an_old_completed_or_canceled_workflow_goes_with_its_steps(
     left = {r[0] for r in db.execute("SELECT id FROM workflow").fetchall()}
     assert left == {young.id}
     assert _steps(db, young.id) == [(0, "completed"), (1, "completed")]
+
+
+def test_a_completed_run_whose_steps_retention_deleted_reads_completed_without_a_result(
+    registry: HyrexRegistry, db: psycopg.Connection[Any]
+) -> None:
+    wf = _workflow(registry)
+    run = wf.send(1)
+    _complete(db, run.id, 0, "2")
+    _complete(db, run.id, 1, "4")
+    assert run.refresh().result == 4
+    db.execute("DELETE FROM task WHERE workflow_id = %s", (run.id,))  # as a prune walk does
+    assert run.refresh().status is WorkflowStatus.COMPLETED
+    with pytest.raises(TaskNotFound, match="deleted by retention"):
+        assert run.result is None

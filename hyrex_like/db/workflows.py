@@ -100,10 +100,21 @@ def get_workflow(store: Store, workflow_id: uuid.UUID) -> tuple[WorkflowRow, lis
     def read(c: psycopg.Connection[Any]) -> tuple[Any, list[Any]]:
         # The steps first, then the row: whatever commits in between, the row is at least as
         # new as the steps (a failed step's on_failure task id, a completed run's state are
-        # written with the step's status, never before it).
+        # written with the step's status, never before it). A row that says completed while
+        # the steps read before it do not: the last step completed in between; read them again.
         with c.cursor(row_factory=dict_row) as cur:
             tasks = cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
-            return cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone(), tasks
+            row = cur.execute(q("get_workflow"), {"id": workflow_id}).fetchone()
+            if (
+                row is not None
+                and row["state"] == WorkflowState.COMPLETED
+                and (
+                    len(tasks) < len(row["steps"])
+                    or any(t["status"] != TaskStatus.COMPLETED for t in tasks)
+                )
+            ):
+                tasks = cur.execute(q("get_workflow_tasks"), {"id": workflow_id}).fetchall()
+            return row, tasks
 
     row, tasks = read_on_pool(store.pool(), read, f"reading workflow {workflow_id}")
     if row is None:
