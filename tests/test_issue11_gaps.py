@@ -1,6 +1,6 @@
 """Promises of issue #11 that no other test could fail on: the README's app sends nothing when
 imported (the worker imports it), and the tests' own address check never lets a URL without a
-host or port stand for the server on 127.0.0.1:5432."""
+host or port stand for a server it was not given (libpq's default host and port)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_importing_the_readme_app_sends_nothing(database_url: str, schema: str, 
     "url",
     [
         "postgresql:///test",  # no host: libpq's local socket
-        "postgresql://postgres@127.0.0.1/test",  # no port: libpq's 5432
+        "postgresql://postgres@127.0.0.1/test",  # no port: libpq's default one
         "postgresql://postgres@:6543/test",
         "host=/var/run/postgresql port=5433 dbname=test",  # a socket directory, not TCP
         "dbname=test",
