@@ -321,7 +321,7 @@ def explain_finish(url: str, limit: int) -> str:
     wid = uuid.uuid4()
     # the worker's own session settings (see hyrex_like.db.WORKER_PLANNER_OPTIONS)
     with psycopg.connect(url, options="-c search_path=hyrex_like " + WORKER_PLANNER_OPTIONS) as c:
-        rows, _ = WorkerQueries.claim(c, wid, ["noop"], [], limit)
+        rows, _, _ = WorkerQueries.claim(c, wid, ["noop"], [], limit)
         now = time.time()
         done = [
             FinishedRow(

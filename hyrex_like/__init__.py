@@ -11,6 +11,7 @@ from .errors import (
     ExecutorLost,
     HyrexLikeError,
     InvalidKVArgument,
+    InvalidQueueSetting,
     InvalidSchedule,
     InvalidTaskId,
     InvalidTaskOption,
@@ -35,6 +36,7 @@ from .errors import (
 from .handle import TaskError, TaskHandle, TaskRun
 from .observer import WorkerObserver
 from .payloads import MAX_NESTING_DEPTH
+from .queues import QueueInfo
 from .registry import HyrexRegistry
 from .schedules import Schedule, ScheduleInfo, cron, crontab, every
 from .states import RunStatus, TaskStatus, WorkflowState
@@ -56,6 +58,7 @@ __all__ = [
     "HyrexLikeError",
     "HyrexRegistry",
     "InvalidKVArgument",
+    "InvalidQueueSetting",
     "InvalidSchedule",
     "InvalidTaskId",
     "InvalidTaskOption",
@@ -64,6 +67,7 @@ __all__ = [
     "NoTaskContext",
     "PayloadNotSerializable",
     "PayloadTooLarge",
+    "QueueInfo",
     "RunStatus",
     "Schedule",
     "ScheduleInfo",

@@ -157,6 +157,8 @@ class Dispatcher:
             self.ledger, self.pool.cancel_head, self.pool.take_back, self.stats, self.log
         )
         self.conns.on_cancel = self.cancels.request  # (on the loop's thread: no wake needed)
+        self.conns.on_pause = self._queue_paused
+        self.completer.limited_ids = self.claimer.limited_ids  # one set: see Claimer
         self._grace_deadline = math.inf
         # The loop's steps, in order (named for the observer's `step` hook).
         self._steps: tuple[tuple[str, Callable[[], object]], ...] = (
@@ -243,6 +245,19 @@ class Dispatcher:
         """From the upkeep thread: the heartbeat found cancels of tasks this worker runs."""
         self.cancels.request(task_ids)
         self.signals.wake()
+
+    def _queue_paused(self, queue: str) -> None:
+        """On the loop's thread: ``queue`` was paused. What this worker claimed of it and has
+        not handed to an executor goes back unstarted (what an executor holds still runs:
+        at most --prefetch per executor)."""
+        ready = self.ledger.ready
+        back = [job for job in ready if job.queue == queue]
+        if back:
+            kept = [job for job in ready if job.queue != queue]
+            ready.clear()
+            ready.extend(kept)
+            self.ledger.giveback.extend(back)
+            self.log.info("queue_paused", queue=queue, given_back=len(back))
 
     def _finished(self) -> bool:
         if not self.ledger.stopping:

@@ -152,6 +152,11 @@ class InvalidKVArgument(HyrexLikeError, ValueError):
     seconds or a timedelta) it cannot use; nothing was written."""
 
 
+class InvalidQueueSetting(InvalidTaskOption):
+    """A queue name (1 to 255 characters, no control characters) or a concurrency limit (a
+    positive int, or None for none) that cannot be used; nothing was written."""
+
+
 __all__ = [
     "ExecutorLost",
     "KeyInUse",
@@ -164,6 +169,7 @@ __all__ = [
     "DuplicateTaskName",
     "HyrexLikeError",
     "InvalidKVArgument",
+    "InvalidQueueSetting",
     "InvalidTaskId",
     "InvalidSchedule",
     "InvalidTaskOption",

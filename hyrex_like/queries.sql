@@ -72,14 +72,20 @@ FROM STDIN
 
 -- claim_tasks --
 -- One round trip per batch: lock queued rows this worker can run (SKIP LOCKED, so workers
--- never wait on each other), mark them running and open their run rows.
-WITH picked AS (
+-- never wait on each other), mark them running and open their run rows. Paused and limited
+-- queues are left out (read once per statement from the small queue table, an initplan);
+-- claim_limited_tasks claims the limited ones.
+WITH held AS MATERIALIZED (
+    SELECT name, concurrency_limit, paused_at FROM queue
+    WHERE paused_at IS NOT NULL OR concurrency_limit IS NOT NULL
+), picked AS (
     SELECT id
     FROM task
     WHERE status = 'queued'
       AND run_after <= now()
       AND task_name = ANY(%(task_names)s::text[])
       AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+      AND queue <> ALL((SELECT coalesce(array_agg(name::text), '{}') FROM held)::text[])
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -99,14 +105,18 @@ WITH picked AS (
     SELECT id, attempt_count, 'running', %(worker_id)s FROM claimed
 )
 SELECT id, task_name, queue, priority, args::text, attempt_count, max_retries,
-       timeout_seconds, parent_id, root_id, scheduled_for, NULL::double precision AS due_in
+       timeout_seconds, parent_id, root_id, scheduled_for, NULL::double precision AS due_in,
+       NULL::text[] AS limited
 FROM claimed
 UNION ALL
--- A claim that found fewer rows than it asked for ends with one more row, whose id is NULL:
--- in how many seconds the next task this worker could run is due (NULL: none is waiting), so
--- an idle worker wakes then rather than at its next poll. task_due_idx holds only tasks that
--- wait (run_after > created_at), by name and time: one index probe per task name.
+-- Every claim ends with one more row, whose id is NULL. Its due_in, when the claim found fewer
+-- rows than it asked for: in how many seconds the next task this worker could run is due
+-- (NULL: none is waiting), so an idle worker wakes then rather than at its next poll.
+-- task_due_idx holds only tasks that wait (run_after > created_at), by name and time: one
+-- index probe per task name. Its limited: the limited queues (not paused) this worker serves,
+-- which it claims with claim_limited_tasks.
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       CASE WHEN (SELECT count(*) FROM claimed) < %(limit)s THEN
        (SELECT extract(epoch FROM min(w.run_after) - now())::double precision
         FROM unnest(%(task_names)s::text[]) AS n(name)
         CROSS JOIN LATERAL (
@@ -115,10 +125,18 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
               AND d.run_after > now()
               AND (cardinality(%(queues)s::text[]) = 0 OR d.queue = ANY(%(queues)s::text[]))
             ORDER BY d.run_after
-            LIMIT 1) AS w)
-WHERE (SELECT count(*) FROM claimed) < %(limit)s
--- the order executors start them in (ids are time-ordered); the due row last
+            LIMIT 1) AS w) END,
+       (SELECT coalesce(array_agg(h.name::text ORDER BY h.name), '{}') FROM held AS h
+        WHERE h.concurrency_limit IS NOT NULL AND h.paused_at IS NULL
+          AND (cardinality(%(queues)s::text[]) = 0 OR h.name = ANY(%(queues)s::text[])))
+-- the order executors start them in (ids are time-ordered); the extra row last
 ORDER BY priority DESC NULLS LAST, id
+
+-- claim_limited_tasks --
+-- Claims from the limited queues (see sql/0009_queues.sql); the last row (id NULL, blocked
+-- true) comes only when a queue with tasks ready was at its limit.
+SELECT * FROM claim_limited_tasks(%(worker_id)s, %(task_names)s::text[], %(queues)s::text[],
+                                  %(limit)s)
 
 -- finish_runs --
 -- One round trip per batch of finished attempts. The guard (same attempt, same worker) makes a
@@ -779,3 +797,50 @@ WHERE key IN (
     ORDER BY expires_at LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ) AND expires_at <= statement_timestamp()
+
+-- queue_set_limit --
+-- A queue's concurrency limit (NULL: none); the queue's row is made if it has none. Wakes the
+-- workers, who may now claim more.
+WITH changed AS (
+    INSERT INTO queue (name, concurrency_limit) VALUES (%(name)s, %(limit)s)
+    ON CONFLICT (name) DO UPDATE SET concurrency_limit = excluded.concurrency_limit,
+                                     updated_at = now()
+    RETURNING name
+)
+SELECT name, pg_notify(%(channel)s, '') FROM changed
+
+-- queue_pause --
+-- Pause a queue (kept paused if it was): claims leave it out from now on. Tells the workers on
+-- the control channel, so each hands back what it claimed of it and has not started.
+WITH changed AS (
+    INSERT INTO queue (name, paused_at) VALUES (%(name)s, now())
+    ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(queue.paused_at, now()),
+                                     updated_at = now()
+    RETURNING name
+)
+SELECT name, pg_notify(%(control)s, 'pause ' || name) FROM changed
+
+-- queue_resume --
+-- Resume a queue: true if it was paused. Wakes the workers to claim it.
+WITH changed AS (
+    UPDATE queue SET paused_at = NULL, updated_at = now()
+    WHERE name = %(name)s AND paused_at IS NOT NULL
+    RETURNING name
+)
+SELECT EXISTS (SELECT 1 FROM changed), pg_notify(%(channel)s, '')
+
+-- list_queues --
+-- Every queue with a setting or with tasks queued or running: its limit, when it was paused,
+-- and how many of its tasks are queued (ready or waiting) and running.
+WITH counts AS (
+    SELECT queue, count(*) FILTER (WHERE status = 'queued') AS queued,
+           count(*) FILTER (WHERE status = 'running') AS running
+    FROM task
+    WHERE status IN ('queued', 'running')
+    GROUP BY queue
+)
+SELECT coalesce(q.name, c.queue)::text AS name, q.concurrency_limit, q.paused_at,
+       coalesce(c.queued, 0) AS queued, coalesce(c.running, 0) AS running
+FROM queue AS q
+FULL JOIN counts AS c ON c.queue = q.name
+ORDER BY 1

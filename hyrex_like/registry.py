@@ -28,6 +28,8 @@ from .errors import (
 )
 from .handle import TaskHandle
 from .kv import KVMethods
+from .queues import QueueInfo as QueueInfo  # re-exported
+from .queues import QueueMethods
 from .registry_workflows import WorkflowMethods
 from .schedules import Schedule, ScheduleInfo, bind_schedule, schedule_infos
 from .signature import _inspect_function
@@ -72,7 +74,7 @@ if typing.TYPE_CHECKING:
     from .runner import Worker
 
 
-class HyrexRegistry(WorkflowMethods, KVMethods):
+class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods):
     """A set of tasks and the database they are sent to.
 
     The URL comes from ``database_url``, else ``HYREX_LIKE_DATABASE_URL``, else the embedded

@@ -32,7 +32,7 @@ def setup(registry: HyrexRegistry) -> Iterator[tuple[HyrexRegistry, Any, psycopg
 
 def _claim(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> list[Any]:
     WorkerQueries.register(conn, worker_id, "host", 1, [], ["job"], 1)
-    rows, _ = WorkerQueries.claim(conn, worker_id, ["job"], [], 10)
+    rows, _, _ = WorkerQueries.claim(conn, worker_id, ["job"], [], 10)
     return rows
 
 

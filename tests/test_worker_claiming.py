@@ -203,7 +203,7 @@ def test_finishing_and_giving_back_a_batch_look_up_each_task_on_a_small_table(
         # generic plan, which knows nothing of the batch's size
         for mode in ("custom", "generic"):
             for name, params in (("finish_runs", finish), ("give_back_tasks", give_back)):
-                rows, _ = WorkerQueries.claim(c, wid, [small.name], [], 1000)
+                rows, _, _ = WorkerQueries.claim(c, wid, [small.name], [], 1000)
                 assert len(rows) == 1000
                 cur = psycopg.ClientCursor(c)  # values inlined: the planner sees the batch
                 values = params(rows)

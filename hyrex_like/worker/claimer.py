@@ -3,6 +3,12 @@ connection, and puts what it claimed in the ledger.
 
 One statement claims a batch and opens its run rows. At most one claim is in flight; meanwhile
 the loop goes on, so each claim's batch grows with the load.
+
+Paused queues are never claimed. Limited queues (a concurrency limit across every worker) are
+claimed by a statement of their own, before the others and only for the executors idle now, so
+a worker never holds a limited queue's slots while its executors are busy. Each claim says
+which limited queues this worker serves, so a worker runs that statement only while there are
+some; when one of their tasks ends here, the write wakes every worker (`limited_ids`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ CLAIM_MAX = 1_000  # rows per claim statement
 AHEAD_SECONDS = 0.2  # auto prefetch: hold at most what starts within this long at the pace seen
 FIRST_CLAIM_MAX = 100  # until something was claimed: executors start on it ~15 ms sooner
 DUE_MARGIN = 0.001  # wake this long after a waiting task is due, never before (clocks, rounding)
+# A limited queue at its limit is claimed again when one of its tasks ends (their worker's
+# write wakes every worker) and, should that wake-up be missed, after this long.
+BLOCKED_RECHECK = 1.0
 
 
 @dataclass
@@ -39,6 +48,10 @@ class _Round:
     db: psycopg.Connection[Any]
     claim: int
     generation: int
+    idle: int = 0  # executors with nothing to run: what a limited claim may take at most
+    limited: list[str] | None = None  # the limited queues this worker serves, as of this claim
+    limited_claimed: int = 0  # of `claimed`, those from limited queues (the first ones)
+    blocked: bool = False  # a limited queue with tasks ready was at its limit
     claimed: list[Job] | None = None
     due: float | None = None  # seconds until the next waiting task is due (a short claim's)
     began: float = 0.0  # monotonic, just before the statement was sent (what ``due`` counts from)
@@ -82,6 +95,9 @@ class Claimer:
         self._rate = 0.0  # attempts finished per second, smoothed
         self._rate_at = (time.monotonic(), 0)
         self._debug = options.log_level == "debug"
+        self.limited: list[str] = []  # limited queues this worker serves (from the last claim)
+        # tasks claimed from limited queues, until their end is written (see `Completer`)
+        self.limited_ids: set[uuid.UUID] = set()
 
     def poll(self, now: float) -> None:
         """Every --poll-interval, claim even without a NOTIFY (one may have been missed); and
@@ -125,6 +141,8 @@ class Claimer:
             # be for a task its snapshot missed, and must bring another claim.
             self.ledger.claim_wanted = False
             job = _Round(conns.claim_db, claim, conns.generation)
+            ledger = self.ledger
+            job.idle = self.options.processes - ledger.running() - len(ledger.ready)
             job.future = conns.run(conns.claimer, conns.claim_db, self._run, job)
             self.round = job
             self.ledger.claiming = claim
@@ -134,9 +152,19 @@ class Claimer:
         try:
             job.began = time.monotonic()
             began = time.perf_counter()
-            job.claimed, job.due = WorkerQueries.claim(
-                job.db, self.worker_id, self.task_names, self.queues, job.claim, Job
-            )
+            limited: list[Job] = []
+            if self.limited and job.idle > 0:
+                limited, job.blocked = WorkerQueries.claim_limited(
+                    job.db, self.worker_id, self.task_names, self.queues, job.idle, Job
+                )
+                job.limited_claimed = len(limited)
+            rest = job.claim - len(limited)
+            claimed: list[Job] = []
+            if rest > 0:
+                claimed, job.due, job.limited = WorkerQueries.claim(
+                    job.db, self.worker_id, self.task_names, self.queues, rest, Job
+                )
+            job.claimed = limited + claimed
             job.seconds = time.perf_counter() - began
         except DB_ERRORS as exc:
             job.error = exc
@@ -177,12 +205,24 @@ class Claimer:
                 self.next_due = job.began + max(0.0, job.due) + DUE_MARGIN
             elif len(job.claimed) < job.claim:
                 self.next_due = math.inf  # nothing waits that this worker could run
+            self._limited(job)
             self._take(job.claimed, job.claim)
         else:
             self.ledger.claim_wanted = True  # the claim failed: what it was for is still waiting
         # A claim never outlives its connections (see Connections.ensure); checked anyway.
         if job.error is not None and job.generation == self.conns.generation:
             self.conns.lost(job.error)
+
+    def _limited(self, job: _Round) -> None:
+        """Take in what a claim says of the limited queues."""
+        assert job.claimed is not None
+        self.limited_ids.update(j.task_id for j in job.claimed[: job.limited_claimed])
+        if job.limited is not None and job.limited != self.limited:
+            if set(job.limited) - set(self.limited):
+                self.ledger.claim_wanted = True  # a queue newly limited: claim it now
+            self.limited = job.limited
+        if job.blocked:
+            self.next_due = min(self.next_due, time.monotonic() + BLOCKED_RECHECK)
 
     def _take(self, jobs: list[Job], asked: int) -> None:
         full = len(jobs) == asked

@@ -81,6 +81,10 @@ class Completer:
         self.marks = StartMarks(running_heads)
         self.round: _Round | None = None
         self.retry_at = math.inf  # when the next retry written so far becomes due
+        # Tasks this worker claimed from limited queues (the claimer's set): a write that ends
+        # one, or hands it back, frees a slot of its queue, so it wakes every worker.
+        self.limited_ids: set[uuid.UUID] = set()
+        self.channel = conns.registry.store.channel
 
     def start(self) -> None:
         """Start a write on the writer's thread, if none is in flight and one is needed."""
@@ -136,9 +140,20 @@ class Completer:
             if job.marks:
                 WorkerQueries.mark_started(job.db, self.worker_id, job.marks)
                 job.marked = True
+            if self.limited_ids and self._frees_limited(job):
+                WorkerQueries.notify(job.db, self.channel)
         except DB_ERRORS as exc:
             job.error = exc
         return job
+
+    def _frees_limited(self, job: _Round) -> bool:
+        """Whether this write ended (or handed back) a task of a limited queue. On the writer's
+        thread: reads the set only by membership, as the loop's thread changes it."""
+        limited = self.limited_ids
+        ended = [r.task_id for r in job.batch.finished] if job.returned is not None else []
+        if job.gave_back:
+            ended += [j.task_id for j in job.batch.giveback]
+        return any(task_id in limited for task_id in ended)
 
     def _write_finished(self, db: psycopg.Connection[Any], rows: list[FinishedRow]) -> Returned:
         try:
@@ -174,6 +189,11 @@ class Completer:
     def _apply(self, job: _Round) -> None:
         batch = job.batch
         self.ledger.written(batch)
+        if self.limited_ids:
+            if job.returned is not None:
+                self.limited_ids.difference_update(r.task_id for r in batch.finished)
+            if job.gave_back:
+                self.limited_ids.difference_update(j.task_id for j in batch.giveback)
         if job.marked:  # (marks not written are due again at the next round)
             self.marks.written(job.marks)
         if batch.giveback and not job.gave_back:
@@ -187,8 +207,8 @@ class Completer:
                 task_ids=[str(j.task_id) for j in batch.giveback],
                 reason="claimed but not started before the shutdown; queued again as they were"
                 if self.ledger.stopping
-                else "handed over: no executor of this worker could start them soon; queued "
-                "again as they were",
+                else "handed over (no executor of this worker could start them soon) or their "
+                "queue was paused; queued again as they were",
             )
         if job.returned is None:
             self.ledger.write_failed(None, batch.finished)

@@ -100,6 +100,8 @@ class Connections:
         self.before_close: Callable[[], object] = lambda: None
         # Called with the task ids a control-channel NOTIFY asks this worker to cancel.
         self.on_cancel: Callable[[list[uuid.UUID]], object] = lambda task_ids: None
+        # Called with the name of a queue a control-channel NOTIFY says was paused.
+        self.on_pause: Callable[[str], object] = lambda queue: None
         self._control = registry.store.control_channel
         self._me = str(worker_id)
 
@@ -225,7 +227,7 @@ class Connections:
         """Take the NOTIFYs on the LISTEN connection (if among ``ready``): one on the queue's
         channel asks for a claim; one on the control channel naming this worker asks it to
         cancel a task (payload: worker id, space, task id; those for other workers are
-        ignored)."""
+        ignored); one saying ``pause <queue>`` tells every worker that queue was paused."""
         if self.listen is not None and self.listen.fileno() in ready:
             cancel: list[uuid.UUID] = []
             try:
@@ -234,7 +236,9 @@ class Connections:
                         self.ledger.claim_wanted = True
                         continue
                     worker, _, task = note.payload.partition(" ")
-                    if worker == self._me:
+                    if worker == "pause":
+                        self.on_pause(task)
+                    elif worker == self._me:
                         try:
                             cancel.append(uuid.UUID(task))
                         except ValueError:

@@ -1,0 +1,148 @@
+"""``hyrex-like queue pause|resume|limit`` and ``hyrex-like queues``: queue settings, stored in
+the database (every worker obeys them), and the queues with their counts. No app is imported."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..queues import MAX_CONCURRENCY_LIMIT, QueueInfo
+from ..registry import HyrexRegistry
+from .common import EXIT_NOTHING_CHANGED
+
+
+def _limit(text: str) -> int | None:
+    """``none`` (no limit) or a positive int."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_CONCURRENCY_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a concurrency limit: give 1 to {MAX_CONCURRENCY_LIMIT}, or "
+            "'none' to remove the limit"
+        )
+    return value
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The queue and queues subcommands."""
+    q = sub.add_parser(
+        "queue",
+        help="pause, resume or limit a queue",
+        description="Change a queue's settings, stored in the database so every worker obeys "
+        "them from its next claim.",
+    )
+    actions = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    pause = actions.add_parser(
+        "pause",
+        help="stop workers from starting its tasks",
+        description="Pause a queue: no worker claims its tasks from now on, and what a worker "
+        "claimed and had not started goes back; running tasks finish. Exit code 0.",
+    )
+    resume = actions.add_parser(
+        "resume",
+        help="let workers claim it again",
+        description="Resume a paused queue. Exit code 0 when it was paused, 1 when it was not "
+        "(nothing changes).",
+    )
+    limit = actions.add_parser(
+        "limit",
+        help="set how many of its tasks run at once, across all workers",
+        description="Set a queue's concurrency limit: never more than N of its tasks run at "
+        "once across every worker. 'none' removes the limit. Exit code 0.",
+    )
+    for action in (pause, resume, limit):
+        action.add_argument("name", metavar="NAME", help="the queue's name")
+    limit.add_argument("limit", metavar="N", type=_limit, help="a positive number, or 'none'")
+    for action in (pause, resume, limit):
+        common(action)
+
+    ls = sub.add_parser(
+        "queues",
+        help="list queues with their limit, pause, queued and running counts",
+        description="List every queue that has a setting or tasks queued or running: its "
+        "concurrency limit, whether it is paused, and how many of its tasks are queued (ready "
+        "or waiting for their time) and running.",
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON array of objects")
+    common(ls)
+
+
+def _registry(args: argparse.Namespace) -> HyrexRegistry:
+    return HyrexRegistry(args.database_url, schema=args.schema)
+
+
+def _queue(args: argparse.Namespace) -> int:
+    hy = _registry(args)
+    try:
+        if args.queue_command == "pause":
+            hy.pause_queue(args.name)
+            print(f"queue {args.name!r} paused: no worker starts its tasks until it is resumed")
+        elif args.queue_command == "resume":
+            if not hy.resume_queue(args.name):
+                print(f"queue {args.name!r} was not paused: nothing changed")
+                return EXIT_NOTHING_CHANGED
+            print(f"queue {args.name!r} resumed")
+        else:
+            info = hy.queue(args.name, concurrency_limit=args.limit)
+            if info.concurrency_limit is None:
+                print(f"queue {args.name!r} has no concurrency limit")
+            else:
+                print(
+                    f"queue {args.name!r}: at most {info.concurrency_limit} of its tasks run at "
+                    f"once ({info.running} running now)"
+                )
+    finally:
+        hy.close()
+    return 0
+
+
+def _as_json(info: QueueInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "concurrency_limit": info.concurrency_limit,
+        "paused": info.paused,
+        "paused_at": info.paused_at.isoformat() if info.paused_at else None,
+        "queued": info.queued,
+        "running": info.running,
+    }
+
+
+def _queues(args: argparse.Namespace) -> int:
+    hy = _registry(args)
+    try:
+        infos = hy.queues()
+    finally:
+        hy.close()
+    if args.json:
+        print(json.dumps([_as_json(i) for i in infos]))
+        return 0
+    if not infos:
+        print("no queues: no task is queued or running, and no queue is paused or limited")
+        return 0
+    header = ("QUEUE", "LIMIT", "PAUSED", "QUEUED", "RUNNING")
+    rows = [
+        (
+            i.name,
+            "-" if i.concurrency_limit is None else str(i.concurrency_limit),
+            "yes" if i.paused else "no",
+            str(i.queued),
+            str(i.running),
+        )
+        for i in infos
+    ]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "queue": _queue,
+    "queues": _queues,
+}
