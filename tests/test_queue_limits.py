@@ -1,0 +1,91 @@
+"""A queue's concurrency limit holds across every worker (DESIGN invariant 9): 3 workers with 4
+executors each never run more than 2 tasks of a queue limited to 2, the queue drains, and the
+queues without a limit beside it still run many at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hyrex_like import HyrexRegistry
+
+from .helpers import Worker, done, wait_until, worker_ids
+
+APP = "queue_app:hy"
+
+
+@pytest.fixture
+def qapp(app_registry: Callable[[HyrexRegistry], HyrexRegistry]) -> Any:
+    from .apps import queue_app
+
+    app_registry(queue_app.hy)
+    return queue_app
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) intervals open at one instant (an end before a start
+    at the same instant: back to back is not overlap)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    now = top = 0
+    for _, step in events:
+        now += step
+        top = max(top, now)
+    return top
+
+
+def test_most_at_once() -> None:
+    assert most_at_once([(0, 1), (1, 2)]) == 1
+    assert most_at_once([(0, 2), (1, 3), (1.5, 4)]) == 3
+
+
+def test_a_limit_of_two_holds_across_three_workers_and_the_queue_drains(
+    worker: Callable[..., Worker],
+    registry: HyrexRegistry,
+    qapp: Any,
+    database_url: str,
+    schema: str,
+) -> None:
+    registry.queue("payments", concurrency_limit=2)
+    workers = [worker(APP, "--processes", "4", "--poll-interval", "30") for _ in range(3)]
+    wait_until(
+        lambda: (
+            len(worker_ids(database_url, schema)) == 3
+            and all(len(w.executor_pids()) == 4 for w in workers)
+        ),
+        60,
+        what="three workers with four executors each",
+    )
+    limited = qapp.pay.send_many([{"n": n, "seconds": 0.02} for n in range(200)])
+    free = qapp.other.send_many([{"n": n, "seconds": 0.5} for n in range(40)])
+    handles = [*limited, *free]
+    wait_until(lambda: all(h.refresh().done for h in handles), 120, what="both queues to drain")
+    assert {h.status for h in handles} == {"completed"}
+    spans = [(h.result["began"], h.result["ended"]) for h in limited]
+    assert most_at_once(spans) == 2  # at the limit, never past it
+    # the queue beside it was not held to the limit (one worker may take all of these, and it
+    # runs four at a time)
+    assert most_at_once([(h.result["began"], h.result["ended"]) for h in free]) >= 3
+    # every worker took part in the limited queue (each claims it while the others hold it)
+    ran_on = {h.task_runs[-1].worker_id for h in limited}
+    assert len(ran_on) >= 2, ran_on
+    info = next(i for i in registry.queues() if i.name == "payments")
+    assert (info.concurrency_limit, info.queued, info.running) == (2, 0, 0)
+    for w in workers:
+        assert w.stop() == 0
+
+
+def test_raising_and_removing_a_limit_takes_effect_on_running_workers(
+    worker: Callable[..., Worker], registry: HyrexRegistry, qapp: Any
+) -> None:
+    registry.queue("payments", concurrency_limit=1)
+    worker(APP, "--processes", "4", "--poll-interval", "30")
+    first = qapp.pay.send_many([{"n": n, "seconds": 0.3} for n in range(4)])
+    wait_until(lambda: all(h.refresh().done for h in first), 60, what="the first batch")
+    assert most_at_once([(h.result["began"], h.result["ended"]) for h in first]) == 1
+    registry.queue("payments", concurrency_limit=None)
+    second = qapp.pay.send_many([{"n": n, "seconds": 0.5} for n in range(4)])
+    for h in second:
+        done(h, 60)
+    assert most_at_once([(h.result["began"], h.result["ended"]) for h in second]) >= 3
