@@ -11,7 +11,7 @@ import pytest
 
 from hyrex_like import HyrexRegistry
 
-from .helpers import Worker, done, wait_until, worker_ids
+from .helpers import Worker, done, query, wait_until, worker_ids
 
 APP = "queue_app:hy"
 
@@ -89,3 +89,47 @@ def test_raising_and_removing_a_limit_takes_effect_on_running_workers(
     for h in second:
         done(h, 60)
     assert most_at_once([(h.result["began"], h.result["ended"]) for h in second]) >= 3
+
+
+def _run_spans(database_url: str, schema: str, queue: str) -> list[tuple[float, float]]:
+    """Each attempt of the queue's tasks, from its claim to its end (what the limit bounds):
+    a run of a killed worker ends when it is rescued."""
+    rows = query(
+        database_url,
+        schema,
+        "SELECT extract(epoch FROM r.claimed_at), extract(epoch FROM r.finished_at) "
+        "FROM task_run AS r JOIN task AS t ON t.id = r.task_id WHERE t.queue = %s",
+        (queue,),
+    )
+    return [(float(a), float(b)) for a, b in rows]
+
+
+@pytest.mark.slow
+def test_the_limit_holds_when_a_worker_dies_holding_tasks(
+    worker: Callable[..., Worker],
+    registry: HyrexRegistry,
+    qapp: Any,
+    database_url: str,
+    schema: str,
+) -> None:
+    """A SIGKILLed worker's tasks stay running (and counted) until the survivor rescues them,
+    so the survivor never runs more than the limit beside them; then they run again."""
+    registry.queue("payments", concurrency_limit=2)
+    fast = ("--processes", "2", "--heartbeat-interval", "0.5", "--stale-after", "3")
+    doomed = worker(APP, *fast)
+    wait_until(lambda: len(doomed.executor_pids()) == 2, 60, what="the first worker")
+    handles = qapp.pay.send_many([{"n": n, "seconds": 1.0} for n in range(12)])
+    wait_until(
+        lambda: sum(h.refresh().status == "running" for h in handles) == 2,
+        30,
+        what="two tasks running on the first worker",
+    )
+    survivor = worker(APP, *fast)
+    wait_until(lambda: len(survivor.executor_pids()) == 2, 60, what="the second worker")
+    doomed.kill()
+    wait_until(lambda: all(h.refresh().done for h in handles), 120, what="the queue to drain")
+    assert {h.status for h in handles} == {"completed"}
+    spans = _run_spans(database_url, schema, "payments")
+    assert len(spans) >= 14  # the two killed attempts, each run again
+    assert most_at_once(spans) == 2
+    assert survivor.stop() == 0
