@@ -11,7 +11,7 @@ import pytest
 
 from hyrex_like import HyrexRegistry
 
-from .helpers import Worker, done, query, wait_until, worker_ids
+from .helpers import Worker, count, done, query, wait_until, worker_ids
 
 APP = "queue_app:hy"
 
@@ -133,3 +133,29 @@ def test_the_limit_holds_when_a_worker_dies_holding_tasks(
     assert len(spans) >= 14  # the two killed attempts, each run again
     assert most_at_once(spans) == 2
     assert survivor.stop() == 0
+
+
+def test_a_limited_queue_is_not_starved_by_a_deep_queue_beside_it(
+    worker: Callable[..., Worker],
+    registry: HyrexRegistry,
+    qapp: Any,
+    database_url: str,
+    schema: str,
+) -> None:
+    """A worker whose executors always have work queued (a deep unlimited queue) still claims
+    the limited queue's tasks, one per claim, long before the deep queue drains."""
+    registry.queue("payments", concurrency_limit=1)
+    deep = qapp.other.send_many([{"n": n, "seconds": 0.01} for n in range(1500)])
+    w = worker(APP, "--processes", "2", "--poll-interval", "30")
+    wait_until(
+        lambda: count(database_url, schema, "status = 'completed'") >= 50,
+        60,
+        what="the deep queue to be draining",
+    )
+    limited = qapp.pay.send_many([{"n": n} for n in range(5)])
+    wait_until(lambda: all(h.refresh().done for h in limited), 60, what="the limited tasks")
+    left = count(database_url, schema, "status = 'queued' AND queue = 'other'")
+    assert left > 0, "the limited tasks waited for the deep queue to drain"
+    assert most_at_once([(h.result["began"], h.result["ended"]) for h in limited]) == 1
+    wait_until(lambda: all(h.refresh().done for h in deep), 120, what="the deep queue")
+    assert w.stop() == 0

@@ -5,8 +5,9 @@ One statement claims a batch and opens its run rows. At most one claim is in fli
 the loop goes on, so each claim's batch grows with the load.
 
 Paused queues are never claimed. Limited queues (a concurrency limit across every worker) are
-claimed by a statement of their own, before the others and only for the executors idle now, so
-a worker never holds a limited queue's slots while its executors are busy. Each claim says
+claimed by a statement of their own, before the others and only as many as its executors idle
+now can start (one while none is: a worker busy with a deep queue still takes its turn), so a
+worker never holds many of a limited queue's slots behind other work. Each claim says
 which limited queues this worker serves, so a worker runs that statement only while there are
 some; when one of their tasks ends here, the write wakes every worker (`limited_ids`).
 """
@@ -48,7 +49,7 @@ class _Round:
     db: psycopg.Connection[Any]
     claim: int
     generation: int
-    idle: int = 0  # executors with nothing to run: what a limited claim may take at most
+    limited_max: int = 0  # what a limited claim may take at most
     limited: list[str] | None = None  # the limited queues this worker serves, as of this claim
     limited_claimed: int = 0  # of `claimed`, those from limited queues (the first ones)
     blocked: bool = False  # a limited queue with tasks ready was at its limit
@@ -142,7 +143,8 @@ class Claimer:
             self.ledger.claim_wanted = False
             job = _Round(conns.claim_db, claim, conns.generation)
             ledger = self.ledger
-            job.idle = self.options.processes - ledger.running() - len(ledger.ready)
+            idle = self.options.processes - ledger.running() - len(ledger.ready)
+            job.limited_max = min(claim, max(idle, 1))
             job.future = conns.run(conns.claimer, conns.claim_db, self._run, job)
             self.round = job
             self.ledger.claiming = claim
@@ -153,9 +155,9 @@ class Claimer:
             job.began = time.monotonic()
             began = time.perf_counter()
             limited: list[Job] = []
-            if self.limited and job.idle > 0:
+            if self.limited:
                 limited, job.blocked = WorkerQueries.claim_limited(
-                    job.db, self.worker_id, self.task_names, self.queues, job.idle, Job
+                    job.db, self.worker_id, self.task_names, self.queues, job.limited_max, Job
                 )
                 job.limited_claimed = len(limited)
             rest = job.claim - len(limited)
