@@ -158,6 +158,7 @@ class Dispatcher:
         )
         self.conns.on_cancel = self.cancels.request  # (on the loop's thread: no wake needed)
         self.conns.on_pause = self._queue_paused
+        self.conns.on_limited = self._limited_slot_freed
         self.completer.limited_ids = self.claimer.limited_ids  # one set: see Claimer
         self._grace_deadline = math.inf
         # The loop's steps, in order (named for the observer's `step` hook).
@@ -246,10 +247,14 @@ class Dispatcher:
         self.cancels.request(task_ids)
         self.signals.wake()
 
+    def _limited_slot_freed(self) -> None:
+        self.claimer.limited_wanted = True
+
     def _queue_paused(self, queue: str) -> None:
         """On the loop's thread: ``queue`` was paused. What this worker claimed of it and has
         not handed to an executor goes back unstarted (what an executor holds still runs:
         at most --prefetch per executor)."""
+        self.claimer.queue_paused(queue)
         ready = self.ledger.ready
         back = [job for job in ready if job.queue == queue]
         if back:

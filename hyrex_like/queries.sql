@@ -65,6 +65,11 @@ WHERE task_name = %(task_name)s AND idempotency_key = ANY(%(keys)s::text[])
 -- Wakes idle workers of this schema (their LISTEN channel); sent after tasks are inserted.
 SELECT pg_notify(%(channel)s, '')
 
+-- notify_limited --
+-- Wakes idle workers of this schema to claim from limited queues only: a worker ended (or
+-- handed back) a task of one, so a slot is free.
+SELECT pg_notify(%(channel)s, 'limited')
+
 -- copy_tasks --
 COPY task (id, task_name, queue, priority, args, max_retries, timeout_seconds, backoff_seconds,
            run_after, parent_id, root_id)
@@ -85,7 +90,7 @@ WITH held AS MATERIALIZED (
       AND run_after <= now()
       AND task_name = ANY(%(task_names)s::text[])
       AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
-      AND queue <> ALL((SELECT coalesce(array_agg(name::text), '{}') FROM held)::text[])
+      AND queue <> ALL((SELECT coalesce(array_agg(name::text), ARRAY[]::text[]) FROM held)::text[])
     ORDER BY priority DESC, run_after, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -126,7 +131,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
               AND (cardinality(%(queues)s::text[]) = 0 OR d.queue = ANY(%(queues)s::text[]))
             ORDER BY d.run_after
             LIMIT 1) AS w) END,
-       (SELECT coalesce(array_agg(h.name::text ORDER BY h.name), '{}') FROM held AS h
+       (SELECT coalesce(array_agg(h.name::text ORDER BY h.name), ARRAY[]::text[]) FROM held AS h
         WHERE h.concurrency_limit IS NOT NULL AND h.paused_at IS NULL
           AND (cardinality(%(queues)s::text[]) = 0 OR h.name = ANY(%(queues)s::text[])))
 -- the order executors start them in (ids are time-ordered); the extra row last
@@ -797,6 +802,12 @@ WHERE key IN (
     ORDER BY expires_at LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ) AND expires_at <= statement_timestamp()
+
+-- lock_queue_settings --
+-- Taken before a setting changes, in the same transaction: waits for the claims under way
+-- (each holds the table's ACCESS SHARE lock while it runs) and holds new ones back until the
+-- change commits, so no claim that read the old setting is still running afterwards.
+LOCK TABLE queue IN ACCESS EXCLUSIVE MODE
 
 -- queue_set_limit --
 -- A queue's concurrency limit (NULL: none); the queue's row is made if it has none. Wakes the

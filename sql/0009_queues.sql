@@ -4,6 +4,9 @@
 -- neither (queues still come into being by name, from the tasks sent to them). Every worker
 -- reads these rows at each claim, so all obey the same setting.
 --
+-- A change of these rows takes the table's ACCESS EXCLUSIVE lock first (db/queues.py), so it
+-- waits for the claims under way, which read the table, and every claim after it sees it.
+--
 -- The fast claim (claim_tasks) leaves paused and limited queues out; a limited queue's tasks
 -- are claimed only by claim_limited_tasks, which takes the queue row's lock first (every
 -- worker in name order), then counts the queue's running tasks (task_queue_running_idx) in a
@@ -76,8 +79,9 @@ BEGIN
             RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count,
                       t.max_retries, t.timeout_seconds, t.parent_id, t.root_id, t.scheduled_for
         ), opened AS (
-            INSERT INTO task_run (task_id, attempt_number, status, worker_id)
-            SELECT c.id, c.attempt_count, 'running', worker FROM claimed AS c
+            -- claimed now, after the lock wait (now() is when the statement began)
+            INSERT INTO task_run (task_id, attempt_number, status, worker_id, claimed_at)
+            SELECT c.id, c.attempt_count, 'running', worker, clock_timestamp() FROM claimed AS c
         )
         SELECT c.id, c.task_name::text, c.queue::text, c.priority::smallint, c.args::text,
                c.attempt_count::integer, c.max_retries::integer,

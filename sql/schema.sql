@@ -422,8 +422,9 @@ BEGIN
             RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count,
                       t.max_retries, t.timeout_seconds, t.parent_id, t.root_id, t.scheduled_for
         ), opened AS (
-            INSERT INTO task_run (task_id, attempt_number, status, worker_id)
-            SELECT c.id, c.attempt_count, 'running', worker FROM claimed AS c
+            -- claimed now, after the lock wait (now() is when the statement began)
+            INSERT INTO task_run (task_id, attempt_number, status, worker_id, claimed_at)
+            SELECT c.id, c.attempt_count, 'running', worker, clock_timestamp() FROM claimed AS c
         )
         SELECT c.id, c.task_name::text, c.queue::text, c.priority::smallint, c.args::text,
                c.attempt_count::integer, c.max_retries::integer,

@@ -155,3 +155,35 @@ def test_pausing_lets_running_tasks_finish(
     )
     registry.resume_queue("payments")
     assert done(behind, 10).status == "completed"
+
+
+def test_workers_stop_starting_a_paused_queue_within_a_second(
+    worker: Callable[..., Worker],
+    registry: HyrexRegistry,
+    qapp: Any,
+    database_url: str,
+    schema: str,
+) -> None:
+    """Paused in the middle of a drain: no task of the queue begins more than a second after
+    the pause (what the worker claimed and had not started goes back), the rest stay queued
+    while another queue still runs, and resume finishes them."""
+    worker(APP, "--processes", "2", "--poll-interval", "30")
+    handles = qapp.pay.send_many([{"n": n, "seconds": 0.05} for n in range(400)])
+    wait_until(
+        lambda: count(database_url, schema, "status = 'completed'") >= 20,
+        60,
+        what="the drain to be under way",
+    )
+    paused_at = time.time()
+    registry.pause_queue("payments")
+    running = "status = 'running' AND queue = 'payments'"
+    wait_until(lambda: count(database_url, schema, running) == 0, 30, what="running to end")
+    done(qapp.other.send({"n": 0}), 10)  # the worker claimed since, and not the paused queue
+    finished = [h for h in handles if h.refresh().status == "completed"]
+    left = [h for h in handles if h.status == "queued"]
+    assert left and len(finished) + len(left) == len(handles)
+    late = [h.result["began"] - paused_at for h in finished if h.result["began"] > paused_at + 1]
+    assert not late, f"{len(late)} began more than a second after the pause: {late[:5]}"
+    registry.resume_queue("payments")
+    wait_until(lambda: all(h.refresh().done for h in handles), 60, what="the rest to run")
+    assert {h.status for h in handles} == {"completed"}

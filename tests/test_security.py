@@ -254,6 +254,13 @@ def test_worker_runs_under_least_privilege_roles(roles, tmp_path):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)  # type: ignore[arg-type]
 
+    # every task below goes through the limited claim (the queue's row lock needs UPDATE)
+    owner_hy = HyrexRegistry(url("hyrex_owner"), schema="hyrex_like")
+    try:
+        owner_hy.queue("default", concurrency_limit=2)
+    finally:
+        owner_hy.close()
+
     no_migrate = {"HYREX_LIKE_AUTO_MIGRATE": "false"}
     w = start_worker(
         "basic_app:hy",
@@ -276,6 +283,8 @@ def test_worker_runs_under_least_privilege_roles(roles, tmp_path):
         for h in [*handles, retried]:
             assert h.wait(60).status == "completed", (h, w.log())
         assert [r.status for r in retried.task_runs] == ["failed", "completed"]
+        listed = {q.name: q for q in basic_app.hy.queues()}  # the app role reads settings
+        assert (listed["default"].concurrency_limit, listed["default"].running) == (2, 0)
         assert w.proc.poll() is None
         assert w.stop() == 0, w.log()
         assert "InsufficientPrivilege" not in w.log() and "permission denied" not in w.log()

@@ -30,7 +30,8 @@ class QueueRow(NamedTuple):
 def _write(store: Store, name: str, params: dict[str, Any], what: str) -> list[tuple[Any, ...]]:
     params = {**params, "channel": store.channel, "control": control_channel(store.schema)}
     try:
-        with store.pool().connection() as c:
+        with store.pool().connection() as c, c.transaction():
+            c.execute(q("lock_queue_settings"))
             return c.execute(q(name), params).fetchall()
     except psycopg.Error as exc:
         raise _translate(exc, what) from exc

@@ -303,9 +303,9 @@ class WorkerQueries:
         return {name: tick.astimezone(UTC) for name, tick in rows}
 
     @staticmethod
-    def notify(conn: psycopg.Connection[Any], channel: str) -> None:
-        """Wake the workers listening on ``channel`` (they claim)."""
-        conn.execute(q("notify_workers"), {"channel": channel}, prepare=True)
+    def notify_limited(conn: psycopg.Connection[Any], channel: str) -> None:
+        """Wake the workers listening on ``channel`` to claim from limited queues."""
+        conn.execute(q("notify_limited"), {"channel": channel}, prepare=True)
 
     @staticmethod
     def listen(conn: psycopg.Connection[Any], channel: str) -> None:

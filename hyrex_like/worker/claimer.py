@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -53,6 +53,8 @@ class _Round:
     limited: list[str] | None = None  # the limited queues this worker serves, as of this claim
     limited_claimed: int = 0  # of `claimed`, those from limited queues (the first ones)
     blocked: bool = False  # a limited queue with tasks ready was at its limit
+    limited_only: bool = False  # a slot of a limited queue was freed: only the limited claim
+    paused: set[str] = field(default_factory=set)  # queues paused while it ran: given back
     claimed: list[Job] | None = None
     due: float | None = None  # seconds until the next waiting task is due (a short claim's)
     began: float = 0.0  # monotonic, just before the statement was sent (what ``due`` counts from)
@@ -99,6 +101,9 @@ class Claimer:
         self.limited: list[str] = []  # limited queues this worker serves (from the last claim)
         # tasks claimed from limited queues, until their end is written (see `Completer`)
         self.limited_ids: set[uuid.UUID] = set()
+        # a worker's write freed a slot of a limited queue: claim from the limited queues (the
+        # others need no new claim for it)
+        self.limited_wanted = False
 
     def poll(self, now: float) -> None:
         """Every --poll-interval, claim even without a NOTIFY (one may have been missed); and
@@ -135,19 +140,33 @@ class Claimer:
         """Start a claim on the claimer's thread, if none is in flight and one is wanted."""
         if self.round is not None:
             return
+        ledger = self.ledger
         claim = self.size()
+        limited_only = False
+        if not claim and self.limited_wanted and self.limited and not ledger.stopping:
+            claim = min(ledger.room(time.monotonic(), self.ahead), CLAIM_MAX)
+            limited_only = claim > 0
         conns = self.conns
-        if claim and conns.ensure() is not None and conns.claim_db is not None:
+        if claim > 0 and conns.ensure() is not None and conns.claim_db is not None:
             # Cleared now, not when the claim ends: a NOTIFY that arrives while it runs may
             # be for a task its snapshot missed, and must bring another claim.
-            self.ledger.claim_wanted = False
-            job = _Round(conns.claim_db, claim, conns.generation)
-            ledger = self.ledger
+            if not limited_only:
+                ledger.claim_wanted = False
+            self.limited_wanted = False
             idle = self.options.processes - ledger.running() - len(ledger.ready)
-            job.limited_max = min(claim, max(idle, 1))
+            limited_max = min(claim, max(idle, 1))
+            job = _Round(conns.claim_db, limited_max if limited_only else claim, conns.generation)
+            job.limited_max = limited_max
+            job.limited_only = limited_only
             job.future = conns.run(conns.claimer, conns.claim_db, self._run, job)
             self.round = job
-            self.ledger.claiming = claim
+            ledger.claiming = job.claim
+
+    def queue_paused(self, queue: str) -> None:
+        """``queue`` was paused: what the claim in flight brings of it goes back unstarted
+        (that claim may have read the settings before the pause)."""
+        if self.round is not None:
+            self.round.paused.add(queue)
 
     def _run(self, job: _Round) -> _Round:
         """On the claimer's thread."""
@@ -160,13 +179,14 @@ class Claimer:
                     job.db, self.worker_id, self.task_names, self.queues, job.limited_max, Job
                 )
                 job.limited_claimed = len(limited)
-            rest = job.claim - len(limited)
-            claimed: list[Job] = []
+                job.claimed = limited  # (kept should the next statement fail)
+            rest = 0 if job.limited_only else job.claim - len(limited)
             if rest > 0:
                 claimed, job.due, job.limited = WorkerQueries.claim(
                     job.db, self.worker_id, self.task_names, self.queues, rest, Job
                 )
-            job.claimed = limited + claimed
+                limited = limited + claimed
+            job.claimed = limited
             job.seconds = time.perf_counter() - began
         except DB_ERRORS as exc:
             job.error = exc
@@ -200,7 +220,9 @@ class Claimer:
     def _apply(self, job: _Round) -> None:
         if job.claimed is not None:
             self.observer.claimed(job.claim, len(job.claimed), job.seconds)
-            if job.due is not None:
+            if job.limited_only or job.error is not None:
+                pass  # (says nothing of the other queues)
+            elif job.due is not None:
                 # Counted from before the statement was sent: the server's now() is later, so
                 # this is at most a round trip early; the margin keeps it from being early at
                 # all in practice, and an early claim just finds nothing and asks again.
@@ -208,7 +230,12 @@ class Claimer:
             elif len(job.claimed) < job.claim:
                 self.next_due = math.inf  # nothing waits that this worker could run
             self._limited(job)
-            self._take(job.claimed, job.claim)
+            claimed = job.claimed
+            if job.paused:
+                back = [j for j in claimed if j.queue in job.paused]
+                claimed = [j for j in claimed if j.queue not in job.paused]
+                self.ledger.giveback.extend(back)
+            self._take(claimed, job.claim - (len(job.claimed) - len(claimed)))
         else:
             self.ledger.claim_wanted = True  # the claim failed: what it was for is still waiting
         # A claim never outlives its connections (see Connections.ensure); checked anyway.

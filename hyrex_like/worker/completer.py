@@ -141,7 +141,7 @@ class Completer:
                 WorkerQueries.mark_started(job.db, self.worker_id, job.marks)
                 job.marked = True
             if self.limited_ids and self._frees_limited(job):
-                WorkerQueries.notify(job.db, self.channel)
+                WorkerQueries.notify_limited(job.db, self.channel)
         except DB_ERRORS as exc:
             job.error = exc
         return job

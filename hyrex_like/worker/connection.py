@@ -102,6 +102,8 @@ class Connections:
         self.on_cancel: Callable[[list[uuid.UUID]], object] = lambda task_ids: None
         # Called with the name of a queue a control-channel NOTIFY says was paused.
         self.on_pause: Callable[[str], object] = lambda queue: None
+        # Called when a NOTIFY says a slot of a limited queue was freed.
+        self.on_limited: Callable[[], object] = lambda: None
         self._control = registry.store.control_channel
         self._me = str(worker_id)
 
@@ -225,7 +227,8 @@ class Connections:
 
     def take_notifies(self, ready: list[Any]) -> None:
         """Take the NOTIFYs on the LISTEN connection (if among ``ready``): one on the queue's
-        channel asks for a claim; one on the control channel naming this worker asks it to
+        channel asks for a claim (from the limited queues only if it says ``limited``); one on
+        the control channel naming this worker asks it to
         cancel a task (payload: worker id, space, task id; those for other workers are
         ignored); one saying ``pause <queue>`` tells every worker that queue was paused."""
         if self.listen is not None and self.listen.fileno() in ready:
@@ -233,7 +236,10 @@ class Connections:
             try:
                 for note in self.listen.notifies(timeout=0):
                     if note.channel != self._control:
-                        self.ledger.claim_wanted = True
+                        if note.payload == "limited":
+                            self.on_limited()
+                        else:
+                            self.ledger.claim_wanted = True
                         continue
                     worker, _, task = note.payload.partition(" ")
                     if worker == "pause":
