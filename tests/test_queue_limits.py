@@ -159,3 +159,41 @@ def test_a_limited_queue_is_not_starved_by_a_deep_queue_beside_it(
     assert most_at_once([(h.result["began"], h.result["ended"]) for h in limited]) == 1
     wait_until(lambda: all(h.refresh().done for h in deep), 120, what="the deep queue")
     assert w.stop() == 0
+
+
+def test_a_limit_set_during_a_claim_waits_for_it_and_counts_its_tasks(
+    registry: HyrexRegistry, qapp: Any, database_url: str, schema: str
+) -> None:
+    """A claim that read the settings before the limit existed took 5 tasks; the limit of 2
+    is written only once that claim has ended, and then counts them: nothing more starts."""
+    import threading
+    import uuid
+
+    import psycopg
+
+    from hyrex_like.db import WorkerQueries
+
+    qapp.pay.send_many([{"n": n} for n in range(10)])
+    conninfo = psycopg.conninfo.make_conninfo(database_url, options=f"-c search_path={schema}")
+    with psycopg.connect(conninfo) as claim:  # a transaction left open: a claim in flight
+        rows, _, _ = WorkerQueries.claim(claim, uuid.uuid4(), ["pay"], [], 5)
+        assert len(rows) == 5
+        setter = threading.Thread(
+            target=registry.queue, args=("payments",), kwargs={"concurrency_limit": 2}
+        )
+        setter.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass"
+        wait_until(
+            lambda: query(database_url, schema, waiting, (f"{schema}.queue",))[0][0] == 1,
+            10,
+            what="the limit to wait for the claim",
+        )
+        assert setter.is_alive()
+        claim.commit()
+    setter.join(10)
+    assert not setter.is_alive()
+    with psycopg.connect(conninfo, autocommit=True) as other:
+        more, blocked = WorkerQueries.claim_limited(other, uuid.uuid4(), ["pay"], [], 10)
+    assert (more, blocked) == ([], True)
+    info = next(i for i in registry.queues() if i.name == "payments")
+    assert (info.concurrency_limit, info.running, info.queued) == (2, 5, 5)
