@@ -72,6 +72,7 @@ def _drain(url: str, n: int, workers: H.Workers, cap_s: float = 300.0) -> dict[s
         "AND status IN ('queued', 'running')"
     )
     conn = psycopg.connect(url, autocommit=True)
+    H.checkpoint()  # the prefill's dirty pages are not written during the drain
     t0 = time.monotonic()
     first: tuple[float, int] | None = None
     workers.start()
