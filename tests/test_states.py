@@ -139,6 +139,8 @@ NOT_STATUSES = {
     "tcp_keepalives_interval",
     "tcp_keepalives_count",
     "tcp_user_timeout",
+    # the NOTIFY payload that wakes workers for the limited claim only (notify_limited)
+    "limited",
 }
 
 _STRING_OR_COMMENT = re.compile(r"('(?:[^']|'')*')|--[^\n]*")

@@ -4,6 +4,7 @@ the database (every worker obeys them), and the queues with their counts. No app
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -103,14 +104,10 @@ def _queue(args: argparse.Namespace) -> int:
 
 
 def _as_json(info: QueueInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "concurrency_limit": info.concurrency_limit,
-        "paused": info.paused,
-        "paused_at": info.paused_at.isoformat() if info.paused_at else None,
-        "queued": info.queued,
-        "running": info.running,
-    }
+    """Its fields by name (name, concurrency_limit, paused, paused_at, queued, running)."""
+    out = dataclasses.asdict(info)
+    out["paused_at"] = info.paused_at.isoformat() if info.paused_at else None
+    return out
 
 
 def _queues(args: argparse.Namespace) -> int:
