@@ -126,11 +126,13 @@ class Cancels:
             for position, job in enumerate(jobs):
                 if job.task_id != task_id:
                     continue
-                if position == 0:
-                    if self._stop_head(slot, job):
-                        return _DONE
+                # The head runs; behind it, a job runs too where async tasks run side by side
+                # (`running`): stopped. One that has not started is taken back.
+                if self._stop_head(slot, job):
+                    return _DONE
+                if position == 0 and again:
                     # It ended (or was handed back) meanwhile: look where it is now.
-                    return self._act(task_id, now, again=False) if again else _WAIT
+                    return self._act(task_id, now, again=False)
                 asked = self._asked.get(task_id)
                 if asked is None or now >= asked + TAKE_BACK_AGAIN:
                     self._asked[task_id] = now
