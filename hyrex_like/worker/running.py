@@ -203,9 +203,10 @@ class Running:
                     )
                     self._kill(i, ex, s, RunStatus.CANCELED, TaskCanceled(why), "task_canceled")
                 else:
-                    how = "its coroutine did not yield" if s.is_async else "it ran alone"
+                    # (a sync job: killed at its deadline, as with one job at a time)
+                    how = " and its coroutine did not yield" if s.is_async else ""
                     why = (
-                        f"attempt ran past its timeout of {s.job.timeout:g}s and {how}; its "
+                        f"attempt ran past its timeout of {s.job.timeout:g}s{how}; its "
                         "executor was killed"
                     )
                     self._kill(i, ex, s, RunStatus.TIMED_OUT, TaskTimeout(why), "task_timed_out")
