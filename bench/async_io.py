@@ -43,9 +43,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "args": ["--processes", "2", "--async-concurrency", "100"],
     },
     "pgqueuer": {
-        "label": "1 `pgq run` process (asyncio), --batch-size 200, no concurrency cap",
-        "procs": 1,
-        "args": ["--batch-size", "200"],
+        "label": "2 `pgq run` processes, --batch-size 50 --max-concurrent-tasks 100 each",
+        "procs": 2,
+        "args": ["--batch-size", "50", "--max-concurrent-tasks", "100"],
     },
     "procrastinate": {
         "label": "2 `procrastinate worker` processes, --concurrency=100 each",

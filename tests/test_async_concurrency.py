@@ -178,14 +178,22 @@ def test_sigterm_lets_running_coroutines_finish_and_hands_back_the_rest(
 
 
 def test_async_concurrency_is_checked_at_decoration(aapp):
-    def plain(n: int) -> int:
-        return n
-
-    async def coro(n: int) -> int:
-        return n
-
     with pytest.raises(InvalidTaskOption, match="async def tasks only"):
-        aapp.hy._register(plain, "plain_capped", {"async_concurrency": 2})
+
+        @aapp.hy.task(name="plain_capped", async_concurrency=2)
+        def plain(n: int) -> int:
+            return n
+
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InvalidTaskOption, match="async_concurrency"):
-            aapp.hy._register(coro, f"bad_{abs(hash(bad))}", {"async_concurrency": bad})
+
+            @aapp.hy.task(name=f"bad_{abs(hash(bad))}", async_concurrency=bad)
+            async def coro(n: int) -> int:
+                return n
+
+
+def test_the_worker_option_is_checked(registry):
+    from hyrex_like.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="async_concurrency"):
+        registry.worker(async_concurrency=0)

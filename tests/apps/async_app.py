@@ -71,15 +71,11 @@ async def waits(n: int) -> int:
     return n
 
 
-async def _capped(n: int) -> dict[str, float]:
+@hy.task(async_concurrency=3)
+async def capped(n: int) -> dict[str, float]:
     began = time.time()
     await asyncio.sleep(0.2)
     return {"began": began, "ended": time.time()}
-
-
-# `@hy.task(async_concurrency=3)` once the registry's decorator takes the keyword; until then
-# the same TaskConfig option, through the registry's one registration path.
-capped = hy._register(_capped, "capped", {"async_concurrency": 3})
 
 
 @hy.task
