@@ -147,8 +147,9 @@ class Running:
             ex.head_started = None
             ledger.long_at[slot] = math.inf
             return
-        if not started:
-            return  # (sent, not started yet: as the dispatch set it)
+        if not started:  # (sent, not started yet: its start as the dispatch set it)
+            ledger.long_at[slot] = math.inf  # nothing runs there: not long
+            return
         ex.head_started = min(s.began for s in started.values())
         sync = [s.began for s in started.values() if not s.is_async]
         if sync:
