@@ -49,7 +49,7 @@ class Balancer:
         self._debug = options.log_level == "debug"
         # Most jobs an executor holds: with async lanes, enough to fill them and a batch more.
         width = options.async_concurrency
-        self.cap = options.handoff if width == 1 else options.handoff + width
+        self.cap = options.handoff if width == 1 else options.handoff + 2 * width
         self.lanes = width > 1
         self.pace = Pace(options.busy_after, self.cap)
         ledger.depth = self.pace.depth()
@@ -92,7 +92,9 @@ class Balancer:
                 and now < long_at[ex.index]
                 and ex.head_started is not None
             ):
-                ahead = pace.ahead(held, now - ex.head_started)
+                # (with async lanes the cap bounds the wait instead: a whole next round
+                # of lanes waits there, so freed lanes start at once)
+                ahead = 0.0 if self.lanes else pace.ahead(held, now - ex.head_started)
                 if ahead * 2 < pace.horizon:
                     open_.append((ex, ahead))
         if not open_:
@@ -102,7 +104,9 @@ class Balancer:
             if not ledger.ready:
                 break
             held = assigned[ex.index]
-            room = pace.fit(ledger.ready, min(share, prefetch - len(held)), ahead)
+            room = min(share, prefetch - len(held))
+            if not self.lanes:
+                room = pace.fit(ledger.ready, room, ahead)
             batch = ledger.next_batch(room, TOP_UP_BYTES if held else None)
             if not batch:  # one big job: wait until it is idle
                 continue

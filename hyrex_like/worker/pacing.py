@@ -51,8 +51,13 @@ class Pace:
         self.overall = seconds if overall is None else overall * (seconds / overall) ** ALPHA
 
     def depth(self) -> int:
-        """Jobs per executor that start within the horizon, at the worker-wide pace."""
-        if self.overall is None or self.overall * self.prefetch < self.horizon:
+        """Jobs per executor that start within the horizon, at the worker-wide pace (with
+        async lanes: as many as an executor holds, see `Balancer.cap`)."""
+        if (
+            self.lanes is not None
+            or self.overall is None
+            or self.overall * self.prefetch < self.horizon
+        ):
             return self.prefetch
         return max(1, min(self.prefetch, math.ceil(self.horizon / self.overall)))
 

@@ -79,7 +79,8 @@ class Running:
         kind, key = msg[0], msg[1]
         slot = ex.index
         if kind == START:
-            job = next((j for j in pool.ledger.assigned[slot] if j.task_id.bytes == key), None)
+            wanted = int.from_bytes(key)
+            job = next((j for j in pool.ledger.assigned[slot] if j.task_id.int == wanted), None)
             if job is None:  # pragma: no cover - would be a protocol bug
                 raise WorkerError(f"executor started {key!r}, which it does not hold")
             definition = self.registry.get_task(job.task_name)
