@@ -197,3 +197,16 @@ def test_the_worker_option_is_checked(registry):
 
     with pytest.raises(ConfigurationError, match="async_concurrency"):
         registry.worker(async_concurrency=0)
+
+
+def test_progress_of_concurrent_tasks_is_each_their_own(aapp, aworker):
+    handles = [aapp.reports.send(i) for i in range(8)]
+    w = aworker("--processes", "1", "--async-concurrency", "8")
+    # sampled while they run side by side
+    wait_until(
+        lambda: all(h.refresh().progress == {"n": n, "step": 1} for n, h in enumerate(handles)), 30
+    )
+    for n, h in enumerate(handles):
+        assert done(h, 30).status == "completed", h.task_runs
+        assert h.progress == {"n": n, "step": 2}  # the last value, written with the result
+    assert w.stop() == 0

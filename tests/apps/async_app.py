@@ -83,3 +83,13 @@ def sync_step(n: int) -> dict[str, float]:
     began = time.time()
     time.sleep(0.05)
     return {"began": began, "ended": time.time()}
+
+
+@hy.task
+async def reports(n: int) -> int:
+    ctx = get_hyrex_context()
+    ctx.update_progress({"n": n, "step": 1})
+    await asyncio.sleep(0.8)  # long enough for the sampler to send the first value
+    ctx.update_progress({"n": n, "step": 2})
+    await asyncio.sleep(0.05)
+    return n
