@@ -145,6 +145,10 @@ class WorkerOptions(BaseModel):
     count no room for it. Also the longest a job is meant to wait behind others in an
     executor: batches are sized by the run times seen. Claimed jobs that no executor of the
     worker can start for 5 times this long go back to the queue, for another worker."""
+    async_concurrency: int = Field(default=1, ge=1, le=10_000)
+    """Most ``async def`` tasks each executor runs at once on its event loop (a task's own
+    ``async_concurrency`` caps it further). Sync tasks always run alone, one at a time per
+    executor. 1 (default): every task runs alone, as before."""
     grace_period: float = Field(default=30.0, ge=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     stale_after: float = Field(default=30.0, gt=0)

@@ -145,6 +145,7 @@ class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods):
         retry_backoff: float | Callable[[int], float] | None = ...,
         on_error: Callable[[Exception], Any] | None = ...,
         schedule: Schedule | None = ...,
+        async_concurrency: int | None = ...,
     ) -> _Decorator: ...
     def task(
         self,
@@ -159,6 +160,7 @@ class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods):
         retry_backoff: float | Callable[[int], float] | None = _UNSET,
         on_error: Callable[[Exception], Any] | None = _UNSET,
         schedule: Schedule | None = None,
+        async_concurrency: int | None = _UNSET,
     ) -> TaskDefinition[Any, Any] | _Decorator:
         """Register a task: ``@hy.task`` or ``@hy.task(queue=..., max_retries=..., ...)``.
 
@@ -171,6 +173,7 @@ class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods):
             timeout_seconds=timeout_seconds,
             retry_backoff=retry_backoff,
             on_error=on_error,
+            async_concurrency=async_concurrency,
         )
         if fn is not None:
             return self._register(fn, name, options, schedule)
@@ -348,6 +351,7 @@ class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods):
         processes: int | None = None,
         prefetch: int | None = None,
         busy_after: float | None = None,
+        async_concurrency: int | None = None,
         grace_period: float | None = None,
         heartbeat_interval: float | None = None,
         stale_after: float | None = None,
@@ -384,6 +388,7 @@ class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods):
             processes=processes,
             prefetch=prefetch,
             busy_after=busy_after,
+            async_concurrency=async_concurrency,
             grace_period=grace_period,
             heartbeat_interval=heartbeat_interval,
             stale_after=stale_after,

@@ -27,7 +27,7 @@ from .context import (
     _set_context,
     lineage,
 )
-from .errors import PayloadNotSerializable, PayloadTooLarge
+from .errors import InvalidTaskOption, PayloadNotSerializable, PayloadTooLarge
 from .ids import new_task_id
 from .payloads import _json_problem, _json_serializer, _serialization_problem, checked_json
 from .schedules import Schedule
@@ -73,6 +73,12 @@ class TaskDefinition(_Sending[T, R]):
         self._payload_serializer = _json_serializer(payload_adapter) if payload_adapter else None
         self._result_serializer = _json_serializer(result_adapter) if result_adapter else None
         self.is_async = inspect.iscoroutinefunction(fn)
+        if config.async_concurrency is not None and not self.is_async:
+            # (checked here, at decoration: a sync task runs alone in its executor anyway)
+            raise InvalidTaskOption(
+                f"task {name!r}: async_concurrency={config.async_concurrency} applies to "
+                "async def tasks only; a sync task always runs alone in its executor"
+            )
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .errors import InvalidTaskOption
 
@@ -54,15 +54,20 @@ class TaskConfig(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     retry_backoff: float | Callable[[int], float] | None = None
     on_error: Callable[[Exception], Any] | None = None
+    async_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    """Most attempts of this ``async def`` task one executor runs at once (within the
+    worker's ``--async-concurrency``); None: no cap of its own."""
 
     @field_validator("queue")
     @classmethod
     def _queue(cls, value: str) -> str:
         return check_name("queue", value)
 
-    @field_validator("priority", "max_retries", mode="before")
+    @field_validator("priority", "max_retries", "async_concurrency", mode="before")
     @classmethod
-    def _strict_int(cls, value: Any) -> Any:
+    def _strict_int(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name == "async_concurrency":
+            return value
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be an integer, got {value!r}")
         return value

@@ -27,6 +27,7 @@ _NUMERIC_FLAGS = {
     "--processes": "processes",
     "--prefetch": "prefetch",
     "--busy-after": "busy_after",
+    "--async-concurrency": "async_concurrency",
     "--grace-period": "grace_period",
     "--stale-after": "stale_after",
     "--heartbeat-interval": "heartbeat_interval",
@@ -170,6 +171,13 @@ def _parser() -> argparse.ArgumentParser:
         "worker (default: %(default)s)",
     )
     w.add_argument(
+        "--async-concurrency",
+        type=_bounded("async_concurrency"),
+        default=_default("async_concurrency"),
+        help="async def tasks each executor runs at once on its event loop; sync tasks still "
+        "run one at a time (default: %(default)s)",
+    )
+    w.add_argument(
         "--grace-period",
         type=_bounded("grace_period"),
         default=_default("grace_period"),
@@ -287,6 +295,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             processes=args.processes,
             prefetch=args.prefetch,
             busy_after=args.busy_after,
+            async_concurrency=args.async_concurrency,
             grace_period=args.grace_period,
             stale_after=args.stale_after,
             heartbeat_interval=args.heartbeat_interval,

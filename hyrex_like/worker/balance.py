@@ -47,7 +47,11 @@ class Balancer:
         self.options = options
         self.log = log
         self._debug = options.log_level == "debug"
-        self.pace = Pace(options.busy_after, options.handoff)
+        # Most jobs an executor holds: with async lanes, enough to fill them and a batch more.
+        width = options.async_concurrency
+        self.cap = options.handoff if width == 1 else options.handoff + 2 * width
+        self.lanes = width > 1
+        self.pace = Pace(options.busy_after, self.cap)
         ledger.depth = self.pace.depth()
         self.hand_over_after = HAND_OVER_FACTOR * options.busy_after
         self.next_at = math.inf  # when `rebalance` next has something to do (monotonic)
@@ -64,7 +68,12 @@ class Balancer:
         ledger = self.ledger
         if not ledger.ready:
             return
-        prefetch = self.options.handoff
+        prefetch = self.cap
+        # (with async lanes: topped up by at least half a batch at a time, up to two batches
+        # unread, still far below a pipe buffer: its loop reads the pipe as it runs)
+        top_up_at, unread = (
+            (prefetch - max(1, self.options.handoff // 2), 3) if self.lanes else (prefetch // 2, 1)
+        )
         pace = self.pace
         assigned = ledger.assigned
         long_at = ledger.long_at
@@ -78,12 +87,14 @@ class Balancer:
             # At most one unread batch may sit in the pipe, and a small one, so a send can
             # never block on an executor busy with a long task.
             elif (
-                len(ex.batches) == 1
-                and len(held) <= prefetch // 2
+                len(ex.batches) <= unread
+                and len(held) <= top_up_at
                 and now < long_at[ex.index]
                 and ex.head_started is not None
             ):
-                ahead = pace.ahead(held, now - ex.head_started)
+                # (with async lanes the cap bounds the wait instead: a whole next round
+                # of lanes waits there, so freed lanes start at once)
+                ahead = 0.0 if self.lanes else pace.ahead(held, now - ex.head_started)
                 if ahead * 2 < pace.horizon:
                     open_.append((ex, ahead))
         if not open_:
@@ -93,7 +104,9 @@ class Balancer:
             if not ledger.ready:
                 break
             held = assigned[ex.index]
-            room = pace.fit(ledger.ready, min(share, prefetch - len(held)), ahead)
+            room = min(share, prefetch - len(held))
+            if not self.lanes:
+                room = pace.fit(ledger.ready, room, ahead)
             batch = ledger.next_batch(room, TOP_UP_BYTES if held else None)
             if not batch:  # one big job: wait until it is idle
                 continue
@@ -120,6 +133,12 @@ class Balancer:
         """``ex`` began a new head at ``now``: from when it counts as long."""
         ex.head_started = now
         long_at = self.ledger.long_at[ex.index] = now + self.pace.horizon
+        if long_at < self.next_at:
+            self.next_at = long_at
+
+    def long_from(self, slot: int, began: float) -> None:
+        """``slot``'s executor counts as long from ``busy_after`` after ``began`` (`running`)."""
+        long_at = self.ledger.long_at[slot] = began + self.pace.horizon
         if long_at < self.next_at:
             self.next_at = long_at
 

@@ -61,6 +61,10 @@ class Cancels:
     ) -> None:
         self.ledger = ledger
         self._stop_head = stop_head  # ExecutorPool.cancel_head
+        # A pool whose executors run async tasks side by side (`ExecutorPool.running`) has
+        # started jobs behind its heads too, which its cancel_head stops.
+        owner = getattr(stop_head, "__self__", None)
+        self._behind_heads_run = getattr(owner, "running", None) is not None
         self._take_back = take_back  # ExecutorPool.take_back
         self.stats = stats
         self.log = log
@@ -131,6 +135,10 @@ class Cancels:
                         return _DONE
                     # It ended (or was handed back) meanwhile: look where it is now.
                     return self._act(task_id, now, again=False) if again else _WAIT
+                # Behind the head: running too where async tasks run side by side (stopped
+                # as a head is, if it has started); else taken back.
+                if self._behind_heads_run and self._stop_head(slot, job):
+                    return _DONE
                 asked = self._asked.get(task_id)
                 if asked is None or now >= asked + TAKE_BACK_AGAIN:
                     self._asked[task_id] = now

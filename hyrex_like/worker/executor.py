@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -48,7 +49,7 @@ from ..registry import HyrexRegistry, TaskDefinition
 from .app import load_registry
 from .failures import _describe_failure, call_on_error
 from .processes import die_with_parent, lead_own_session
-from .progress_out import ProgressOut
+from .progress_out import ProgressMany, ProgressOut
 from .protocol import (
     _W_ARGS,
     _W_ATTEMPT,
@@ -67,11 +68,16 @@ from .streams import _StdStreams
 log = structlog.get_logger("hyrex_like.executor")
 
 _draining = False
+# Wakes the event loop of an executor running async tasks side by side (`lanes`), so that it
+# hands back its unstarted jobs at once rather than when a running one ends.
+_waker: Callable[[], None] | None = None
 
 
 def _on_drain_signal(signum: int, frame: Any) -> None:
     global _draining
     _draining = True
+    if _waker is not None:
+        _waker()
 
 
 # The take-back state, at module level because the signal handler works on it.
@@ -81,6 +87,7 @@ _IDLE, _RECEIVING, _WRITING = 0, 1, 2
 _pipe = _IDLE  # what the main thread is doing with the pipe: a handler never cuts into it
 _take_back_wanted = False  # asked for during a write: answered right after it
 _stopped = False  # a take-back read the parent's stop message from the pipe
+_controls: list[tuple[Any, ...]] = []  # control messages (CANCEL) a take-back read
 # Held by whoever writes to the pipe (the main thread sets `_pipe` to _WRITING first)
 _send_lock = threading.Lock()
 
@@ -124,6 +131,8 @@ def _take_back_locked(conn: Connection) -> None:
             batch = conn.recv()
             if batch is None:
                 _stopped = True
+            elif type(batch) is tuple:  # (CANCEL, key), for `lanes`
+                _controls.append(batch)
             else:
                 skipped += [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in batch]
         if skipped:
@@ -156,6 +165,7 @@ def executor_main(
     log_level: str,
     log_format: str,
     worker_id: uuid.UUID,
+    async_concurrency: int = 1,
 ) -> None:
     """Entry point of an executor process."""
     global _draining, _conn
@@ -193,7 +203,7 @@ def executor_main(
     registry.configure(**settings.model_dump())
     conn.send((READY, os.getpid()))
     _conn = conn
-    Executor(registry, conn, worker_id, (log_level, log_format)).serve()
+    Executor(registry, conn, worker_id, (log_level, log_format), async_concurrency).serve()
     # Nothing left to clean up but the pools a task may have opened; skipping the interpreter's
     # slow teardown makes a worker's shutdown (and every restart in tests) quicker.
     registry.close()
@@ -209,6 +219,7 @@ class Executor:
         conn: Connection,
         worker_id: uuid.UUID,
         logging_config: tuple[str, str] | None = None,
+        width: int = 1,
     ) -> None:
         self.registry = registry
         self.conn = conn
@@ -217,9 +228,23 @@ class Executor:
         self.loop = asyncio.new_event_loop()
         self.logging_config = logging_config  # (level, format), to redo it on a new stderr
         self.streams = _StdStreams()
-        self.progress = ProgressOut(conn, _send_lock)
+        self.width = width  # async tasks run at once (`lanes`); 1: one job at a time
+        self.progress: ProgressOut = (
+            ProgressOut(conn, _send_lock) if width == 1 else ProgressMany(conn, _send_lock)
+        )
+        # How a task's async on_error runs: to its end here; as a task of the running loop
+        # when jobs run side by side.
+        self.run_coroutine: Callable[[Any], Any] = self.loop.run_until_complete
 
     def serve(self) -> None:
+        if self.width > 1:
+            from .lanes import Lanes
+
+            self.loop.run_until_complete(Lanes(self).serve())
+            return
+        self._serve_one_at_a_time()
+
+    def _serve_one_at_a_time(self) -> None:
         global _pipe
         conn = self.conn
         streams = self.streams
@@ -300,7 +325,7 @@ class Executor:
                 value = self.loop.run_until_complete(value)
             try:
                 result = definition.dump_result(value)
-                last = progress.final(task_name, strict=True)  # (its last progress report)
+                last = progress.final(task_name, True, key)  # (its last progress report)
             except (PayloadNotSerializable, PayloadTooLarge):
                 retryable = False
                 raise
@@ -318,7 +343,7 @@ class Executor:
                 self._restore_streams(wire)
             self._on_error(definition, exc, Job.from_wire(wire))
             failed = (ERR, key, attempt, started, finished, error_type, message, tb, retryable)
-            last = progress.final(task_name, strict=False)
+            last = progress.final(task_name, False, key)
             return failed if last is None else (*failed, last)
         finally:
             _reset_context(token)
@@ -341,9 +366,7 @@ class Executor:
         )
 
     def _on_error(self, definition: TaskDefinition[Any, Any], exc: BaseException, job: Job) -> None:
-        call_on_error(
-            definition, exc, job, self.loop.run_until_complete, self.log, contain=(BaseException,)
-        )
+        call_on_error(definition, exc, job, self.run_coroutine, self.log, contain=(BaseException,))
 
     def _restore_streams(self, wire: tuple[Any, ...]) -> None:
         repaired, new_stderr = self.streams.restore()

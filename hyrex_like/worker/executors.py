@@ -26,6 +26,7 @@ from .ledger import Ledger
 from .pipe import ExecutorHandle
 from .processes import executor_exited, kill_executor_group
 from .protocol import ERR, OK, READY, SKIP, Job
+from .running import Running
 from .spawn import Spawner
 
 _COMPLETED = RunStatus.COMPLETED
@@ -57,6 +58,11 @@ class ExecutorPool:
         self.spawner = Spawner(registry, app, options, worker_id, ledger, self.executors)
         self._startup_failures = 0
         self.balance = Balancer(self.executors, ledger, self.spawner, options, log, observer)
+        # Executors that run async tasks side by side (``async_concurrency`` > 1): which jobs
+        # of each slot have started, and how their timeouts and cancels end (`running`).
+        self.running = Running(self, registry, options) if options.async_concurrency > 1 else None
+        if self.running is not None:
+            self.balance.pace.lanes = self.running.lanes_of
 
     # ---------------------------------------------------------------- dispatching
 
@@ -76,8 +82,9 @@ class ExecutorPool:
             for msg in messages:
                 if isinstance(msg, list):
                     skipped: list[Job] = []
+                    on_result = self._on_result if self.running is None else self.running.result
                     for result in msg:
-                        self._on_result(ex, result, skipped)
+                        on_result(ex, result, skipped)
                     if skipped:
                         self.balance.taken_back(ex, skipped)
                 elif msg[0] == READY:
@@ -85,6 +92,8 @@ class ExecutorPool:
                     self._startup_failures = 0
             if messages:
                 self.ledger.depth = self.balance.pace.depth()
+                if self.running is not None:
+                    self.running.refresh(ex)
         except (EOFError, OSError):
             pass  # dead: reap deals with it
 
@@ -108,6 +117,12 @@ class ExecutorPool:
                 raise WorkerError(f"executor answered for {msg[1]!r}, which it does not hold")
             position, job = found
             ex.answered_at(position)
+        self.record(job, msg, skipped)
+
+    def record(self, job: Job, msg: tuple[Any, ...], skipped: list[Job]) -> None:
+        """What an executor answered for ``job``: its outcome, or handed back unstarted."""
+        kind = msg[0]
+        ledger = self.ledger
         # (an OK or ERR carries the attempt's last progress as one more field, if it had any)
         if kind == OK:
             self.balance.pace.observe(job.task_name, msg[4] - msg[3])
@@ -127,6 +142,8 @@ class ExecutorPool:
 
     def reap(self) -> None:
         """Replace dead executors; their running attempt is lost, the rest go to others."""
+        if self.running is not None:
+            return self.running.reap()
         for i, ex in enumerate(self.executors):
             if not executor_exited(ex.process):
                 continue
@@ -152,6 +169,8 @@ class ExecutorPool:
             self.log.info("executor_restarted", executor=ex.index, exit_code=code)
 
     def enforce_timeouts(self) -> None:
+        if self.running is not None:
+            return self.running.enforce_timeouts()
         now = time.monotonic()
         for i, ex in enumerate(self.executors):
             held = self.ledger.assigned[ex.index]
@@ -174,7 +193,12 @@ class ExecutorPool:
         """Stop ``job``, running on ``slot``'s executor, because its task was canceled: the
         executor is killed as for a timeout and replaced, the run recorded ``canceled`` (never
         retried), the slot's other jobs run elsewhere. ``on_error`` is not called: a cancel is
-        not the task's failure. False if ``job`` is no longer that slot's head (it ended)."""
+        not the task's failure. False if ``job`` is no longer that slot's head (it ended).
+
+        With async tasks side by side: the job's coroutine is cancelled (`Running.cancel`);
+        False if it has not started (or has ended)."""
+        if self.running is not None:
+            return self.running.cancel(slot, job)
         ex = self.executors[slot]
         held = self.ledger.assigned[ex.index]
         self._drain_pipe(ex)  # it may have just finished
@@ -237,6 +261,8 @@ class ExecutorPool:
     def interrupt(self, why: str) -> None:
         """Kill executors still busy: their running attempt is requeued as interrupted (not the
         task's fault, so not counted as a failure), the jobs they had not started go back."""
+        if self.running is not None:
+            return self.running.interrupt(why)
         for ex in self.executors:
             if self.ledger.assigned[ex.index]:
                 self.spawner.kill(ex)
@@ -286,6 +312,8 @@ class ExecutorPool:
 
     def running_heads(self) -> list[tuple[Job, float]]:
         """Each attempt running now, with when its body began (monotonic, as seen here)."""
+        if self.running is not None:
+            return self.running.heads()
         out = []
         for ex in self.executors:
             held = self.ledger.assigned[ex.index]
@@ -304,6 +332,8 @@ class ExecutorPool:
         """When each running attempt with a timeout runs out (monotonic), and when jobs held
         behind long tasks are next taken back or handed over."""
         out = [self.balance.next_at]
+        if self.running is not None:
+            return out + self.running.deadlines()
         for ex in self.executors:
             held = self.ledger.assigned[ex.index]
             if held and ex.head_started is not None and held[0].timeout:

@@ -110,8 +110,9 @@ class Ledger:
         """The job of ``slot`` whose task id is ``key`` (bytes), answered out of order (a
         take-back): its position and itself, or None if the slot holds no such job."""
         jobs = self.assigned[slot]
+        wanted = int.from_bytes(key)  # (UUID.int is a plain attribute; .bytes builds bytes)
         for i, job in enumerate(jobs):
-            if job.task_id.bytes == key:
+            if job.task_id.int == wanted:
                 if i == 0:
                     self.long_at[slot] = math.inf
                 del jobs[i]

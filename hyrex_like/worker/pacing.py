@@ -18,7 +18,7 @@ task that turns long is seen as long within ~5 attempts.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 
 from .protocol import Job
@@ -36,18 +36,28 @@ class Pace:
         self.prefetch = prefetch
         self.run_time: dict[str, float] = {}  # by task name
         self.overall: float | None = None  # every task, for claims
+        # With async tasks side by side: how many of a task one executor runs at once. The
+        # run times kept are then per lane (a run time divided by it): the pace jobs start at.
+        self.lanes: Callable[[str], int] | None = None
 
     def observe(self, task_name: str, seconds: float) -> None:
         """An attempt of ``task_name`` ran for ``seconds``."""
         seconds = max(FLOOR, seconds)
+        if self.lanes is not None:
+            seconds /= self.lanes(task_name)
         seen = self.run_time.get(task_name)
         self.run_time[task_name] = seconds if seen is None else seen * (seconds / seen) ** ALPHA
         overall = self.overall
         self.overall = seconds if overall is None else overall * (seconds / overall) ** ALPHA
 
     def depth(self) -> int:
-        """Jobs per executor that start within the horizon, at the worker-wide pace."""
-        if self.overall is None or self.overall * self.prefetch < self.horizon:
+        """Jobs per executor that start within the horizon, at the worker-wide pace (with
+        async lanes: as many as an executor holds, see `Balancer.cap`)."""
+        if (
+            self.lanes is not None
+            or self.overall is None
+            or self.overall * self.prefetch < self.horizon
+        ):
             return self.prefetch
         return max(1, min(self.prefetch, math.ceil(self.horizon / self.overall)))
 

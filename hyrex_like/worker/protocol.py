@@ -59,7 +59,7 @@ class Job(ClaimedRow):
 
 
 # Positions in `Job.wire` the executor reads without building the Job.
-_W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
+_W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT, _W_TIMEOUT = 0, 1, 4, 5, 7
 
 # Result messages: lists of tuples, task ids as 16 bytes:
 #   ("ok",   task_id, attempt, started, finished, result_json)
@@ -72,6 +72,18 @@ _W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT = 0, 1, 4, 5
 # more field, the attempt's last progress (json), when it reported any: written with the
 # outcome, so a finished attempt's last value never waits for the progress writer.
 OK, ERR, SKIP, PROGRESS = "ok", "err", "skip", "progress"
+
+# Only from an executor running async tasks side by side (``async_concurrency`` > 1), where
+# more than one job of a slot runs at once and results come in any order:
+#   ("start", task_id, attempt)                 the job began (before its result, if any)
+#   ("timeout", task_id, attempt, started, finished, message[, progress])
+#                                               its coroutine ran past its timeout and was
+#                                               cancelled (its siblings run on)
+#   ("canceled", task_id, attempt, started, finished[, progress])
+#                                               cancelled as the parent asked (CANCEL)
+# and the parent may send, besides batches and None, (CANCEL, task_id): cancel that
+# running coroutine.
+START, TIMEOUT, CANCELED, CANCEL = "start", "timeout", "canceled", "cancel"
 
 READY = "ready"
 

@@ -75,6 +75,7 @@ class Spawner:
             self.options.log_level,
             self.options.log_format,
             self.worker_id,
+            self.options.async_concurrency,
         )
         if fork:
             # A forked child inherits every descriptor: close the parent's ends of the other
