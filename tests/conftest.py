@@ -129,6 +129,15 @@ def wapp(app_registry: Callable[[HyrexRegistry], HyrexRegistry]):  # type: ignor
 
 
 @pytest.fixture
+def qapp(app_registry: Callable[[HyrexRegistry], HyrexRegistry]):  # type: ignore[no-untyped-def]
+    """tests/apps/queue_app.py, its registry bound to this test's schema (for sending)."""
+    from .apps import queue_app
+
+    app_registry(queue_app.hy)
+    return queue_app
+
+
+@pytest.fixture
 def db_proxy(database_url: str) -> Iterator[TcpProxy]:
     """A TCP proxy to the test database that a test can take down and bring back."""
     from .helpers import TcpProxy

@@ -16,14 +16,6 @@ from .helpers import Worker, count, done, query, wait_until, worker_ids
 APP = "queue_app:hy"
 
 
-@pytest.fixture
-def qapp(app_registry: Callable[[HyrexRegistry], HyrexRegistry]) -> Any:
-    from .apps import queue_app
-
-    app_registry(queue_app.hy)
-    return queue_app
-
-
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
     """The largest number of (start, end) intervals open at one instant (an end before a start
     at the same instant: back to back is not overlap)."""

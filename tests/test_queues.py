@@ -17,14 +17,6 @@ from .helpers import Worker, count, done, query, run_cli, wait_until
 APP = "queue_app:hy"
 
 
-@pytest.fixture
-def qapp(app_registry: Callable[[HyrexRegistry], HyrexRegistry]) -> Any:
-    from .apps import queue_app
-
-    app_registry(queue_app.hy)
-    return queue_app
-
-
 def _info(hy: HyrexRegistry, name: str) -> QueueInfo | None:
     return next((i for i in hy.queues() if i.name == name), None)
 
