@@ -5,6 +5,7 @@ alone. Real workers, a real database (tests/apps/async_app.py)."""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_a_coroutine_that_does_not_yield_gets_its_executor_killed(aapp, aworker,
     assert done(blocker, 30).status == "failed"
     [run] = blocker.task_runs
     assert run.status == "timed_out"
-    assert run.error_type == "TaskTimeout" and "did not yield" in run.error_message
+    assert run.error_type == "TaskTimeout" and "event loop did not respond" in run.error_message
     [event] = read_events(out_dir, "blocks")
     wait_until(lambda: w.executor_pids() and w.executor_pids() != [event["pid"]], 30)
     after = aapp.nap.send(1)  # a fresh executor serves on
@@ -162,19 +163,65 @@ def test_cancel_of_one_running_async_task_leaves_its_siblings(aapp, aworker, out
 def test_sigterm_lets_running_coroutines_finish_and_hands_back_the_rest(
     aapp, aworker, out_dir, database_url, schema
 ):
-    running = [aapp.slow_sibling.send(i) for i in range(3)]
+    running = [aapp.gated.send(i) for i in range(3)]
     w = aworker("--processes", "1", "--async-concurrency", "3", "--prefetch", "8")
-    wait_until(lambda: len(read_events(out_dir, "slow_sibling")) == 3, 30)
-    queued = [aapp.nap.send(i) for i in range(5)]
-    assert w.stop() == 0
+    wait_until(lambda: len(read_events(out_dir, "gated")) == 3, 30)
+    queued = [aapp.nap.send(i) for i in range(3)]
+    ids = [h.id for h in queued]
+
+    def statuses() -> set[str]:
+        rows = query(database_url, schema, "SELECT status FROM task WHERE id = ANY(%s)", (ids,))
+        return {s for (s,) in rows}
+
+    wait_until(lambda: statuses() == {"running"}, 30, what="the worker to hold the naps")
+    w.signal(signal.SIGTERM)
+    # handed back while the running coroutines still run (they wait for the file)
+    wait_until(lambda: statuses() == {"queued"}, 30, what="the naps to be handed back")
+    (out_dir / "release").touch()
+    assert w.proc.wait(60) == 0  # (a second SIGTERM would not wait for them)
     assert all(done(h, 5).status == "completed" for h in running)
-    states = query(
-        database_url,
-        schema,
-        "SELECT status FROM task WHERE id = ANY(%s)",
-        ([h.id for h in queued],),
+    assert statuses() == {"queued"}
+    runs = query(
+        database_url, schema, "SELECT count(*) FROM task_run WHERE task_id = ANY(%s)", (ids,)
     )
-    assert {s for (s,) in states} <= {"queued", "completed"}
+    assert runs == [(0,)]
+
+
+def test_a_kill_loses_the_siblings_and_they_run_again(aapp, aworker, out_dir):
+    siblings = [aapp.lost_once.send(i) for i in range(3)]
+    blocker = aapp.blocks.send(0)
+    w = aworker("--processes", "1", "--async-concurrency", "10")
+    assert done(blocker, 30).status == "failed"
+    assert [r.status for r in blocker.task_runs] == ["timed_out"]
+    for n, h in enumerate(siblings):
+        assert done(h, 30).status == "completed", h.task_runs
+        assert h.result == n
+        runs = h.task_runs
+        assert [(r.attempt_number, r.status) for r in runs] == [(1, "lost"), (2, "completed")]
+        assert runs[0].error_type == "ExecutorLost" and "blocks" in runs[0].error_message
+    [killed] = {e["pid"] for e in read_events(out_dir, "blocks")}
+    firsts = [e for e in read_events(out_dir, "lost_once") if e["attempt"] == 1]
+    assert {e["pid"] for e in firsts} == {killed}
+    assert w.stop() == 0
+
+
+def test_a_coroutine_that_swallows_its_timeout_is_timed_out(aapp, aworker, out_dir):
+    h = aapp.swallows_cancel.send(0)
+    w = aworker("--processes", "1", "--async-concurrency", "4")
+    assert done(h, 30).status == "failed"
+    [run] = h.task_runs
+    assert run.status == "timed_out" and run.error_type == "TaskTimeout"
+    assert w.executor_pids() == [read_events(out_dir, "swallows_cancel")[0]["pid"]]
+    assert w.stop() == 0
+
+
+def test_an_async_on_error_runs_to_its_end_before_the_executor_stops(aapp, aworker, out_dir):
+    h = aapp.fails.send(0)
+    w = aworker("--processes", "1", "--async-concurrency", "4")
+    assert done(h, 30).status == "failed"
+    assert w.stop() == 0  # while on_error still awaits
+    assert [e["type"] for e in read_events(out_dir, "on_error")] == ["ValueError"]
+    assert "on_error_failed" in w.log() and "on_error broke after its first await" in w.log()
 
 
 def test_async_concurrency_is_checked_at_decoration(aapp):
@@ -199,13 +246,14 @@ def test_the_worker_option_is_checked(registry):
         registry.worker(async_concurrency=0)
 
 
-def test_progress_of_concurrent_tasks_is_each_their_own(aapp, aworker):
+def test_progress_of_concurrent_tasks_is_each_their_own(aapp, aworker, out_dir):
     handles = [aapp.reports.send(i) for i in range(8)]
     w = aworker("--processes", "1", "--async-concurrency", "8")
-    # sampled while they run side by side
+    # sampled while they run side by side (each waits, after its first value, for "go")
     wait_until(
         lambda: all(h.refresh().progress == {"n": n, "step": 1} for n, h in enumerate(handles)), 30
     )
+    (out_dir / "go").touch()
     for n, h in enumerate(handles):
         assert done(h, 30).status == "completed", h.task_runs
         assert h.progress == {"n": n, "step": 2}  # the last value, written with the result

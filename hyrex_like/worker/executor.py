@@ -127,16 +127,20 @@ def _take_back_locked(conn: Connection) -> None:
         skipped = [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in _pending]
         _pending.clear()
         # The parent sends whole messages, so one that has begun to arrive ends soon.
+        woken = False  # a message for the event loop of `lanes`, which no longer sees it
         while not _stopped and conn.poll(0):
             batch = conn.recv()
             if batch is None:
-                _stopped = True
+                _stopped = woken = True
             elif type(batch) is tuple:  # (CANCEL, key), for `lanes`
                 _controls.append(batch)
+                woken = True
             else:
                 skipped += [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in batch]
         if skipped:
             conn.send_bytes(pickle.dumps(skipped, pickle.HIGHEST_PROTOCOL))
+        if woken and _waker is not None:  # the pipe is empty now: its reader will not fire
+            _waker()
 
 
 def _signal_name(signum: int) -> str:

@@ -28,7 +28,7 @@ import pydantic
 from ..context import _LazyContext, _reset_context, _set_context
 from ..errors import PayloadNotSerializable, PayloadTooLarge
 from . import executor as _x
-from .failures import _describe_failure
+from .failures import _describe_failure, call_on_error, describe_error
 from .protocol import (
     _W_ARGS,
     _W_ATTEMPT,
@@ -47,6 +47,10 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from .executor import Executor
+
+
+BACKGROUND_GRACE = 5.0
+"""How long a stopping executor waits for async ``on_error`` callbacks still running."""
 
 
 class _TimedOut(Exception):
@@ -87,6 +91,8 @@ class Lanes:
                     continue  # a sync job ran: look again at once
                 await self.wakeup.wait()
                 self.wakeup.clear()
+            if self.background:  # async on_error callbacks still running: a bounded wait
+                await asyncio.wait(list(self.background), timeout=BACKGROUND_GRACE)
         finally:
             _x._waker = None
             loop.remove_reader(conn.fileno())
@@ -151,12 +157,22 @@ class Lanes:
         starts: list[tuple[Any, ...]] = []
         while pending:
             if _x._draining:
-                skipped = [(SKIP, w[_W_KEY], w[_W_ATTEMPT]) for w in pending]
-                pending.clear()
+                # One job at a time (popleft is atomic): a take-back that runs meanwhile
+                # answers for those still in `pending`, this loop for the ones it popped.
+                skipped: list[tuple[Any, ...]] = []
+                while True:
+                    try:
+                        w = pending.popleft()
+                    except IndexError:
+                        break
+                    skipped.append((SKIP, w[_W_KEY], w[_W_ATTEMPT]))
                 self._flush(starts)
                 self._send(skipped)
                 return False
-            wire = pending[0]
+            try:
+                wire = pending[0]
+            except IndexError:  # a take-back (signal handler) emptied it since `while pending`
+                break
             definition = registry.get_task(wire[_W_NAME])
             if definition is None or not definition.is_async:
                 if self.running:
@@ -214,6 +230,8 @@ class Lanes:
                 retryable = False
                 raise
             value = await self._call(definition, payload, timeout)
+            if key in self.canceling:  # it caught the cancellation and returned
+                raise asyncio.CancelledError
             try:
                 dumped = definition.dump_result(value)
                 last = progress.final(name, True, key)
@@ -232,7 +250,10 @@ class Lanes:
             else:  # raised by the task itself: its failure, as in the one-at-a-time loop
                 result = await self._failed(wire, definition, exc, started, retryable)
         except BaseException as exc:  # every one fails the attempt, never the executor
-            result = await self._failed(wire, definition, exc, started, retryable)
+            if key in self.canceling:  # raised once cancelled: the cancel ended it
+                result = self._with_last((CANCELED, key, attempt, started, time.time()), name, key)
+            else:
+                result = await self._failed(wire, definition, exc, started, retryable)
         finally:
             _reset_context(token)
             self.running.pop(key, None)
@@ -248,11 +269,14 @@ class Lanes:
         scope = asyncio.timeout(timeout)
         try:
             async with scope:
-                return await definition.call(payload)
-        except TimeoutError:
-            if scope.expired():
+                value = await definition.call(payload)
+        except BaseException:
+            if scope.expired():  # (whatever it raised once cancelled: its timeout ended it)
                 raise _TimedOut from None
             raise
+        if scope.expired():  # it caught the cancellation and returned: timed out all the same
+            raise _TimedOut
+        return value
 
     def _with_last(self, result: tuple[Any, ...], name: str, key: bytes) -> tuple[Any, ...]:
         last = self.x.progress.final(name, False, key)
@@ -272,18 +296,39 @@ class Lanes:
         error_type, message, tb = _describe_failure(exc)
         if not x.streams.intact():
             x._restore_streams(wire)
-        x._on_error(definition, exc, Job.from_wire(wire))
+        job = Job.from_wire(wire)
+        call_on_error(
+            definition,
+            exc,
+            job,
+            lambda coroutine: self._in_background(coroutine, job),
+            x.log,
+            contain=(BaseException,),
+        )
         failed = (ERR, key, attempt, started, finished, error_type, message, tb, retryable)
         return self._with_last(failed, name, key)
 
-    def _in_background(self, coroutine: Any) -> None:
-        """An async ``on_error``: a task of the loop (it cannot be run to its end inside it)."""
+    def _in_background(self, coroutine: Any, job: Job | None = None) -> None:
+        """An async ``on_error``: a task of the loop (it cannot be run to its end inside it);
+        what it raises is logged as a sync one's would be (`call_on_error`)."""
         task = asyncio.ensure_future(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-        task.add_done_callback(_swallow)
+        log = self.x.log
 
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is None or job is None:
+                return
+            with contextlib.suppress(Exception):  # our stderr broken: nowhere left to say it
+                log.error(
+                    "on_error_failed",
+                    task_id=str(job.task_id),
+                    task_name=job.task_name,
+                    attempt=job.attempt,
+                    error=describe_error(exc),
+                )
 
-def _swallow(task: asyncio.Task[Any]) -> None:
-    with contextlib.suppress(BaseException):
-        task.exception()
+        task.add_done_callback(done)

@@ -206,7 +206,12 @@ class Running:
                     self._kill(i, ex, s, RunStatus.CANCELED, TaskCanceled(why), "task_canceled")
                 else:
                     # (a sync job: killed at its deadline, as with one job at a time)
-                    how = " and its coroutine did not yield" if s.is_async else ""
+                    how = (
+                        " and the executor's event loop did not respond (blocked by this task "
+                        "or by another one running beside it)"
+                        if s.is_async
+                        else ""
+                    )
                     why = (
                         f"attempt ran past its timeout of {s.job.timeout:g}s{how}; its "
                         "executor was killed"
@@ -224,12 +229,13 @@ class Running:
         event: str,
     ) -> None:
         pool = self.pool
-        pool.spawner.kill(ex)
+        self._stop_and_drain(ex)
         canceled = status is RunStatus.CANCELED
         fields = (
             {"stage": RunStatus.RUNNING.value} if canceled else {"timeout": culprit.job.timeout}
         )
-        self._end(ex, culprit, status, error, event, not canceled, fields)
+        if culprit.job.task_id.bytes in self.started[ex.index]:  # (else it answered at the end)
+            self._end(ex, culprit, status, error, event, not canceled, fields)
         lost = ExecutorLost(
             f"executor process {ex.process.pid} was killed because task "
             f"{culprit.job.task_name!r} ({culprit.job.task_id}) running beside this attempt "
@@ -238,7 +244,15 @@ class Running:
         for other in list(self.started[ex.index].values()):
             self._end(ex, other, RunStatus.LOST, lost, "task_lost", True, {"reason": str(lost)})
         pool.ledger.requeue_rest(ex.index)
+        ex.close()
         self._replace(i, ex)
+
+    def _stop_and_drain(self, ex: ExecutorHandle) -> None:
+        """Kill ``ex`` (its process group) and reap it, then read what it sent before it
+        died: a result or a start sent while it was being killed still counts."""
+        kill_executor_group(ex.process)
+        ex.process.join(5)
+        self.pool._drain_pipe(ex)
 
     def _end(
         self,
@@ -322,7 +336,7 @@ class Running:
         for ex in pool.executors:
             if not pool.ledger.assigned[ex.index]:
                 continue
-            pool.spawner.kill(ex)
+            self._stop_and_drain(ex)
             error = WorkerError(why)
             for s in list(self.started[ex.index].values()):
                 self._end(
@@ -337,6 +351,7 @@ class Running:
                 )
             pool.ledger.give_back_rest(ex.index)
             self.started[ex.index].clear()
+            ex.close()
 
     def heads(self) -> list[tuple[Job, float]]:
         """Every started job, with when it began (monotonic)."""

@@ -85,11 +85,55 @@ def sync_step(n: int) -> dict[str, float]:
     return {"began": began, "ended": time.time()}
 
 
+async def until_file(name: str, limit: float = 30.0) -> None:
+    """Wait (polling, at most ``limit`` seconds) until the test creates $HYREX_TEST_OUT/name."""
+    path = os.path.join(os.environ["HYREX_TEST_OUT"], name)
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
 @hy.task
 async def reports(n: int) -> int:
     ctx = get_hyrex_context()
     ctx.update_progress({"n": n, "step": 1})
-    await asyncio.sleep(0.8)  # long enough for the sampler to send the first value
+    await until_file("go")  # the test saw every first value written
     ctx.update_progress({"n": n, "step": 2})
-    await asyncio.sleep(0.05)
     return n
+
+
+@hy.task
+async def gated(n: int) -> int:
+    note("gated", n=n)
+    await until_file("release")
+    return n
+
+
+@hy.task(max_retries=2)
+async def lost_once(n: int) -> int:
+    attempt = get_hyrex_context().attempt_number
+    note("lost_once", n=n, attempt=attempt)
+    if attempt == 1:
+        await asyncio.sleep(30)  # its executor is killed meanwhile
+    return n
+
+
+@hy.task(timeout_seconds=0.5)
+async def swallows_cancel(n: int) -> str:
+    note("swallows_cancel", n=n)
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        return "caught"
+    return "never"
+
+
+async def slow_on_error(exc: BaseException) -> None:
+    await asyncio.sleep(1.0)  # still running when the test stops the worker
+    note("on_error", type=type(exc).__name__)
+    raise RuntimeError("on_error broke after its first await")
+
+
+@hy.task(max_retries=0, on_error=slow_on_error)
+async def fails(n: int) -> int:
+    raise ValueError("boom")
