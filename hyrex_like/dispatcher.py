@@ -154,7 +154,12 @@ class Dispatcher:
             lambda: registry.store.connect(worker=True), self.pool.executors, self.log
         )
         self.cancels = Cancels(
-            self.ledger, self.pool.cancel_head, self.pool.take_back, self.stats, self.log
+            self.ledger,
+            self.pool.cancel_head,
+            self.pool.take_back,
+            self.stats,
+            self.log,
+            behind_heads_run=self.pool.running is not None,
         )
         self.conns.on_cancel = self.cancels.request  # (on the loop's thread: no wake needed)
         self.conns.on_pause = self._queue_paused

@@ -58,16 +58,12 @@ class Cancels:
         stats: dict[str, int],
         log: Any,
         clock: Callable[[], float] = time.monotonic,
-        behind_heads_run: bool | None = None,
+        behind_heads_run: bool = False,
     ) -> None:
         self.ledger = ledger
         self._stop_head = stop_head  # ExecutorPool.cancel_head
         # A pool whose executors run async tasks side by side (`ExecutorPool.running`) has
-        # started jobs behind its heads too, which its cancel_head stops. None: found out
-        # from the pool that owns ``stop_head`` (until the dispatcher passes it).
-        if behind_heads_run is None:
-            owner = getattr(stop_head, "__self__", None)
-            behind_heads_run = getattr(owner, "running", None) is not None
+        # started jobs behind its heads too, which its cancel_head stops.
         self._behind_heads_run = behind_heads_run
         self._take_back = take_back  # ExecutorPool.take_back
         self.stats = stats

@@ -79,11 +79,11 @@ OK, ERR, SKIP, PROGRESS = "ok", "err", "skip", "progress"
 #   ("timeout", task_id, attempt, started, finished, message[, progress])
 #                                               its coroutine ran past its timeout and was
 #                                               cancelled (its siblings run on)
-#   ("canceled", task_id, attempt, started, finished[, progress])
+#   ("cancel_done", task_id, attempt, started, finished[, progress])
 #                                               cancelled as the parent asked (CANCEL)
 # and the parent may send, besides batches and None, (CANCEL, task_id): cancel that
 # running coroutine.
-START, TIMEOUT, CANCELED, CANCEL = "start", "timeout", "canceled", "cancel"
+START, TIMEOUT, CANCELED, CANCEL = "start", "timeout", "cancel_done", "cancel"
 
 READY = "ready"
 
