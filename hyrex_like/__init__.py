@@ -34,6 +34,7 @@ from .errors import (
     WorkflowStateError,
 )
 from .handle import TaskError, TaskHandle, TaskRun
+from .inspect import WorkerInfo
 from .observer import WorkerObserver
 from .payloads import MAX_NESTING_DEPTH
 from .queues import QueueInfo
@@ -89,6 +90,7 @@ __all__ = [
     "TaskWaitTimeout",
     "UnknownTaskName",
     "WorkerError",
+    "WorkerInfo",
     "WorkerObserver",
     "StepState",
     "WORKFLOW_ACTIVE",

@@ -855,3 +855,14 @@ SELECT coalesce(q.name, c.queue)::text AS name, q.concurrency_limit, q.paused_at
 FROM queue AS q
 FULL JOIN counts AS c ON c.queue = q.name
 ORDER BY 1
+
+-- list_workers --
+-- The workers running now and those that stopped or were declared lost in the last
+-- %(recent)s seconds, newest first, each with how many tasks it holds as running now
+-- (task_running_idx). One row per worker process ever started: the table is small.
+SELECT w.id, w.hostname, w.pid, w.queues, w.task_names, w.processes, w.status, w.started_at,
+       w.heartbeat_at, w.stopped_at,
+       (SELECT count(*) FROM task AS t WHERE t.status = 'running' AND t.worker_id = w.id)
+FROM worker AS w
+WHERE w.status = 'running' OR w.stopped_at >= now() - make_interval(secs => %(recent)s)
+ORDER BY w.started_at DESC, w.id

@@ -27,6 +27,8 @@ from .errors import (
     UnknownTaskName,
 )
 from .handle import TaskHandle
+from .inspect import InspectMethods
+from .inspect import WorkerInfo as WorkerInfo  # re-exported
 from .kv import KVMethods
 from .queues import QueueInfo as QueueInfo  # re-exported
 from .queues import QueueMethods
@@ -74,7 +76,7 @@ if typing.TYPE_CHECKING:
     from .runner import Worker
 
 
-class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods):
+class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods, InspectMethods):
     """A set of tasks and the database they are sent to.
 
     The URL comes from ``database_url``, else ``HYREX_LIKE_DATABASE_URL``, else the embedded
