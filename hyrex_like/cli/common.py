@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import uuid
+from collections.abc import Sequence
 
 from ..durations import parse_duration
 from ..registry import HyrexRegistry
@@ -54,3 +55,11 @@ def load_app(args: argparse.Namespace) -> HyrexRegistry:
     registry = load_registry(args.app)
     registry.configure(database_url=args.database_url, schema_name=args.schema)
     return registry
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print ``header`` and ``rows`` as columns padded to their widest cell, two spaces apart."""
+    every = [tuple(header), *(tuple(r) for r in rows)]
+    widths = [max(len(r[c]) for r in every) for c in range(len(header))]
+    for r in every:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from ..registry import HyrexRegistry
-from .common import task_id
+from .common import print_table, task_id
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -63,15 +63,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # UUIDs and enums
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart."""
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
-
-
 def _ago(when: datetime | None, now: datetime) -> str:
     if when is None:
         return "-"
@@ -106,7 +97,7 @@ def _workers(args: argparse.Namespace) -> int:
         )
         for i in infos
     ]
-    print(table(header, rows))
+    print_table(header, rows)
     return 0
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..queues import MAX_CONCURRENCY_LIMIT, QueueInfo
 from ..registry import HyrexRegistry
-from .common import EXIT_NOTHING_CHANGED
+from .common import EXIT_NOTHING_CHANGED, print_table
 
 
 def _limit(text: str) -> int | None:
@@ -133,9 +133,7 @@ def _queues(args: argparse.Namespace) -> int:
         )
         for i in infos
     ]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(header, rows)
     return 0
 
 

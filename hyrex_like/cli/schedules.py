@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import redact_dsn
-from .common import APP_HELP, EXIT_USAGE, load_app
+from .common import APP_HELP, EXIT_USAGE, load_app, print_table
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -96,7 +96,7 @@ def _schedules(args: argparse.Namespace) -> int:
         print(f"{args.app!r} has no scheduled tasks")
         return 0
     header = ("TASK", "SCHEDULE", "NEXT TICK", "LAST TICK", "LAST TASK", "STATUS")
-    rows = [header] + [
+    rows = [
         (
             i.task_name,
             i.schedule,
@@ -107,9 +107,7 @@ def _schedules(args: argparse.Namespace) -> int:
         )
         for i in infos
     ]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print_table(header, rows)
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ from ..errors import WorkflowStateError
 from ..registry import HyrexRegistry
 from ..states import TaskStatus
 from ..workflow_status import WorkflowStatus, summarize
-from .common import APP_HELP, EXIT_NOTHING_CHANGED, load_app
+from .common import APP_HELP, EXIT_NOTHING_CHANGED, load_app, print_table
 
 _STATE_HELP = (
     "Exit code 2 for an unknown or malformed id, 1 when the workflow is in no state this "
@@ -127,13 +127,6 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    every = [tuple(header), *(tuple(r) for r in rows)]
-    widths = [max(len(r[c]) for r in every) for c in range(len(header))]
-    for r in every:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-
-
 def _short(text: str, width: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -162,7 +155,7 @@ def _list(args: argparse.Namespace) -> int:
     if not runs:
         print("no workflow runs" + (f" of {args.name!r}" if args.name else ""))
         return 0
-    _table(
+    print_table(
         ("ID", "NAME", "STATUS", "CURRENT STEP", "STEPS", "CREATED", "FINISHED"),
         [
             (
@@ -234,7 +227,7 @@ def _show(args: argparse.Namespace) -> int:
     if row.on_failure_task_id:
         print(f"  on_failure   : task {row.on_failure_task_id}")
     print()
-    _table(
+    print_table(
         ("#", "STEP", "TASK", "STATUS", "ATTEMPTS", "PROGRESS", "LAST ERROR"),
         [
             (
