@@ -1,6 +1,6 @@
--- hyrex-like schema, version 9: the current schema, written out whole.
+-- hyrex-like schema, version 10: the current schema, written out whole.
 --
--- What migrations 0001..0009 produce, as one readable file (tests/test_schema_file.py applies
+-- What migrations 0001..0010 produce, as one readable file (tests/test_schema_file.py applies
 -- both to fresh schemas and compares the catalogs). The numbered migrations stay the way a
 -- database gets here; change the schema with a new migration, then bring this file and the
 -- version above in line with it. Names are unqualified: it runs with search_path set to the
@@ -79,7 +79,9 @@ CREATE TABLE task (
     pause_requested_at timestamptz,
     -- what the task last reported with update_progress, and the attempt that reported it
     progress         jsonb,
-    progress_attempt integer
+    progress_attempt integer,
+    -- the sender's W3C trace context ({"traceparent", "tracestate"}) when tracing is on
+    trace_context    jsonb
 );
 
 -- Queue tables churn fast: keep statistics fresh so plans follow the queue's real size.
@@ -441,3 +443,18 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Attempts ended per minute, worker, queue and way they ended (see 0010_inspect.sql): each
+-- worker adds its own tallies with its heartbeat; throughput reads a range of the primary key.
+CREATE TABLE queue_minute (
+    minute       timestamptz      NOT NULL,
+    worker_id    uuid             NOT NULL,
+    queue        task_label       NOT NULL,
+    status       text             NOT NULL,  -- a task_run status an attempt ended with
+    attempts     integer          NOT NULL,
+    run_seconds  double precision NOT NULL,
+    PRIMARY KEY (minute, worker_id, queue, status)
+);
+
+-- Workflows that are running or paused, newest first, without reading ended ones.
+CREATE INDEX workflow_live_idx ON workflow (created_at, id) WHERE state IN ('running', 'paused');

@@ -212,7 +212,7 @@ def test_hostile_and_unicode_names_are_stored_verbatim(registry, database_url, s
     other = anything.with_config(queue=name + "-2").send(2)
     assert other.refresh().queue == name + "-2"
     # task, task_run, worker, schedule_tick, workflow, kv, queue, migrations
-    assert _tables(database_url, schema) == 8
+    assert _tables(database_url, schema) == 9
     assert count(database_url, schema) == 2
 
 
