@@ -8,6 +8,8 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from ..durations import parse_duration
 from ..registry import HyrexRegistry
@@ -57,9 +59,56 @@ def load_app(args: argparse.Namespace) -> HyrexRegistry:
     return registry
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print ``header`` and ``rows`` as columns padded to their widest cell, two spaces apart."""
+def registry(args: argparse.Namespace) -> HyrexRegistry:
+    """A registry on the database and schema of the flags, for commands that import no app."""
+    return HyrexRegistry(args.database_url, schema=args.schema)
+
+
+def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """``header`` and ``rows`` as lines of columns padded to their widest cell, two spaces
+    apart."""
     every = [tuple(header), *(tuple(r) for r in rows)]
     widths = [max(len(r[c]) for r in every) for c in range(len(header))]
-    for r in every:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in every
+    ]
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print `table_lines`."""
+    for line in table_lines(header, rows):
+        print(line)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with datetimes as ISO text and UUIDs, enums and the like as ``str``."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def age(seconds: float | None) -> str:
+    """A short age: ``-`` (none), ``42s``, ``17m``, ``5h`` or ``3d``, rounded down."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def ago(when: datetime | None, now: datetime) -> str:
+    """How long before ``now`` ``when`` was (``12s ago``), or ``-``."""
+    return "-" if when is None else f"{age((now - when).total_seconds())} ago"
+
+
+def utc_time(when: datetime) -> str:
+    """``when`` in UTC to the second, ISO with a ``Z``: ``2026-11-30T23:50:30Z``."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,21 +1,63 @@
-"""``hyrex-like workers`` and ``hyrex-like tasks show ID``: what the queue is doing, read from
-the database without importing the app (human tables by default, ``--json`` for scripts)."""
+"""``hyrex-like workers``, ``hyrex-like tasks list`` and ``hyrex-like tasks show ID``: what the
+queue is doing, read from the database without importing the app (human tables by default,
+``--json`` for scripts). ``hyrex-like status`` is in `status`, registered from here."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..registry import HyrexRegistry
-from .common import print_table, task_id
+from ..durations import parse_duration
+from ..states import TaskStatus
+from . import status
+from .common import age, ago, jsonable, print_table, registry, task_id, utc_time
+
+STATUSES = ", ".join(s.value for s in TaskStatus)
+
+
+def _task_status(text: str) -> TaskStatus:
+    try:
+        return TaskStatus(text.strip().lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a task status: expected one of {STATUSES}"
+        ) from None
+
+
+def _since(text: str) -> timedelta | datetime:
+    """A duration back from now (``1h``, ``30m``) or an ISO time (local unless it has an
+    offset)."""
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (such as 30m, 1h or 7d) nor an ISO time (such as "
+            "2026-11-30T12:00 or 2026-11-30T12:00+01:00)"
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """The workers and tasks subcommands."""
+    """The workers, tasks and status subcommands."""
     w = sub.add_parser(
         "workers",
         help="list the workers running now and those that ended lately",
@@ -35,6 +77,39 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
 
     t = sub.add_parser("tasks", help="look at tasks", description="Look at tasks.")
     actions = t.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+    ls = actions.add_parser(
+        "list",
+        help="tasks newest first, filtered by name, status, queue and age",
+        description="List tasks newest first, a page at a time. When more match, the command "
+        "for the next (older) page's cursor is printed on stderr ('more: --after CURSOR'). A "
+        "sparse filter over many tasks may end a page early: stderr then says how far back it "
+        "scanned, and --after goes on from there.",
+    )
+    ls.add_argument("--name", metavar="NAME", help="only tasks of this name")
+    ls.add_argument(
+        "--status",
+        type=_task_status,
+        metavar="STATUS",
+        help=f"only tasks in this status: {STATUSES}",
+    )
+    ls.add_argument("--queue", metavar="QUEUE", help="only tasks of this queue")
+    ls.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="only tasks created since WHEN: a duration back from now (30m, 1h, 7d) or an ISO "
+        "time (2026-11-30T12:00, local time unless it has an offset)",
+    )
+    ls.add_argument(
+        "--limit", type=_limit, default=50, metavar="N", help="tasks per page (default: 50)"
+    )
+    ls.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="the next page: the cursor that the previous page printed on stderr",
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON array of objects")
+    common(ls)
     show = actions.add_parser(
         "show",
         help="one task with every run, its error and traceback",
@@ -45,39 +120,17 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     show.add_argument("task_id", metavar="ID", type=task_id, help="the task's id (a UUID)")
     show.add_argument("--json", action="store_true", help="one JSON object")
     common(show)
-
-
-def _registry(args: argparse.Namespace) -> HyrexRegistry:
-    return HyrexRegistry(args.database_url, schema=args.schema)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return str(value)  # UUIDs and enums
-
-
-def _ago(when: datetime | None, now: datetime) -> str:
-    if when is None:
-        return "-"
-    seconds = max(0.0, (now - when).total_seconds())
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+    status.add_parsers(sub, common)
 
 
 def _workers(args: argparse.Namespace) -> int:
-    hy = _registry(args)
+    hy = registry(args)
     try:
         infos = hy.list_workers(recent=args.recent)
     finally:
         hy.close()
     if args.json:
-        print(json.dumps([_jsonable(dataclasses.asdict(i)) for i in infos]))
+        print(json.dumps([jsonable(dataclasses.asdict(i)) for i in infos]))
         return 0
     if not infos:
         print(f"no worker is running, and none ended in the last {args.recent:g}s")
@@ -93,7 +146,7 @@ def _workers(args: argparse.Namespace) -> int:
             str(i.processes),
             str(i.running),
             ",".join(i.queues) or "*",
-            _ago(i.heartbeat_at, now),
+            ago(i.heartbeat_at, now),
         )
         for i in infos
     ]
@@ -101,8 +154,52 @@ def _workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    hy = registry(args)
+    try:
+        page = hy.list_tasks(
+            name=args.name,
+            status=args.status,
+            queue=args.queue,
+            since=args.since,
+            limit=args.limit,
+            after=args.after,
+        )
+    finally:
+        hy.close()
+    if args.json:
+        print(json.dumps([t.to_json() for t in page.items]))
+    elif page.items:
+        header = ("ID", "NAME", "QUEUE", "STATUS", "ATTEMPTS", "CREATED")
+        rows = [
+            (
+                str(t.id),
+                t.task_name,
+                t.queue,
+                str(t.status),
+                str(t.attempts),
+                utc_time(t.created_at),
+            )
+            for t in page.items
+        ]
+        print_table(header, rows)
+    else:
+        print("no task matches" + (" on this page" if page.next else ""))
+    sys.stdout.flush()  # the table before the hints, when both go to one terminal
+    if page.scanned_to is not None:
+        scanned = page.scanned_to
+        print(
+            f"scanned to {utc_time(scanned)} ({age((datetime.now(UTC) - scanned).total_seconds())}"
+            " ago): the page ended early; older tasks were not looked at yet",
+            file=sys.stderr,
+        )
+    if page.next is not None:
+        print(f"more: --after {page.next}", file=sys.stderr)
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
-    hy = _registry(args)
+    hy = registry(args)
     try:
         handle = hy.get_handle(args.task_id)  # TaskNotFound: exit 2 through main
         row = handle.row
@@ -112,7 +209,7 @@ def _show(args: argparse.Namespace) -> int:
     fields = dataclasses.asdict(row)
     if args.json:
         fields["runs"] = [run.model_dump() for run in runs]
-        print(json.dumps(_jsonable(fields)))
+        print(json.dumps(jsonable(fields)))
         return 0
     for key in (
         "id",
@@ -128,17 +225,17 @@ def _show(args: argparse.Namespace) -> int:
         "parent_id",
         "workflow_id",
     ):
-        print(f"{key + ':':15} {_jsonable(fields[key])}")
-    print(f"{'args:':15} {json.dumps(_jsonable(row.args))}")
-    print(f"{'result:':15} {json.dumps(_jsonable(row.result))}")
+        print(f"{key + ':':15} {jsonable(fields[key])}")
+    print(f"{'args:':15} {json.dumps(jsonable(row.args))}")
+    print(f"{'result:':15} {json.dumps(jsonable(row.result))}")
     if row.last_error:
-        print(f"{'last_error:':15} {json.dumps(_jsonable(row.last_error))}")
+        print(f"{'last_error:':15} {json.dumps(jsonable(row.last_error))}")
     print(f"runs: {len(runs)}")
     for run in runs:
         print(
             f"  attempt {run.attempt_number}: {run.status} on worker {run.worker_id}, "
-            f"claimed {_jsonable(run.claimed_at)}, started {_jsonable(run.started_at)}, "
-            f"finished {_jsonable(run.finished_at)}"
+            f"claimed {jsonable(run.claimed_at)}, started {jsonable(run.started_at)}, "
+            f"finished {jsonable(run.finished_at)}"
         )
         if run.error_type is not None:
             print(f"    error: {run.error_type}: {run.error_message}")
@@ -149,10 +246,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    return _show(args)  # "show" is the one action so far
+    return _list(args) if args.tasks_command == "list" else _show(args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "workers": _workers,
     "tasks": _tasks,
+    **status.COMMANDS,
 }
