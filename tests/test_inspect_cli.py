@@ -275,7 +275,7 @@ def test_status_and_queues_show_what_the_database_holds(
     assert got["window_minutes"] == 5 and got["workers_alive"] == 2
     by_queue = {q["queue"]: q for q in got["queues"]}
     assert [q["queue"] for q in got["queues"]] == ["default", "payments", "stuck"]
-    assert by_queue["default"]["per_minute"] == pytest.approx(7 / 5)
+    assert 7 / 6 <= by_queue["default"]["per_minute"] <= 7 / 5  # 5 whole minutes and this one
     assert by_queue["stuck"]["paused"] is True and by_queue["stuck"]["concurrency_limit"] == 4
     oldest = by_queue["stuck"]["oldest_ready_seconds"]
     assert 0 <= oldest <= time.time() - sent + 1
@@ -298,7 +298,8 @@ def test_status_and_queues_show_what_the_database_holds(
         "PAUSED",
     ]
     rows = {ln.split()[0]: ln.split() for ln in lines[2:5]}
-    assert rows["default"] == ["default", "0", "1", "0", "-", "4", "3", "1.4", "-", "no"]
+    assert rows["default"][:7] == ["default", "0", "1", "0", "-", "4", "3"]
+    assert 1.1 <= float(rows["default"][7]) <= 1.4 and rows["default"][8:] == ["-", "no"]
     assert rows["stuck"][1:4] == ["2", "0", "0"] and rows["stuck"][8:] == ["4", "yes"]
     assert rows["stuck"][4].endswith("s") and rows["payments"][3] == "1"
     assert lines[5] == "workers alive: 2"
