@@ -99,6 +99,30 @@ def test_tasks_show_prints_every_run_with_its_error_and_traceback(
     assert malformed.returncode == 2 and "is not a task id" in malformed.stderr
 
 
+def test_tasks_show_names_the_parent_and_the_children(
+    worker: Callable[..., Worker],
+    app_registry: Callable[[HyrexRegistry], HyrexRegistry],
+    database_url: str,
+    schema: str,
+) -> None:
+    from .apps import inspect_app
+
+    app_registry(inspect_app.hy)
+    worker("inspect_app:hy", "--processes", "1")
+    parent = done(inspect_app.parent.send(2), 60)
+    cli = _cli(database_url, schema)
+    shown = json.loads(cli("tasks", "show", str(parent.id), "--json").stdout)
+    assert shown["parent"] is None and len(shown["children"]) == 2
+    assert {c["task_name"] for c in shown["children"]} == {"ok"}
+    child = shown["children"][0]["id"]
+    assert json.loads(cli("tasks", "show", child, "--json").stdout)["parent"]["id"] == str(
+        parent.id
+    )
+    out = cli("tasks", "show", str(parent.id)).stdout
+    assert "children: 2" in out and f"  {child} ok " in out
+    assert f"parent: {parent.id} parent " in cli("tasks", "show", child).stdout
+
+
 def _cli(database_url: str, schema: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, database_url=database_url, schema=schema)

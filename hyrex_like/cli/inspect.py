@@ -114,8 +114,8 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         "show",
         help="one task with every run, its error and traceback",
         description="Show one task: its row (name, queue, status, payload, result, last "
-        "error) and every run (attempt) with its status, worker, times, error and traceback. "
-        "Exit code 2 for an unknown or malformed id.",
+        "error), every run (attempt) with its status, worker, times, error and traceback, then "
+        "its parent and children. Exit code 2 for an unknown or malformed id.",
     )
     show.add_argument("task_id", metavar="ID", type=task_id, help="the task's id (a UUID)")
     show.add_argument("--json", action="store_true", help="one JSON object")
@@ -204,11 +204,16 @@ def _show(args: argparse.Namespace) -> int:
         handle = hy.get_handle(args.task_id)  # TaskNotFound: exit 2 through main
         row = handle.row
         runs = handle.task_runs
+        detail = hy.task_detail(args.task_id)  # for its parent and children
     finally:
         hy.close()
+    parent = None if detail is None else detail.parent
+    children = [] if detail is None else detail.children
     fields = dataclasses.asdict(row)
     if args.json:
         fields["runs"] = [run.model_dump() for run in runs]
+        fields["parent"] = None if parent is None else parent.to_json()
+        fields["children"] = [c.to_json() for c in children]
         print(json.dumps(jsonable(fields)))
         return 0
     for key in (
@@ -242,6 +247,12 @@ def _show(args: argparse.Namespace) -> int:
         if run.traceback:
             for line in run.traceback.rstrip().splitlines():
                 print(f"    | {line}")
+    if parent is not None:
+        print(f"parent: {parent.id} {parent.task_name} {parent.status}")
+    if children:
+        print(f"children: {len(children)}" + (" (the first 200)" if len(children) >= 200 else ""))
+        for child in children:
+            print(f"  {child.id} {child.task_name} {child.status}")
     return 0
 
 
