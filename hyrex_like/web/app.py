@@ -144,14 +144,13 @@ class Dashboard:
 
     def overview(self, request: Request) -> Response:
         at = views.now()
-        queues, rates = views.queue_rows(self.hy)
+        queues = views.queue_rows(self.hy)
         return self.render(
             request,
             "overview.html",
             {
                 "at": at,
                 "queues": queues,
-                "rates": rates,
                 "spark": views.throughput(self.hy, at),
                 "workers": views.worker_rows(self.hy, at),
                 "stale_after": views.STALE_AFTER,
@@ -180,7 +179,7 @@ class Dashboard:
 
     def task(self, request: Request) -> Response:
         task_id = views.parse_id(request.path_params["task_id"])
-        detail = None if task_id is None else views.task_detail(self.hy, task_id)
+        detail = None if task_id is None else self.hy.task_detail(task_id)
         if detail is None:
             return self.error(request, 404, "No task has this id.")
         status = TaskStatus(detail.task.status)
