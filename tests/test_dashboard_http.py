@@ -219,6 +219,10 @@ def test_token_and_basic_auth(registry: HyrexRegistry) -> None:
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert client.get("/workers").status_code == 200  # the cookie now
 
+    local = _client(registry, allowed_hosts=["127.0.0.1", "localhost"])
+    assert local.get("/").status_code == 200
+    assert local.get("/", headers={"host": "evil.example"}).status_code == 400
+
     basic = _client(registry, basic_auth=("ada", "pa:ss"))
     no = basic.get("/")
     assert no.status_code == 401 and no.headers["www-authenticate"].startswith("Basic")
@@ -355,6 +359,8 @@ def test_cli_serves_the_overview_on_a_free_port(
         assert found, (line, (tmp_path / "err.log").read_text())
         page = httpx.get(found.group(0), timeout=30)
         assert page.status_code == 200 and "<h1>Overview</h1>" in page.text
+        rebound = httpx.get(found.group(0), headers={"host": "evil.example:80"}, timeout=30)
+        assert rebound.status_code == 400  # a DNS-rebinding page cannot read it
         assert "nightly" in httpx.get(found.group(0) + "schedules", timeout=30).text
     finally:
         proc.terminate()

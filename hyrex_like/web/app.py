@@ -4,7 +4,7 @@ registry; ``hyrex-like dashboard`` serves it with uvicorn."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib import resources
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -323,13 +323,16 @@ def create_app(
     basic_auth: tuple[str, str] | None = None,
     refresh: int = 5,
     app_registry: HyrexRegistry | None = None,
+    allowed_hosts: Collection[str] | None = None,
 ) -> Guard:
     """The dashboard as an ASGI app reading through ``registry``.
 
     ``allow_actions``: serve the POST actions (cancel, retry, pause, resume); otherwise they
     answer 405. ``token`` / ``basic_auth`` (user, password): require them on every page but
     /healthz. ``refresh``: seconds between automatic reloads of a page (0: never).
-    ``app_registry``: the app's registry, for the schedules page (next ticks)."""
+    ``app_registry``: the app's registry, for the schedules page (next ticks).
+    ``allowed_hosts``: answer only requests whose Host is one of these names (None: any); the
+    CLI sets the loopback names when it listens on a loopback address."""
     if refresh < 0:
         raise ValueError(f"refresh must be 0 (off) or more seconds, not {refresh}")
     d = Dashboard(registry, allow_actions=allow_actions, refresh=refresh, app_registry=app_registry)
@@ -362,4 +365,4 @@ def create_app(
         routes=routes,
         exception_handlers={HTTPException: not_found, HyrexLikeError: failed},
     )
-    return Guard(app, token=token, basic_auth=basic_auth)
+    return Guard(app, token=token, basic_auth=basic_auth, allowed_hosts=allowed_hosts)
