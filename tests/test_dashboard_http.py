@@ -158,6 +158,10 @@ def test_task_list_filters_and_pages_back(
     assert "No task matches" in by_queue
     bad = client.get("/tasks", params={"status": "bogus"})
     assert bad.status_code == 400 and "bogus" in bad.text
+    for params in ({"after": "nope"}, {"since": "soon"}):
+        assert client.get("/tasks", params=params).status_code == 400, params
+    recent = client.get("/tasks", params={"since": "1h", "status": "failed"}).text
+    assert str(failed.id) in recent
 
 
 def test_actions_are_refused_unless_allowed_and_csrf_checked(
@@ -204,6 +208,29 @@ def test_actions_are_refused_unless_allowed_and_csrf_checked(
     assert {q.name: q.paused for q in registry.queues()}["default"] is True
     client.post("/queues/default/resume", data={"csrf": token}, headers=same)
     assert {q.name: q.paused for q in registry.queues()}["default"] is False
+
+
+def test_workflow_actions_pause_resume_and_cancel(app: Any, registry: HyrexRegistry) -> None:
+    wf = app.pipeline.send("ada")  # no worker: its first step stays queued
+    client = _client(registry, allow_actions=True)
+    page = client.get(f"/workflows/{wf.id}").text
+    token = _csrf(page)
+    assert f'action="/workflows/{wf.id}/pause"' in page
+
+    def post(action: str) -> str:
+        response = client.post(
+            f"/workflows/{wf.id}/{action}",
+            data={"csrf": token},
+            headers={"origin": "http://127.0.0.1:8000"},
+        )
+        assert response.status_code == 200, response.text
+        return response.text
+
+    assert "Paused." in post("pause") and wf.refresh().status == "paused"
+    assert "Resumed." in post("resume") and wf.refresh().status == "pending"  # not started
+    assert "Canceled." in post("cancel") and wf.refresh().status == "canceled"
+    assert "Not possible in its current state." in post("pause")
+    assert 'http-equiv="refresh"' not in client.get(f"/workflows/{wf.id}").text
 
 
 def test_token_and_basic_auth(registry: HyrexRegistry) -> None:
