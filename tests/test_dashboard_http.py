@@ -273,6 +273,19 @@ def test_security_headers_on_every_response(registry: HyrexRegistry) -> None:
     assert "schedules live in the app" in client.get("/schedules").text  # no --app
 
 
+def test_metrics_route_serves_the_cluster_gauges_when_installed(
+    app: Any, registry: HyrexRegistry
+) -> None:
+    pytest.importorskip("hyrex_like.metrics")
+    app.hy.pause_queue("parked")
+    app.greet.with_config(queue="parked").send({"p": 1})
+    client = _client(registry, token="t")
+    assert client.get("/metrics").status_code == 401
+    scraped = client.get("/metrics", headers={"authorization": "Bearer t"})
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    assert "hyrex_like_" in scraped.text and 'queue="parked"' in scraped.text
+
+
 def test_templates_and_code_never_mark_text_safe() -> None:
     templates = sorted((WEB / "templates").glob("*.html"))
     assert len(templates) >= 8

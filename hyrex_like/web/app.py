@@ -4,6 +4,7 @@ registry; ``hyrex-like dashboard`` serves it with uvicorn."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Collection
 from importlib import resources
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from ..errors import (
+    ConfigurationError,
     DatabaseError,
     HyrexLikeError,
     InvalidTaskOption,
@@ -315,6 +317,22 @@ class Dashboard:
         return back, None
 
 
+def _metrics_route(hy: HyrexRegistry) -> Route | None:
+    """GET /metrics with the cluster's queue gauges (`hyrex_like.metrics`), when that module
+    and prometheus-client are installed: one exporter per cluster, not one per worker."""
+    try:
+        metrics = importlib.import_module("hyrex_like.metrics")
+        registry = metrics.cluster_registry(hy)
+    except (ImportError, ConfigurationError):
+        return None
+
+    def serve(request: Request) -> Response:  # sync: Starlette runs it off the event loop
+        body, content_type = metrics.render(registry)
+        return Response(body, headers={"content-type": content_type})
+
+    return Route("/metrics", serve)
+
+
 def create_app(
     registry: HyrexRegistry,
     *,
@@ -361,6 +379,9 @@ def create_app(
         Route("/workflows/{target}/{action}", d.act, methods=["POST"]),
         Route("/queues/{target:path}/{action}", d.act, methods=["POST"]),
     ]
+    metrics = _metrics_route(registry)
+    if metrics is not None:
+        routes.append(metrics)
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: not_found, HyrexLikeError: failed},
