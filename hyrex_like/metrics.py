@@ -54,6 +54,15 @@ CLAIM_SIZE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CLAIM_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 
 
+def _require() -> None:
+    """`ConfigurationError` naming the extra if prometheus_client is not installed (without
+    importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigurationError(f"metrics need the prometheus-client package: {INSTALL_HINT}")
+
+
 def _prometheus() -> Any:
     """The prometheus_client module, or `ConfigurationError` naming the extra to install."""
     try:
@@ -110,7 +119,7 @@ class WorkerMetrics(WorkerObserver):
         self._worker_id: uuid.UUID | None = None
         self._view: WorkerView | None = None
         if port is not None:
-            self.registry = self.new_registry()
+            _require()  # now, so a missing extra stops the worker before it starts
 
     def new_registry(self) -> CollectorRegistry:
         """A private registry holding only this collector."""
@@ -118,12 +127,21 @@ class WorkerMetrics(WorkerObserver):
         registry.register(self)
         return registry
 
+    def close(self) -> None:
+        """Stop serving (a worker run in-process; ``run-worker`` just exits)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
     # ---------------------------------------------------------------- hooks
 
     def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
         self._worker_id = worker_id
         self._view = view
-        if self.port is not None and self.registry is not None and self.server is None:
+        if self.port is not None and self.server is None:
+            # Imported and bound only now: the executors were forked from a single thread
+            # meanwhile, and start while prometheus_client imports (~50 ms).
+            self.registry = self.registry or self.new_registry()
             try:
                 self.server = serve(self.port, self.host, self.registry)
             except OSError as exc:

@@ -162,7 +162,10 @@ def test_hooks_nobody_overrides_are_skipped():
 
 
 def test_without_the_extra_the_commands_exit_2_naming_it(tmp_path: Path, database_url, schema):
-    (tmp_path / "prometheus_client.py").write_text("raise ImportError('not installed')\n")
+    # as if not installed: find_spec() gives None and importing it raises ImportError
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['prometheus_client'] = None\n"
+    )
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(APPS), str(ROOT)])}
     for args in (("metrics",), ("run-worker", "metrics_app:hy", "--metrics-port", "0")):
         done = run_cli(*args, database_url=database_url, schema=schema, env=env)
