@@ -20,14 +20,14 @@ import threading
 import time
 import uuid
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .logs import get_logger
 from .observer import WorkerObserver, WorkerView
-from .states import RunStatus, WorkerStatus
+from .states import RunStatus
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -111,7 +111,7 @@ class WorkerMetrics(WorkerObserver):
         self.server: MetricsServer | None = None
         self.registry: CollectorRegistry | None = None
         self._lock = threading.Lock()
-        self._attempts: dict[tuple[str, RunStatus], int] = {}
+        self._attempts: dict[tuple[str, str, RunStatus], int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._claim_size = _Histogram(CLAIM_SIZE_BUCKETS)
         self._claim_seconds = _Histogram(CLAIM_SECONDS_BUCKETS)
@@ -154,7 +154,7 @@ class WorkerMetrics(WorkerObserver):
             counts = self._attempts
             durations = self._durations
             for row in rows:
-                key = (row.task_name, row.status)
+                key = (row.task_name, row.queue, row.status)
                 counts[key] = counts.get(key, 0) + 1
                 if row.started_at is not None:
                     histogram = durations.get(row.task_name)
@@ -191,10 +191,12 @@ class WorkerMetrics(WorkerObserver):
             claim_seconds = (self._claim_seconds.buckets(), self._claim_seconds.total)
             counters = dict(self._counters)
         family = core.CounterMetricFamily(
-            "hyrex_like_attempts", "Attempts ended, by task and status.", labels=["task", "status"]
+            "hyrex_like_attempts",
+            "Attempts ended, by task, queue and status.",
+            labels=["task", "queue", "status"],
         )
-        for (task, status), n in sorted(attempts.items()):
-            family.add_metric([task, status.value], n)
+        for (task, queue, status), n in sorted(attempts.items()):
+            family.add_metric([task, queue, status.value], n)
         yield family
         family = core.HistogramMetricFamily(
             "hyrex_like_attempt_duration_seconds",
@@ -263,29 +265,21 @@ class ClusterCollector:
         self._cached: tuple[float, _ClusterSnapshot] | None = None
 
     def _read(self) -> _ClusterSnapshot:
-        stats: Callable[[], Any] | None = getattr(self.hy, "stats", None)
-        if stats is not None:
-            s = stats()
-            return _ClusterSnapshot(
-                [
-                    (
-                        q.queue,
-                        q.ready,
-                        q.waiting,
-                        q.running,
-                        q.oldest_ready_seconds,
-                        q.paused,
-                        q.per_minute,
-                    )
-                    for q in s.queues
-                ],
-                s.workers_alive,
-            )
-        # Before hy.stats(): queued counts as ready, and no age.
-        alive = sum(1 for w in self.hy.list_workers() if w.status == WorkerStatus.RUNNING)
+        stats = self.hy.stats()
         return _ClusterSnapshot(
-            [(q.name, q.queued, 0, q.running, None, q.paused, None) for q in self.hy.queues()],
-            alive,
+            [
+                (
+                    q.queue,
+                    q.ready,
+                    q.waiting,
+                    q.running,
+                    q.oldest_ready_seconds,
+                    q.paused,
+                    q.per_minute,
+                )
+                for q in stats.queues
+            ],
+            stats.workers_alive,
         )
 
     def snapshot(self) -> _ClusterSnapshot:

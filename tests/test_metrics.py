@@ -83,7 +83,7 @@ def test_worker_serves_attempts_durations_claims_restarts_and_no_queue_gauges(wo
     assert value(s, name, task=fine, status=RunStatus.COMPLETED.value) == 5
     assert value(s, name, task=broken, status=RunStatus.FAILED.value) == 2
     assert value(s, name, task=crash, status=RunStatus.LOST.value) == 1
-    assert value(s, name) == 8
+    assert value(s, name) == 8 == value(s, name, queue="metered")
     assert value(s, "hyrex_like_attempt_duration_seconds_count", task=fine) == 5
     assert value(s, "hyrex_like_attempt_duration_seconds_count") >= 7
     assert value(s, "hyrex_like_attempt_duration_seconds_bucket", task=fine, le="+Inf") == 5
