@@ -97,6 +97,10 @@ HOOKS = tuple(
 """Every hook's name."""
 
 
+def _nothing(*args: Any) -> None:
+    pass
+
+
 class GuardedObserver(WorkerObserver):
     """Forwards every event to ``inner``; an exception a hook raises is logged once per hook
     and otherwise ignored."""
@@ -105,6 +109,9 @@ class GuardedObserver(WorkerObserver):
         self.inner = inner
         self._log = log
         self._failed: set[str] = set()
+        for name in HOOKS:  # a hook ``inner`` leaves as it is costs one empty call, no lookup
+            if not overrides(inner, name):
+                setattr(self, name, _nothing)
 
     def _call(self, name: str, *args: Any) -> None:
         try:
