@@ -241,7 +241,7 @@ class WorkerMetrics(WorkerObserver):
                 )
         if self._worker_id is not None:
             info = core.GaugeMetricFamily(
-                "hyrex_like_worker", "This worker's id (always 1).", labels=["worker_id"]
+                "hyrex_like_worker_info", "This worker's id (always 1).", labels=["worker_id"]
             )
             info.add_metric([str(self._worker_id)], 1)
             yield info
