@@ -213,6 +213,7 @@ class Dispatcher:
         deadline = time.monotonic() + self.options.startup_timeout
         # Executors first: they start while the parent checks the schema and connects.
         self.pool.start()
+        self.observer.attached(self.worker_id, self.ledger)
         self.conns.ensure_schema(deadline)
         self.conns.connect_at_start(deadline)
         self.maintenance.start()

@@ -12,11 +12,33 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["GuardedObserver", "RecordingObserver", "WorkerObserver"]
+if TYPE_CHECKING:
+    from .db import FinishedRow
+
+__all__ = [
+    "GuardedObserver",
+    "MultiObserver",
+    "RecordingObserver",
+    "WorkerObserver",
+    "WorkerView",
+]
+
+
+class WorkerView(Protocol):
+    """What an observer may read of a running worker, from any thread (`attached`)."""
+
+    def in_flight(self) -> int:
+        """Attempts the worker holds: claimed, running or ended and not yet written."""
+        ...
+
+    def running(self) -> int:
+        """Attempts an executor is running now."""
+        ...
 
 
 class WorkerObserver:
@@ -57,6 +79,27 @@ class WorkerObserver:
     def scheduler_skipped(self, why: str) -> None:
         """A scheduler pass failed (``why``: ``database`` or ``error``); it is retried soon."""
 
+    def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
+        """Once, as the worker starts: its id, and a view to read its state at any time."""
+
+    def attempts(self, rows: Sequence[FinishedRow]) -> None:
+        """These ended attempts were written (one batch; a row per attempt, its task name,
+        status and times)."""
+
+    def executor_restarted(self, executor: int, exit_code: int | None) -> None:
+        """Executor number ``executor`` died (``exit_code``; negative: a signal) and a new one
+        took its place."""
+
+
+HOOKS = tuple(
+    name for name, value in vars(WorkerObserver).items() if callable(value) and name[0] != "_"
+)
+"""Every hook's name."""
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
 
 class GuardedObserver(WorkerObserver):
     """Forwards every event to ``inner``; an exception a hook raises is logged once per hook
@@ -66,6 +109,9 @@ class GuardedObserver(WorkerObserver):
         self.inner = inner
         self._log = log
         self._failed: set[str] = set()
+        for name in HOOKS:  # a hook ``inner`` leaves as it is costs one empty call, no lookup
+            if not overrides(inner, name):
+                setattr(self, name, _nothing)
 
     def _call(self, name: str, *args: Any) -> None:
         try:
@@ -107,6 +153,91 @@ class GuardedObserver(WorkerObserver):
     def scheduler_skipped(self, why: str) -> None:
         self._call("scheduler_skipped", why)
 
+    def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
+        self._call("attached", worker_id, view)
+
+    def attempts(self, rows: Sequence[FinishedRow]) -> None:
+        self._call("attempts", rows)
+
+    def executor_restarted(self, executor: int, exit_code: int | None) -> None:
+        self._call("executor_restarted", executor, exit_code)
+
+
+class MultiObserver(WorkerObserver):
+    """Tells every one of ``observers`` of each event, in order, each guarded on its own (one
+    that raises neither stops the others nor the worker). A hook goes only to the observers
+    that override it."""
+
+    def __init__(self, *observers: WorkerObserver, log: Any = None) -> None:
+        from .logs import get_logger
+
+        self.observers = observers
+        guard = log if log is not None else get_logger("hyrex_like.worker")
+        guarded = [GuardedObserver(o, guard) for o in observers]
+        self._to: dict[str, list[Callable[..., None]]] = {
+            name: [
+                getattr(g, name)
+                for g, o in zip(guarded, observers, strict=True)
+                if overrides(o, name)
+            ]
+            for name in HOOKS
+        }
+
+    def _fan(self, name: str, *args: Any) -> None:
+        for hook in self._to[name]:
+            hook(*args)
+
+    def claimed(self, asked: int, got: int, seconds: float) -> None:
+        self._fan("claimed", asked, got, seconds)
+
+    def written(self, rows: int, seconds: float) -> None:
+        self._fan("written", rows, seconds)
+
+    def given_back(self, rows: int) -> None:
+        self._fan("given_back", rows)
+
+    def dispatched(self, executor: int, jobs: int) -> None:
+        self._fan("dispatched", executor, jobs)
+
+    def step(self, name: str, seconds: float) -> None:
+        self._fan("step", name, seconds)
+
+    def heartbeat(self, alive: bool) -> None:
+        self._fan("heartbeat", alive)
+
+    def rescued(self, workers: int, tasks: int) -> None:
+        self._fan("rescued", workers, tasks)
+
+    def maintenance_skipped(self, why: str) -> None:
+        self._fan("maintenance_skipped", why)
+
+    def scheduled(self, tasks: int) -> None:
+        self._fan("scheduled", tasks)
+
+    def scheduler_skipped(self, why: str) -> None:
+        self._fan("scheduler_skipped", why)
+
+    def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
+        self._fan("attached", worker_id, view)
+
+    def attempts(self, rows: Sequence[FinishedRow]) -> None:
+        self._fan("attempts", rows)
+
+    def executor_restarted(self, executor: int, exit_code: int | None) -> None:
+        self._fan("executor_restarted", executor, exit_code)
+
+
+def overrides(observer: WorkerObserver | None, name: str) -> bool:
+    """Whether ``observer`` (or one it forwards to) overrides hook ``name``: the worker skips
+    work done only for a hook nobody listens to."""
+    if observer is None:
+        return False
+    if isinstance(observer, GuardedObserver):
+        return overrides(observer.inner, name)
+    if isinstance(observer, MultiObserver):
+        return any(overrides(o, name) for o in observer.observers)
+    return getattr(type(observer), name) is not getattr(WorkerObserver, name)
+
 
 def timed(observer: WorkerObserver, *steps: tuple[str, Callable[[], object]]) -> None:
     """Run ``steps`` in order, telling ``observer`` how long each took."""
@@ -118,9 +249,7 @@ def timed(observer: WorkerObserver, *steps: tuple[str, Callable[[], object]]) ->
 
 def times_steps(observer: WorkerObserver | None) -> bool:
     """Whether ``observer`` wants the loop's steps timed (it overrides `step`)."""
-    if isinstance(observer, GuardedObserver):
-        observer = observer.inner
-    return observer is not None and type(observer).step is not WorkerObserver.step
+    return overrides(observer, "step")
 
 
 class RecordingObserver(WorkerObserver):
@@ -184,3 +313,9 @@ class RecordingObserver(WorkerObserver):
 
     def scheduler_skipped(self, why: str) -> None:
         self._record("scheduler_skipped", why)
+
+    def attempts(self, rows: Sequence[FinishedRow]) -> None:
+        self._record("attempts", len(rows))
+
+    def executor_restarted(self, executor: int, exit_code: int | None) -> None:
+        self._record("executor_restarted", executor, exit_code)

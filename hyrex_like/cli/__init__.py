@@ -18,7 +18,7 @@ from ..errors import HyrexLikeError, InvalidTaskOption
 from ..logs import LEVELS, configure_logging
 from ..outages import URL_HINT, refusal
 from ..registry import check_name
-from . import admin, dashboard, inspect, queues, schedules, workflows
+from . import admin, dashboard, inspect, metrics, queues, schedules, workflows
 from .common import EXIT_USAGE, load_app, positive_duration
 
 # The worker's numeric options: flag -> field of WorkerOptions. Each flag parses with the
@@ -230,6 +230,20 @@ def _parser() -> argparse.ArgumentParser:
         "to run-scheduler); by default every worker fires them, each tick making one task "
         "however many do",
     )
+    w.add_argument(
+        "--metrics-port",
+        type=metrics.port,
+        metavar="PORT",
+        help="serve this worker's Prometheus metrics on http://HOST:PORT/metrics (attempts, "
+        "durations, in flight, claims, executor restarts; needs hyrex-like[metrics]). Queue "
+        "depth is the cluster's: see the metrics command (default: off)",
+    )
+    w.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address for --metrics-port (default: %(default)s)",
+    )
     common(w)
 
     schedules.add_parsers(sub, common)
@@ -244,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     queues.add_parsers(sub, common)
     inspect.add_parsers(sub, common)
     dashboard.add_parsers(sub, common)
+    metrics.add_parsers(sub, common)
     return parser
 
 
@@ -260,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             or queues.COMMANDS.get(args.command)
             or inspect.COMMANDS.get(args.command)
             or dashboard.COMMANDS.get(args.command)
+            or metrics.COMMANDS.get(args.command)
         )
         if command is not None:
             return command(args)
@@ -313,7 +329,37 @@ def _run_worker(args: argparse.Namespace) -> int:
     except pydantic.ValidationError as exc:  # what the flags' own checks cannot see alone
         print(f"hyrex-like run-worker: error: {_first_problem(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    return Worker(load_app(args), options, app=args.app).run()
+    observer = None
+    if args.metrics_port is not None:
+        from ..metrics import WorkerMetrics
+
+        observer = WorkerMetrics(args.metrics_port, args.metrics_host)
+        if not _port_free(args.metrics_host, args.metrics_port):
+            print(
+                f"hyrex-like run-worker: error: argument --metrics-port: cannot listen on "
+                f"{args.metrics_host}:{args.metrics_port} (in use?)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    return Worker(load_app(args), options, app=args.app, observer=observer).run()
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be listened on now: the metrics server starts only after the
+    executors (see `WorkerMetrics`), so a taken port is refused here, before anything runs."""
+    import socket
+
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+            return True
+    except OSError:
+        return False
+    return False
 
 
 def _first_problem(exc: pydantic.ValidationError) -> str:

@@ -217,6 +217,7 @@ class Completer:
             self.ledger.write_failed(None, batch.finished)
         elif batch.finished:
             self.observer.written(len(batch.finished), job.seconds)
+            self.observer.attempts(batch.finished)
             self.tally.add(batch.finished)
             due = log_outcomes(self.log, batch.finished, job.returned, self._per_task)
             self.retry_at = min(self.retry_at, due)

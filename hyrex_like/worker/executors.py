@@ -54,6 +54,7 @@ class ExecutorPool:
         self.stats = stats
         self.on_error = on_error
         self.log = log
+        self.observer = observer or WorkerObserver()
         self.executors: list[ExecutorHandle] = []
         self.spawner = Spawner(registry, app, options, worker_id, ledger, self.executors)
         self._startup_failures = 0
@@ -255,6 +256,7 @@ class ExecutorPool:
     def _replace(self, i: int, ex: ExecutorHandle) -> None:
         self.stats["executor_restarts"] += 1
         self.executors[i] = self.spawner.spawn(ex.index)
+        self.observer.executor_restarted(ex.index, ex.process.exitcode)
 
     # ---------------------------------------------------------------- stopping
 
