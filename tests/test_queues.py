@@ -76,8 +76,9 @@ def test_cli_sets_lists_and_refuses(database_url: str, schema: str, qapp: Any) -
     table = cli("queues")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["QUEUE", "LIMIT", "PAUSED", "QUEUED", "RUNNING"]
-    assert lines[1].split() == ["payments", "3", "yes", "1", "0"]
+    assert lines[0].split() == ["QUEUE", "LIMIT", "PAUSED", "QUEUED", "READY", "RUNNING", "OLDEST"]
+    assert lines[1].split()[:6] == ["payments", "3", "yes", "1", "1", "0"]
+    assert lines[1].split()[6].endswith("s")  # the ready task's age: seconds so far
     listed = json.loads(cli("queues", "--json").stdout)
     assert listed == [
         {
@@ -87,9 +88,11 @@ def test_cli_sets_lists_and_refuses(database_url: str, schema: str, qapp: Any) -
             "paused_at": listed[0]["paused_at"],
             "queued": 1,
             "running": 0,
+            "ready": 1,
+            "oldest_ready_seconds": listed[0]["oldest_ready_seconds"],
         }
     ]
-    assert listed[0]["paused_at"] is not None
+    assert listed[0]["paused_at"] is not None and listed[0]["oldest_ready_seconds"] >= 0
     assert cli("queue", "resume", "payments").returncode == 0
     again = cli("queue", "resume", "payments")
     assert again.returncode == 1 and "was not paused" in again.stdout

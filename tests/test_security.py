@@ -183,6 +183,7 @@ def roles(database_url):
         "hyrex_owner": f"lp_owner_{suffix}",
         "hyrex_worker": f"lp_worker_{suffix}",
         "hyrex_app": f"lp_app_{suffix}",
+        "hyrex_viewer": f"lp_viewer_{suffix}",
         "hyrex_db": f"lp_db_{suffix}",
     }
 
@@ -205,7 +206,7 @@ def roles(database_url):
     finally:
         with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{names["hyrex_db"]}" WITH (FORCE)')  # type: ignore[arg-type]
-            for key in ("hyrex_owner", "hyrex_worker", "hyrex_app"):
+            for key in ("hyrex_owner", "hyrex_worker", "hyrex_app", "hyrex_viewer"):
                 admin.execute(f'DROP ROLE IF EXISTS "{names[key]}"')  # type: ignore[arg-type]
 
 
