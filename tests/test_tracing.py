@@ -106,6 +106,19 @@ def test_every_send_form_makes_one_span_per_call(app, worker):
         assert (run["trace_id"], run["parent_id"]) == hex_ids(send)
 
 
+def test_a_task_claimed_from_a_limited_queue_carries_the_context(app, worker):
+    app.hy.queue("narrow", concurrency_limit=1)  # claimed by claim_limited_tasks
+    worker("otel_app:hy", "--processes", "1")
+    handles = [app.ok.with_config(queue="narrow").send(i) for i in range(3)]
+    for h in handles:
+        done(h)
+    attempts = executor_spans(app)
+    for h, send in zip(handles, sent("ok"), strict=True):
+        [run] = runs(attempts, h.id)
+        assert run["attributes"]["messaging.destination.name"] == "narrow"
+        assert (run["trace_id"], run["parent_id"]) == hex_ids(send)
+
+
 def test_a_retried_task_has_one_span_per_attempt_and_errors_are_recorded(app, worker):
     worker("otel_app:hy", "--processes", "1")
     flaky = app.flaky.send(1)
@@ -140,13 +153,19 @@ def test_async_tasks_and_tasks_sent_inside_an_attempt_are_traced(app, worker):
     worker("otel_app:hy", "--processes", "1", "--async-concurrency", "4")
     asynchronous = app.aok.send(1)
     outer = app.parent.send(2)
+    slow = app.aslow.send(3)
     assert done(asynchronous).result == 1
+    assert done(slow).status == "failed"
     child_id = done(outer).result
     spans = executor_spans(app)
 
     [run] = runs(spans, asynchronous.id)
     assert (run["trace_id"], run["parent_id"]) == hex_ids(sent("aok")[0])
     assert run["attributes"]["hyrex_like.outcome"] == "completed"
+
+    [timed_out] = runs(spans, slow.id)
+    assert timed_out["status"] == "ERROR"
+    assert timed_out["attributes"]["hyrex_like.outcome"] == "timed_out"
 
     # in the executor: run parent > send ok (a child of that attempt)
     [parent_run] = runs(spans, outer.id)

@@ -33,6 +33,13 @@ async def aok(n: int) -> int:
     return n
 
 
+@hy.task(timeout_seconds=0.3, max_retries=0)
+async def aslow(n: int) -> int:
+    """Runs past its timeout: cancelled (side by side, its executor lives on)."""
+    await asyncio.sleep(30)
+    return n
+
+
 @hy.task(max_retries=2, retry_backoff=0)
 def flaky(n: int) -> int:
     """Fails its first two attempts."""
