@@ -61,6 +61,10 @@ class Settings(BaseModel):
     """Least time (s) between two wake-ups (NOTIFY) that a process sends for the tasks it sent.
     A wake-up goes out at once after a quiet spell; sends closer together than this share one.
     0 sends one per commit (more work for the database and the sender at high rates)."""
+    tracing: bool = False
+    """OpenTelemetry spans (extra ``hyrex-like[otel]``): one per send, its trace context kept in
+    the task row, and one per attempt, the send's child (`hyrex_like.otel`). Off: opentelemetry
+    is never imported and the row's ``trace_context`` stays NULL."""
 
     @field_validator("schema_name")
     @classmethod
@@ -88,6 +92,7 @@ class Settings(BaseModel):
             ("max_payload_bytes", environ.get(ENV_PREFIX + "MAX_PAYLOAD_BYTES")),
             ("auto_migrate", environ.get(ENV_PREFIX + "AUTO_MIGRATE")),
             ("wake_interval", environ.get(ENV_PREFIX + "WAKE_INTERVAL")),
+            ("tracing", environ.get(ENV_PREFIX + "TRACING")),
         ):
             if raw not in (None, ""):
                 values[key] = raw

@@ -6,11 +6,13 @@
 -- insert_task --
 -- Values arrive as text (or int) and are cast here: psycopg adapts a str in a fraction of the
 -- time a UUID, a list or a Jsonb wrapper takes, ~15 us per send.
+-- trace_context: the sender's W3C trace context as JSON text (NULL when tracing is off).
 INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
-                  backoff_seconds, run_after, parent_id, root_id)
+                  backoff_seconds, run_after, parent_id, root_id, trace_context)
 VALUES (%(id)s::uuid, %(task_name)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
         %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
-        coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid)
+        coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid,
+        %(trace_context)s::jsonb)
 
 -- insert_task_once --
 -- A send with an idempotency key: the row, unless a live task (queued, running, completed) of
@@ -19,11 +21,12 @@ VALUES (%(id)s::uuid, %(task_name)s, %(queue)s, %(priority)s, %(args)s::jsonb, %
 -- the caller runs the statement again, and then sees it.
 WITH inserted AS (
     INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
-                      backoff_seconds, run_after, parent_id, root_id, idempotency_key)
+                      backoff_seconds, run_after, parent_id, root_id, idempotency_key,
+                      trace_context)
     VALUES (%(id)s::uuid, %(task_name)s, %(queue)s, %(priority)s, %(args)s::jsonb,
             %(max_retries)s, %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
             coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid,
-            %(idempotency_key)s)
+            %(idempotency_key)s, %(trace_context)s::jsonb)
     ON CONFLICT (task_name, idempotency_key)
         WHERE idempotency_key IS NOT NULL AND status IN ('queued', 'running', 'completed')
         DO NOTHING
@@ -41,10 +44,11 @@ WHERE task_name = %(task_name)s AND idempotency_key = %(idempotency_key)s
 -- the ids inserted. A key already held by a live task, or given twice, inserts nothing; the
 -- caller reads the holders with find_live_keys in the same transaction.
 INSERT INTO task (id, task_name, queue, priority, args, max_retries, timeout_seconds,
-                  backoff_seconds, run_after, parent_id, root_id, idempotency_key)
+                  backoff_seconds, run_after, parent_id, root_id, idempotency_key, trace_context)
 SELECT i.id, %(task_name)s, %(queue)s, %(priority)s, i.args::jsonb, %(max_retries)s,
        %(timeout_seconds)s, %(backoff_seconds)s::double precision[],
-       coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid, i.key
+       coalesce(%(run_after)s::timestamptz, now()), %(parent_id)s::uuid, %(root_id)s::uuid, i.key,
+       %(trace_context)s::jsonb
 FROM unnest(%(ids)s::uuid[], %(args)s::text[], %(keys)s::text[]) WITH ORDINALITY
      AS i(id, args, key, n)
 -- in key order: two batches sharing keys take their index entries in the same order, so
@@ -72,7 +76,7 @@ SELECT pg_notify(%(channel)s, 'limited')
 
 -- copy_tasks --
 COPY task (id, task_name, queue, priority, args, max_retries, timeout_seconds, backoff_seconds,
-           run_after, parent_id, root_id)
+           run_after, parent_id, root_id, trace_context)
 FROM STDIN
 
 -- claim_tasks --
@@ -103,15 +107,15 @@ WITH held AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id
     RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count, t.max_retries,
-              t.timeout_seconds, t.parent_id, t.root_id, t.scheduled_for
+              t.timeout_seconds, t.parent_id, t.root_id, t.scheduled_for, t.trace_context
 ), opened AS (
     -- claimed_at defaults to now(); started_at stays NULL until the worker says the body began
     INSERT INTO task_run (task_id, attempt_number, status, worker_id)
     SELECT id, attempt_count, 'running', %(worker_id)s FROM claimed
 )
 SELECT id, task_name, queue, priority, args::text, attempt_count, max_retries,
-       timeout_seconds, parent_id, root_id, scheduled_for, NULL::double precision AS due_in,
-       NULL::text[] AS limited
+       timeout_seconds, parent_id, root_id, scheduled_for, trace_context::text,
+       NULL::double precision AS due_in, NULL::text[] AS limited
 FROM claimed
 UNION ALL
 -- Every claim ends with one more row, whose id is NULL. Its due_in, when the claim found fewer
@@ -120,7 +124,7 @@ UNION ALL
 -- task_due_idx holds only tasks that wait (run_after > created_at), by name and time: one
 -- index probe per task name. Its limited: the limited queues (not paused) this worker serves,
 -- which it claims with claim_limited_tasks.
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        CASE WHEN (SELECT count(*) FROM claimed) < %(limit)s THEN
        (SELECT extract(epoch FROM min(w.run_after) - now())::double precision
         FROM unnest(%(task_names)s::text[]) AS n(name)

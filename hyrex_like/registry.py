@@ -85,7 +85,8 @@ class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods, InspectMethods):
 
     ``refuse_unknown_tasks``: `send` by name refuses names not registered here
     (`UnknownTaskName`), for a registry that knows every task; by default such a send goes out
-    for a worker that knows the task.
+    for a worker that knows the task. ``tracing``: OpenTelemetry spans for sends and attempts
+    (`Settings.tracing`; else ``HYREX_LIKE_TRACING``).
     """
 
     def __init__(
@@ -95,8 +96,11 @@ class HyrexRegistry(WorkflowMethods, KVMethods, QueueMethods, InspectMethods):
         schema: str | None = None,
         settings: Settings | None = None,
         refuse_unknown_tasks: bool = False,
+        tracing: bool | None = None,
     ) -> None:
-        self.settings = settings or Settings.from_env(database_url=database_url, schema_name=schema)
+        self.settings = settings or Settings.from_env(
+            database_url=database_url, schema_name=schema, tracing=tracing
+        )
         self.store = Store(self.settings)
         self.refuse_unknown_tasks = refuse_unknown_tasks
         self._tasks: dict[str, TaskDefinition[Any, Any]] = {}

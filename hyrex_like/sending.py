@@ -9,6 +9,7 @@ from __future__ import annotations
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Generic, Never, TypeVar
 
@@ -19,7 +20,7 @@ from .context import (
     _current_context,
     lineage,
 )
-from .db import NewTask
+from .db import NewTask, Store
 from .errors import InvalidTaskOption
 from .handle import TaskHandle
 from .ids import new_task_id, new_task_ids
@@ -31,6 +32,8 @@ if typing.TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+_UNTRACED: AbstractContextManager[None] = nullcontext()
 
 
 class _Sending(Generic[T, R]):
@@ -146,6 +149,15 @@ class _Sending(Generic[T, R]):
             root,
         )
 
+    def _traced(self, store: Store, tasks: Sequence[NewTask]) -> AbstractContextManager[None]:
+        """The send's span when tracing is on (it sets the rows' trace context), else nothing:
+        opentelemetry is imported only when tracing is on."""
+        if not store.settings.tracing:
+            return _UNTRACED
+        from .otel import send_span
+
+        return send_span(self.definition.name, self.config.queue, tasks)
+
     def _handle(self, task: NewTask) -> TaskHandle[R]:
         d = self.definition
         return TaskHandle(task.id, task.task_name, d.registry.store, d.result_adapter)
@@ -189,15 +201,16 @@ class _Sending(Generic[T, R]):
             raise TypeError(self.definition._keywords_message("send", fields))
         store = self.definition.registry.store
         if delay is None and run_at is None and idempotency_key is None:
-            if self.send_options is None:  # the plain send: nothing more to do
+            if self.send_options is None and not store.settings.tracing:  # the plain send
                 new = self._new_task(payload, self.config.backoff_schedule())
                 store.insert_task(new, conn)
                 return self._handle(new)
         new = self._new_timed(payload, self._options(delay, run_at, idempotency_key))
-        if new.idempotency_key is None:
-            store.insert_task(new, conn)
-            return self._handle(new)
-        return self._found(new, store.insert_task_once(new, conn))
+        with self._traced(store, [new]):
+            if new.idempotency_key is None:
+                store.insert_task(new, conn)
+                return self._handle(new)
+            return self._found(new, store.insert_task_once(new, conn))
 
     async def asend(
         self,
@@ -214,15 +227,16 @@ class _Sending(Generic[T, R]):
             raise TypeError(self.definition._keywords_message("asend", fields))
         store = self.definition.registry.store
         if delay is None and run_at is None and idempotency_key is None:
-            if self.send_options is None:
+            if self.send_options is None and not store.settings.tracing:
                 new = self._new_task(payload, self.config.backoff_schedule())
                 await store.ainsert_task(new, conn)
                 return self._handle(new)
         new = self._new_timed(payload, self._options(delay, run_at, idempotency_key))
-        if new.idempotency_key is None:
-            await store.ainsert_task(new, conn)
-            return self._handle(new)
-        return self._found(new, await store.ainsert_task_once(new, conn))
+        with self._traced(store, [new]):
+            if new.idempotency_key is None:
+                await store.ainsert_task(new, conn)
+                return self._handle(new)
+            return self._found(new, await store.ainsert_task_once(new, conn))
 
     def send_many(
         self,
@@ -245,7 +259,8 @@ class _Sending(Generic[T, R]):
         if delay is None and run_at is None and idempotency_key is None:
             if self.send_options is None:  # one COPY
                 tasks = self._new_tasks(payloads, self.config.backoff_schedule())
-                store.insert_tasks(tasks, conn)
+                with self._traced(store, tasks):
+                    store.insert_tasks(tasks, conn)
                 return [self._handle(t) for t in tasks]
         if isinstance(idempotency_key, str | bytes):
             raise InvalidTaskOption(
@@ -262,11 +277,12 @@ class _Sending(Generic[T, R]):
         for task, key in zip(tasks, keys, strict=True):
             task.run_after = run_after
             task.idempotency_key = key
-        if all(key is None for key in keys):
-            store.insert_tasks(tasks, conn)
-            return [self._handle(t) for t in tasks]
-        found = store.insert_tasks_once(tasks, conn)
-        return [self._found(t, f) for t, f in zip(tasks, found, strict=True)]
+        with self._traced(store, tasks):
+            if all(key is None for key in keys):
+                store.insert_tasks(tasks, conn)
+                return [self._handle(t) for t in tasks]
+            found = store.insert_tasks_once(tasks, conn)
+            return [self._found(t, f) for t, f in zip(tasks, found, strict=True)]
 
     def _keys(
         self,

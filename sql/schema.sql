@@ -1,6 +1,6 @@
--- hyrex-like schema, version 10: the current schema, written out whole.
+-- hyrex-like schema, version 11: the current schema, written out whole.
 --
--- What migrations 0001..0010 produce, as one readable file (tests/test_schema_file.py applies
+-- What migrations 0001..0011 produce, as one readable file (tests/test_schema_file.py applies
 -- both to fresh schemas and compares the catalogs). The numbered migrations stay the way a
 -- database gets here; change the schema with a new migration, then bring this file and the
 -- version above in line with it. Names are unqualified: it runs with search_path set to the
@@ -378,7 +378,8 @@ CREATE INDEX task_queue_running_idx ON task (queue) WHERE status = 'running';
 CREATE FUNCTION claim_limited_tasks(worker uuid, names text[], queues text[], most integer)
 RETURNS TABLE (id uuid, task_name text, queue text, priority smallint, args text,
                attempt_count integer, max_retries integer, timeout_seconds double precision,
-               parent_id uuid, root_id uuid, scheduled_for timestamptz, blocked boolean)
+               parent_id uuid, root_id uuid, scheduled_for timestamptz, trace_context text,
+               blocked boolean)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET lock_timeout = '5s'
 AS $$
@@ -422,7 +423,8 @@ BEGIN
             FROM picked
             WHERE t.id = picked.id
             RETURNING t.id, t.task_name, t.queue, t.priority, t.args, t.attempt_count,
-                      t.max_retries, t.timeout_seconds, t.parent_id, t.root_id, t.scheduled_for
+                      t.max_retries, t.timeout_seconds, t.parent_id, t.root_id, t.scheduled_for,
+                      t.trace_context
         ), opened AS (
             -- claimed now, after the lock wait (now() is when the statement began)
             INSERT INTO task_run (task_id, attempt_number, status, worker_id, claimed_at)
@@ -431,7 +433,7 @@ BEGIN
         SELECT c.id, c.task_name::text, c.queue::text, c.priority::smallint, c.args::text,
                c.attempt_count::integer, c.max_retries::integer,
                c.timeout_seconds::double precision, c.parent_id, c.root_id, c.scheduled_for,
-               false
+               c.trace_context::text, false
         FROM claimed AS c;
         GET DIAGNOSTICS got = ROW_COUNT;
         most := most - got;
@@ -439,7 +441,7 @@ BEGIN
     IF is_blocked THEN
         RETURN QUERY SELECT NULL::uuid, NULL::text, NULL::text, NULL::smallint, NULL::text,
                             NULL::integer, NULL::integer, NULL::double precision, NULL::uuid,
-                            NULL::uuid, NULL::timestamptz, true;
+                            NULL::uuid, NULL::timestamptz, NULL::text, true;
     END IF;
 END
 $$;

@@ -363,7 +363,7 @@ def test_upgrade_from_version_2_moves_the_task_checks_to_domains_in_place(databa
         [(filenode,)] = c.execute("SELECT pg_relation_filenode('task')").fetchall()
     registry = HyrexRegistry(database_url, schema=schema)
     try:
-        assert registry.migrate() == [3, 4, 5, 6, 7, 8, 9, 10]
+        assert registry.migrate() == [3, 4, 5, 6, 7, 8, 9, 10, 11]
         row, _ = registry.store.get_task(uuid.UUID("00000000-0000-7000-8000-000000000002"))
     finally:
         registry.close()
@@ -434,7 +434,7 @@ def test_upgrade_from_version_3_keeps_run_times_and_adds_claimed_at_in_place(dat
         [(filenode,)] = c.execute("SELECT pg_relation_filenode('task_run')").fetchall()
     registry = HyrexRegistry(database_url, schema=schema)
     try:
-        assert registry.migrate() == [4, 5, 6, 7, 8, 9, 10]
+        assert registry.migrate() == [4, 5, 6, 7, 8, 9, 10, 11]
     finally:
         registry.close()
     assert query(database_url, schema, "SELECT pg_relation_filenode('task_run')") == [(filenode,)]

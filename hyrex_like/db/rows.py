@@ -78,6 +78,7 @@ class NewTask:
     parent_id: uuid.UUID | None
     root_id: uuid.UUID | None
     idempotency_key: str | None = None  # sent once per key (``insert_task_once``)
+    trace_context: str | None = None  # the send span's W3C context as JSON (tracing on only)
 
     def params(self) -> dict[str, Any]:
         """Parameters of ``insert_task`` (and, with ``idempotency_key``, of
@@ -95,6 +96,7 @@ class NewTask:
             "parent_id": str(self.parent_id) if self.parent_id is not None else None,
             "root_id": str(self.root_id) if self.root_id is not None else None,
             "idempotency_key": self.idempotency_key,
+            "trace_context": self.trace_context,
         }
 
     def copy_row(self) -> tuple[Any, ...]:
@@ -110,6 +112,7 @@ class NewTask:
             self.run_after.isoformat() if self.run_after is not None else "now",
             self.parent_id,
             self.root_id,
+            self.trace_context,
         )
 
 
@@ -129,6 +132,7 @@ class ClaimedRow:
     parent_id: uuid.UUID | None
     root_id: uuid.UUID | None
     scheduled_for: datetime | None = None  # the tick time of a task made by a schedule
+    trace_context: str | None = None  # the sender's trace context (JSON text), when traced
 
 
 class FinishedRow(NamedTuple):

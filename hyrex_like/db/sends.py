@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 # The database layer's events keep the logger name documented before it became a package.
 log = get_logger("hyrex_like.db")
 
-# The columns of ``copy_tasks``; args and run_after go as text: the server parses them (the
-# JSON is dumped already).
+# The columns of ``copy_tasks``; args, run_after and trace_context go as text: the server
+# parses them (the JSON is dumped already).
 _COPY_TYPES = [
     "uuid",
     "text",
@@ -47,6 +47,7 @@ _COPY_TYPES = [
     "text",
     "uuid",
     "uuid",
+    "text",
 ]
 
 

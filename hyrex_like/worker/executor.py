@@ -239,6 +239,10 @@ class Executor:
         # How a task's async on_error runs: to its end here; as a task of the running loop
         # when jobs run side by side.
         self.run_coroutine: Callable[[Any], Any] = self.loop.run_until_complete
+        if registry.settings.tracing:  # (off: opentelemetry is never imported)
+            from ..otel import traced_run
+
+            self.run = traced_run(self.run)  # type: ignore[method-assign,assignment]
 
     def serve(self) -> None:
         if self.width > 1:

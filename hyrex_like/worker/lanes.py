@@ -69,6 +69,10 @@ class Lanes:
         self.background: set[asyncio.Task[Any]] = set()  # async on_error callbacks
         self.wakeup = asyncio.Event()
         self.gone = False  # the parent is gone (or asked us to stop)
+        if executor.registry.settings.tracing:
+            from ..otel import traced_attempt
+
+            self._attempt = traced_attempt(self._attempt)  # type: ignore[method-assign,assignment]
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -214,6 +218,10 @@ class Lanes:
     # ---------------------------------------------------------------- one job
 
     async def _job(self, wire: tuple[Any, ...], definition: Any) -> None:
+        self._send([await self._attempt(wire, definition)])
+
+    async def _attempt(self, wire: tuple[Any, ...], definition: Any) -> tuple[Any, ...]:
+        """Run one async job to its result (its slot freed when it returns)."""
         x = self.x
         key, name, attempt = wire[_W_KEY], wire[_W_NAME], wire[_W_ATTEMPT]
         timeout = wire[_W_TIMEOUT]
@@ -260,7 +268,7 @@ class Lanes:
             self.canceling.discard(key)
             self.per_task[name] -= 1
             self.wakeup.set()
-        self._send([result])
+        return result
 
     @staticmethod
     async def _call(definition: Any, payload: Any, timeout: float | None) -> Any:

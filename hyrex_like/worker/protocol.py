@@ -24,7 +24,8 @@ class Job(ClaimedRow):
 
     def wire(self) -> tuple[Any, ...]:
         """The job as sent to an executor: a plain tuple, ids as bytes and ``scheduled_for``
-        as epoch seconds (cheap to pickle; most jobs have none). The executor rebuilds the
+        as epoch seconds (cheap to pickle; most jobs have none), the trace context as sent (JSON
+        text or None). The executor rebuilds the
         aware datetime only if the task asks for its context (`from_wire`)."""
         scheduled_for = self.scheduled_for
         return (
@@ -39,6 +40,7 @@ class Job(ClaimedRow):
             self.parent_id.bytes if self.parent_id else None,
             self.root_id.bytes if self.root_id else None,
             None if scheduled_for is None else scheduled_for.timestamp(),
+            self.trace_context,
         )
 
     @classmethod
@@ -55,11 +57,12 @@ class Job(ClaimedRow):
             uuid.UUID(bytes=w[8]) if w[8] else None,
             uuid.UUID(bytes=w[9]) if w[9] else None,
             None if w[10] is None else datetime.fromtimestamp(w[10], UTC),
+            w[11],
         )
 
 
 # Positions in `Job.wire` the executor reads without building the Job.
-_W_KEY, _W_NAME, _W_ARGS, _W_ATTEMPT, _W_TIMEOUT = 0, 1, 4, 5, 7
+_W_KEY, _W_NAME, _W_QUEUE, _W_ARGS, _W_ATTEMPT, _W_TIMEOUT, _W_TRACE = 0, 1, 2, 4, 5, 7, 11
 
 # Result messages: lists of tuples, task ids as 16 bytes:
 #   ("ok",   task_id, attempt, started, finished, result_json)
