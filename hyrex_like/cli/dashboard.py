@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -21,6 +22,8 @@ TOKEN_ENV = "HYREX_LIKE_DASHBOARD_TOKEN"
 BASIC_AUTH_ENV = "HYREX_LIKE_DASHBOARD_BASIC_AUTH"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 """The Host names a dashboard on a loopback address answers to (not a rebound DNS name)."""
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]{16,}")
+"""A token: at least 16 characters that go into a header, a cookie or a URL unchanged."""
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -51,7 +54,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         "token); the database role must be allowed to make those changes",
     )
     d.add_argument(
-        "--token", help=f"require this token: a Bearer header, or ?token= once (env {TOKEN_ENV})"
+        "--token",
+        help="require this token (16 or more of A-Z a-z 0-9 . _ ~ + / = -): a Bearer header, "
+        f"or ?token= once; other users see arguments in ps, so prefer the env {TOKEN_ENV}",
     )
     d.add_argument(
         "--basic-auth",
@@ -63,6 +68,15 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         action="store_true",
         help="serve a non-loopback --host without a token or basic auth (anyone who reaches "
         "the port sees every task's payload)",
+    )
+    d.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="answer requests whose Host header is NAME (repeatable); the bound address "
+        "(and localhost names on loopback) always; default besides: this machine's hostname. "
+        "Other names get 400, so a DNS-rebinding page cannot read the dashboard",
     )
     common(d)
 
@@ -86,6 +100,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts(host: str, given: list[str] | None) -> list[str]:
+    """The Host names to answer: ``host`` itself (and the loopback names when it is one),
+    plus ``given`` or, when none is given, this machine's hostname."""
+    names = [host.strip("[]").lower()]
+    if _is_loopback(host):
+        names += LOOPBACK_NAMES
+    if given:
+        names += [g.strip("[]").lower() for g in given]
+    else:
+        names.append(socket.gethostname().lower())
+    return names
+
+
 def _fail(message: str) -> int:
     print(f"hyrex-like dashboard: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -96,6 +123,11 @@ def _dashboard(args: argparse.Namespace) -> int:
     basic_text = args.basic_auth or os.environ.get(BASIC_AUTH_ENV) or None
     if token and basic_text:
         return _fail("give either a token or basic auth, not both")
+    if token and not TOKEN_PATTERN.fullmatch(token):
+        return _fail(
+            "the token must be 16 or more characters of A-Z a-z 0-9 . _ ~ + / = - "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
     try:
         import uvicorn
 
@@ -130,7 +162,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             basic_auth=basic,
             refresh=args.refresh,
             app_registry=app_registry,
-            allowed_hosts=LOOPBACK_NAMES if _is_loopback(args.host) else None,
+            allowed_hosts=allowed_hosts(args.host, args.allowed_host),
         )
         try:
             sock = _listen(args.host, args.port)

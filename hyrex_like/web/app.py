@@ -5,6 +5,8 @@ registry; ``hyrex-like dashboard`` serves it with uvicorn."""
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 from collections.abc import Callable, Collection
 from importlib import resources
 from typing import Any
@@ -34,6 +36,9 @@ from . import views
 from .security import CSRF_FIELD, Csrf, Guard, read_form
 
 MAX_REFRESH = 3600
+MAX_FILTER = 255
+"""The longest filter value (/tasks, /workflows) taken; longer ones, or any with a NUL, get 400."""
+log = logging.getLogger("hyrex_like.web")
 FLASH = {
     "cancel": "Canceled.",
     "cancel_noop": "Nothing to cancel: it had ended already.",
@@ -60,7 +65,7 @@ def _templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(age=views.age, stamp=views.stamp, pretty=views.pretty, q=_q)
+    env.globals.update(age=views.age, stamp=views.stamp, pretty=views.pretty, q=_q, clip=views.clip)
     env.globals.update(seconds=views.seconds_text, statuses=[s.value for s in TaskStatus])
     return env
 
@@ -128,19 +133,32 @@ class Dashboard:
 
     def _refresh_of(self, request: Request) -> int:
         given = request.query_params.get("refresh")
-        if given is not None and given.isdigit():
+        if given is not None and re.fullmatch(r"[0-9]{1,4}", given, re.ASCII):
             return min(int(given), MAX_REFRESH)
         return self.refresh
 
     def error(self, request: Request, status: int, message: str) -> HTMLResponse:
-        # only a read that failed (503) may fix itself: the other errors do not reload
+        # never reloads: the URL may be a POST-only action, or the same bad input again
         return self.render(
             request,
             "error.html",
             {"status": status, "message": message},
             status=status,
-            refresh=status == 503,
+            refresh=False,
         )
+
+    def bad_filter(self, request: Request, *names: str) -> Response | None:
+        """A 400 page when a filter value is too long or holds a NUL (None: all fine)."""
+        for name in names:
+            value = request.query_params.get(name, "")
+            if len(value) > MAX_FILTER or "\x00" in value:
+                return self.error(
+                    request,
+                    400,
+                    f"The filter {name!r} is longer than {MAX_FILTER} characters "
+                    "or holds a NUL character.",
+                )
+        return None
 
     # ------------------------------------------------------------------ pages
 
@@ -160,6 +178,9 @@ class Dashboard:
         )
 
     def tasks(self, request: Request) -> Response:
+        refused = self.bad_filter(request, "name", "status", "queue", "since", "after")
+        if refused is not None:
+            return refused
         p = request.query_params
         f = views.TaskFilter(
             name=p.get("name", "").strip(),
@@ -197,6 +218,9 @@ class Dashboard:
         )
 
     def workflows(self, request: Request) -> Response:
+        refused = self.bad_filter(request, "name", "before")
+        if refused is not None:
+            return refused
         name = request.query_params.get("name", "").strip()
         try:
             before = views.workflows_before(request.query_params.get("before", ""))
@@ -276,6 +300,8 @@ class Dashboard:
             if not _permission_denied(exc):
                 raise
             flash = "denied"
+        except HyrexLikeError as exc:  # bad input: a queue name that is not one, ...
+            return self.error(request, 400, f"Refused: {exc}")
         return RedirectResponse(f"{back}?{urlencode({'flash': flash})}", status_code=303)
 
     def _action(self, kind: str, target: str, action: str) -> tuple[str, Callable[[], str] | None]:
@@ -361,9 +387,10 @@ def create_app(
         return d.error(request, status, text.get(status, "The request failed."))
 
     async def failed(request: Request, exc: Exception) -> Response:
-        # a database that is down or refuses a read: a page that says so, not a traceback
-        message = str(exc) if isinstance(exc, HyrexLikeError) else type(exc).__name__
-        return d.error(request, 503, f"Reading the queue failed: {message}")
+        # a database that is down or refuses a read: a page that says so, not a traceback;
+        # the details (URL, host, user, schema) go to the log, not to whoever asks
+        log.error("dashboard: %s %s failed: %r", request.method, request.url.path, exc)
+        return d.error(request, 503, "Reading the queue failed; the details are in the log.")
 
     routes = [
         Route("/", d.overview),

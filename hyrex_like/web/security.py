@@ -10,7 +10,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from starlette.requests import Request
 
@@ -33,6 +33,8 @@ HEADERS: dict[str, str] = {
 """Set on every response: no script runs, nothing is framed, nothing is cached or leaked."""
 
 TOKEN_COOKIE = "hl_token"
+"""The token cookie's name is this plus ``_<port>``: cookies go to every port of a host, so
+two dashboards on one host do not overwrite (or read) each other's."""
 CSRF_COOKIE = "hl_csrf"
 CSRF_FIELD = "csrf"
 MAX_FORM_BYTES = 8192
@@ -40,8 +42,22 @@ OPEN_PATHS = frozenset({"/healthz"})
 """Answered without auth: it tells nothing but that the process is up."""
 
 
-def _cookie(name: str, value: str) -> bytes:
-    return f"{name}={value}; HttpOnly; SameSite=Strict; Path=/".encode("latin-1")
+def _cookie(name: str, value: str, *, secure: bool = False) -> bytes:
+    flags = "; Secure" if secure else ""
+    return f"{name}={value}; HttpOnly; SameSite=Strict; Path=/{flags}".encode("latin-1")
+
+
+def token_cookie_name(scope: Scope) -> str:
+    """``hl_token_<port>`` for the port the request came in on."""
+    server = scope.get("server") or (None, None)
+    port = server[1] if server[1] is not None else (443 if scope.get("scheme") == "https" else 80)
+    return f"{TOKEN_COOKIE}_{port}"
+
+
+def safe_path(path: str) -> str:
+    """``path`` as a same-site redirect target: one leading slash (``//evil.example`` would
+    name another host) and every character but ``/`` percent-quoted."""
+    return "/" + quote(path.lstrip("/"), safe="/")
 
 
 def _same(given: str, expected: str) -> bool:
@@ -61,9 +77,14 @@ class Guard:
     ``allowed_hosts`` (when given); and, when a token or a basic-auth pair is set, answers 401
     to any request that does not carry it.
 
-    A token is accepted as ``Authorization: Bearer T``, as the ``hl_token`` cookie, or once as
-    ``?token=T``, which sets that cookie (HttpOnly, SameSite=Strict) and redirects to the same
-    URL without it, so the token leaves the address bar and the history."""
+    A token is accepted as ``Authorization: Bearer T``, as the ``hl_token_<port>`` cookie, or
+    once as ``?token=T``, which sets that cookie (HttpOnly, SameSite=Strict, Secure over https)
+    and redirects to the same URL without it, so the token leaves the address bar and the
+    history. The cookie holds HMAC(per-process secret, token), never the token: a cookie that
+    leaks (to another port of the host) does not tell the token, and a restart voids it.
+
+    Only ``http`` and ``lifespan`` scopes pass: a websocket (or any other) scope is refused,
+    since the checks here are written for HTTP requests."""
 
     def __init__(
         self,
@@ -76,11 +97,23 @@ class Guard:
         self.app = app
         self.token = token
         self.basic_auth = basic_auth
-        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+        self.allowed_hosts = (
+            None if allowed_hosts is None else {h.strip("[]").lower() for h in allowed_hosts}
+        )
+        self._secret = secrets.token_bytes(32)
+        self._cookie_value = (
+            None
+            if token is None
+            else hmac.new(self._secret, token.encode("utf-8"), hashlib.sha256).hexdigest()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":  # closed before accept: the server answers 403
+                await send({"type": "websocket.close", "code": 1008})
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -133,17 +166,19 @@ class Guard:
         scheme, _, given = authorization.partition(" ")
         if scheme.lower() == "bearer" and _same(given.strip(), self.token):
             return None
-        cookies = Request(scope).cookies
-        if _same(cookies.get(TOKEN_COOKIE, ""), self.token):
+        assert self._cookie_value is not None
+        name = token_cookie_name(scope)
+        if _same(Request(scope).cookies.get(name, ""), self._cookie_value):
             return None
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         offered = [v for k, v in query if k == "token"]
         if offered and _same(offered[-1], self.token):
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            location = scope["path"] + (f"?{rest}" if rest else "")
+            location = safe_path(scope["path"]) + (f"?{rest}" if rest else "")
+            secure = scope.get("scheme") == "https"
             return 303, [
-                (b"location", location.encode("latin-1", "replace")),
-                (b"set-cookie", _cookie(TOKEN_COOKIE, self.token)),
+                (b"location", location.encode("ascii")),
+                (b"set-cookie", _cookie(name, self._cookie_value, secure=secure)),
             ]
         text.append(("www-authenticate", 'Bearer realm="hyrex-like"'))
         return 401, [(k.encode(), v.encode()) for k, v in text]

@@ -52,9 +52,23 @@ def stamp(when: datetime | None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+MAX_SHOWN = 64 * 1024
+"""The most bytes of one payload, result, progress, error or traceback a page shows."""
+
+
+def clip(text: str | None, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut at ``limit`` UTF-8 bytes, with "… N bytes more" when it was longer."""
+    if text is None:
+        return ""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore") + f"\n… {len(data) - limit} bytes more"
+
+
 def pretty(value: Any) -> str:
-    """JSON with two-space indents, for a ``<pre>`` (the template escapes it)."""
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    """JSON with two-space indents, for a ``<pre>`` (the template escapes it); cut by `clip`."""
+    return clip(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 def parse_id(text: str) -> uuid.UUID | None:
