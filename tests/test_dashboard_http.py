@@ -276,7 +276,8 @@ def test_security_headers_on_every_response(registry: HyrexRegistry) -> None:
 def test_metrics_route_serves_the_cluster_gauges_when_installed(
     app: Any, registry: HyrexRegistry
 ) -> None:
-    pytest.importorskip("hyrex_like.metrics")
+    import hyrex_like.metrics  # noqa: F401 - on i18 it exists: this test must run, not skip
+
     app.hy.pause_queue("parked")
     app.greet.with_config(queue="parked").send({"p": 1})
     client = _client(registry, token="t")
@@ -335,12 +336,18 @@ def test_every_page_works_under_the_select_only_viewer_role(
 ) -> None:
     viewer = HyrexRegistry(viewer_url, schema=schema)
     viewer.configure(auto_migrate=False)
+    # the app's registry (the schedules page reads through it) connects as the viewer too;
+    # a module-level registry: its auto_migrate is put back for the next test
+    auto_migrate = app.hy.settings.auto_migrate
+    app.hy.configure(database_url=viewer_url, auto_migrate=False)
     try:
         client = _client(viewer, allow_actions=True, app_registry=app.hy)
         pages = [*PAGES, f"/tasks/{seeded['explode'].id}", f"/workflows/{seeded['workflow'].id}"]
         for path in pages:
             response = client.get(path)
             assert response.status_code == 200, (path, response.text)
+        assert "nightly" in client.get("/schedules").text
+        assert app.hy.settings.database_url == viewer_url
         queued = seeded["parked"]
         token = _csrf(client.get(f"/tasks/{queued.id}").text)
         denied = client.post(
@@ -355,6 +362,7 @@ def test_every_page_works_under_the_select_only_viewer_role(
                 conn.execute(sql.SQL("SELECT * FROM {}.kv").format(sql.Identifier(schema)))
     finally:
         viewer.close()
+        app.hy.configure(auto_migrate=auto_migrate)
 
 
 # ------------------------------------------------------------------ the command
