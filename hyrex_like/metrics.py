@@ -132,7 +132,7 @@ class WorkerMetrics(WorkerObserver):
         return registry
 
     def close(self) -> None:
-        """Stop serving (called by `stopped` as the worker's run ends)."""
+        """Stop serving (called by `detached` as the worker's run ends)."""
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -157,7 +157,7 @@ class WorkerMetrics(WorkerObserver):
                 ) from exc
             log.info("metrics_serving", url=self.server.url)
 
-    def stopped(self) -> None:
+    def detached(self) -> None:
         self.close()
 
     def attempts(self, rows: Sequence[FinishedRow]) -> None:

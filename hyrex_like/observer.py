@@ -85,9 +85,9 @@ class WorkerObserver:
 
     def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
         """Once, as the worker starts: its id, and a view to read its state at any time. A
-        `ConfigurationError` it raises stops the worker's start (`stopped` is still called)."""
+        `ConfigurationError` it raises stops the worker's start (`detached` is still called)."""
 
-    def stopped(self) -> None:
+    def detached(self) -> None:
         """Once, as the worker's run ends, however it ended (even if its start failed): release
         what `attached` took (a server, a thread)."""
 
@@ -171,8 +171,8 @@ class GuardedObserver(WorkerObserver):
         except Exception as exc:
             self._failed_once("attached", exc)
 
-    def stopped(self) -> None:
-        self._call("stopped")
+    def detached(self) -> None:
+        self._call("detached")
 
     def attempts(self, rows: Sequence[FinishedRow]) -> None:
         self._call("attempts", rows)
@@ -238,8 +238,8 @@ class MultiObserver(WorkerObserver):
     def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
         self._fan("attached", worker_id, view)
 
-    def stopped(self) -> None:
-        self._fan("stopped")
+    def detached(self) -> None:
+        self._fan("detached")
 
     def attempts(self, rows: Sequence[FinishedRow]) -> None:
         self._fan("attempts", rows)

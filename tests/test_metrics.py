@@ -333,3 +333,10 @@ def test_only_what_the_database_recorded_is_counted_with_its_status():
         (rejected.task_id, RunStatus.FAILED),
         (canceled.task_id, RunStatus.CANCELED),
     ]
+
+
+def test_run_worker_refuses_a_metrics_host_that_does_not_resolve(database_url, schema):
+    args = ("--metrics-port", "0", "--metrics-host", "no-such-host.invalid")
+    done = run_cli("run-worker", "metrics_app:hy", *args, database_url=database_url, schema=schema)
+    assert done.returncode == 2, done.stderr
+    assert "cannot resolve --metrics-host 'no-such-host.invalid'" in done.stderr
