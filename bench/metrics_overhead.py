@@ -34,7 +34,15 @@ os.environ.setdefault("HYREX_LIKE_NO_EMBEDDED", "1")
 os.environ.setdefault("BENCH_DB", "bench_hyrex_like_metrics")
 
 import harness as H  # noqa: E402
-from run import TUNED_CANDIDATES, Sizes, precompile, source_info, w_drain  # noqa: E402
+from run import (  # noqa: E402
+    TUNED_CANDIDATES,
+    Sizes,
+    outcome,
+    precompile,
+    prefill,
+    source_info,
+    w_drain,
+)
 
 from hyrex_like.logs import configure_logging  # noqa: E402
 
@@ -46,7 +54,8 @@ def _free_port() -> int:
 
 
 class Scraper(threading.Thread):
-    """Scrapes ``/metrics`` every ``every`` seconds until stopped; keeps the last answer."""
+    """Scrapes one worker's ``/metrics`` every ``every`` seconds until stopped; keeps the last
+    answer."""
 
     def __init__(self, port: int, every: float) -> None:
         super().__init__(daemon=True)
@@ -58,12 +67,15 @@ class Scraper(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(self.every):
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
-                    self.last = r.read().decode()
-                self.scrapes += 1
-            except OSError:  # not listening yet, or gone
-                pass
+            self.scrape()
+
+    def scrape(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as r:
+                self.last = r.read().decode()
+            self.scrapes += 1
+        except OSError:  # not listening yet, or gone
+            pass
 
     def attempts(self) -> float:
         """hyrex_like_attempts_total summed over tasks and statuses, in the last answer."""
@@ -74,20 +86,56 @@ class Scraper(threading.Thread):
         )
 
 
+class ScrapedWorkers(H.Workers):
+    """The drain's workers, each scraped once more after the drain, before they stop (until
+    their counts add up to the ``n`` attempts, at most 10 s: the last write's rows are counted
+    as it returns)."""
+
+    def __init__(self, workers: list[H.Worker], scrapers: list[Scraper], n: int) -> None:
+        super().__init__(workers)
+        self.scrapers = scrapers
+        self.n = n
+
+    def stop(self) -> None:
+        for s in self.scrapers:
+            s.done.set()
+            s.join()
+        deadline = time.monotonic() + 10
+        while True:
+            for s in self.scrapers:
+                s.scrape()
+            if self.counted() >= self.n or time.monotonic() > deadline or not self.alive():
+                break
+            time.sleep(0.1)
+        super().stop()
+
+    def counted(self) -> float:
+        return sum(s.attempts() for s in self.scrapers)
+
+
 def drain(cfg: dict[str, Any], n: int, cap_s: float, metrics: bool, every: float) -> dict[str, Any]:
     if not metrics:
         return w_drain(cfg, n, cap_s, "metrics_off")(0)
-    port = _free_port()
-    on = {**cfg, "args": [*cfg["args"], "--metrics-port", str(port)]}
-    scraper = Scraper(port, every)
-    scraper.start()
-    try:
-        res = w_drain(on, n, cap_s, "metrics_on")(0)
-    finally:
-        scraper.done.set()
-        scraper.join()
-    res["scrapes"] = scraper.scrapes
-    res["attempts_seen_by_last_scrape"] = scraper.attempts()
+    # As run.py's w_drain, but each worker with its own --metrics-port and scraper.
+    url = H.fresh_db()
+    prefill(url, n)
+    scrapers, workers = [], []
+    for k in range(cfg["workers"]):
+        port = _free_port()
+        args = [*cfg["args"], "--metrics-port", str(port)]
+        workers.append(H.Worker(args, url, f"metrics_on_{k}"))
+        scrapers.append(Scraper(port, every))
+    for s in scrapers:
+        s.start()
+    group = ScrapedWorkers(workers, scrapers, n)
+    res = H.measure_drain(url, n, group, cap_s)
+    res["outcome"] = outcome(url)
+    res["settings"] = cfg["label"]
+    if not res.get("partial"):
+        done = res["outcome"]["tasks"].get("completed", 0)
+        assert done == n, f"{done} of {n} tasks completed: {res['outcome']}"
+    res["scrapes"] = sum(s.scrapes for s in scrapers)
+    res["attempts_seen_by_last_scrape"] = group.counted()
     return res
 
 
@@ -152,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  metrics on:  median {on:.0f}/s  {[round(r) for r in rates['on']]}")
     print(f"  ratio on/off: {on / off:.3f} (goal >= 0.95)")
     print(f"  {path}")
-    last = runs[-1] if runs[-1]["metrics"] == "on" else runs[-2]
-    if last.get("scrapes", 0) and last["attempts_seen_by_last_scrape"] <= 0:
-        raise SystemExit("the worker's /metrics never counted an attempt")
+    for run in runs:
+        if run["metrics"] == "on" and run["attempts_seen_by_last_scrape"] != n:
+            raise SystemExit(
+                f"the workers' /metrics counted {run['attempts_seen_by_last_scrape']:.0f} "
+                f"attempts after a drain of {n:,} (pair {run['pair'] + 1})"
+            )
     return 0
 
 

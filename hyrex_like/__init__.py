@@ -35,7 +35,7 @@ from .errors import (
 )
 from .handle import TaskError, TaskHandle, TaskRun
 from .inspect import MinuteCount, QueueStats, Stats, TaskDetail, TaskPage, TaskSummary, WorkerInfo
-from .observer import WorkerObserver
+from .observer import MultiObserver, WorkerObserver
 from .payloads import MAX_NESTING_DEPTH
 from .queues import QueueInfo
 from .registry import HyrexRegistry
@@ -66,6 +66,7 @@ __all__ = [
     "KeyInUse",
     "MAX_NESTING_DEPTH",
     "MinuteCount",
+    "MultiObserver",
     "NoTaskContext",
     "PayloadNotSerializable",
     "PayloadTooLarge",

@@ -203,6 +203,7 @@ class Dispatcher:
         finally:
             self.signals.restore()
             self.signals.close()
+            self.observer.detached()  # (a metrics server it started stops with the worker)
 
     def request_stop(self) -> None:
         """Begin a graceful stop, as SIGTERM does (safe from another thread)."""

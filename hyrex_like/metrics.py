@@ -52,6 +52,8 @@ INSTALL_HINT = "pip install 'hyrex-like[metrics]'"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 CLAIM_SIZE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CLAIM_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+_TIMED = frozenset((RunStatus.COMPLETED, RunStatus.FAILED))
+"""The attempts whose run time the duration histogram records."""
 
 
 def _require() -> None:
@@ -103,7 +105,9 @@ class WorkerMetrics(WorkerObserver):
     through `MultiObserver`), and a Prometheus collector (``collect``).
 
     With ``port``, ``/metrics`` is served on ``host:port`` from the worker's parent process once
-    it has started its executors (so they are still forked from a single thread)."""
+    it has started its executors (so they are still forked from a single thread), until the
+    worker's run ends; a port it cannot listen on stops the worker's start
+    (`ConfigurationError`)."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.port = port
@@ -128,7 +132,7 @@ class WorkerMetrics(WorkerObserver):
         return registry
 
     def close(self) -> None:
-        """Stop serving (a worker run in-process; ``run-worker`` just exits)."""
+        """Stop serving (called by `detached` as the worker's run ends)."""
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -145,9 +149,16 @@ class WorkerMetrics(WorkerObserver):
             try:
                 self.server = serve(self.port, self.host, self.registry)
             except OSError as exc:
-                log.error("metrics_server_failed", host=self.host, port=self.port, error=str(exc))
-                raise
+                # ConfigurationError passes the observer's guard: the worker does not start
+                # without the metrics it was asked to serve.
+                raise ConfigurationError(
+                    f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}; "
+                    "choose another --metrics-port"
+                ) from exc
             log.info("metrics_serving", url=self.server.url)
+
+    def detached(self) -> None:
+        self.close()
 
     def attempts(self, rows: Sequence[FinishedRow]) -> None:
         with self._lock:
@@ -156,7 +167,9 @@ class WorkerMetrics(WorkerObserver):
             for row in rows:
                 key = (row.task_name, row.queue, row.status)
                 counts[key] = counts.get(key, 0) + 1
-                if row.started_at is not None:
+                # Only whole runs: an attempt cut short (timed out, lost, interrupted,
+                # canceled) would mix the limit or the moment it was stopped into run times.
+                if row.started_at is not None and row.status in _TIMED:
                     histogram = durations.get(row.task_name)
                     if histogram is None:
                         histogram = durations[row.task_name] = _Histogram(DURATION_BUCKETS)
@@ -200,7 +213,7 @@ class WorkerMetrics(WorkerObserver):
         yield family
         family = core.HistogramMetricFamily(
             "hyrex_like_attempt_duration_seconds",
-            "Run time of ended attempts, as measured in the executor.",
+            "Run time of completed and failed attempts, as measured in the executor.",
             labels=["task"],
         )
         for task, (buckets, total) in sorted(durations.items()):
@@ -227,7 +240,7 @@ class WorkerMetrics(WorkerObserver):
         view = self._view
         if view is not None:
             try:
-                in_flight, running = view.in_flight(), view.running()
+                in_flight, busy = view.in_flight(), view.running()
             except RuntimeError:  # the loop changed the ledger under us: skip this scrape
                 pass
             else:
@@ -237,7 +250,10 @@ class WorkerMetrics(WorkerObserver):
                     value=in_flight,
                 )
                 yield core.GaugeMetricFamily(
-                    "hyrex_like_running", "Attempts executors are running now.", value=running
+                    "hyrex_like_busy_executors",
+                    "Executors running at least one attempt now (with --async-concurrency one "
+                    "runs many: see hyrex_like_in_flight).",
+                    value=busy,
                 )
         if self._worker_id is not None:
             info = core.GaugeMetricFamily(

@@ -5,7 +5,9 @@ override the methods you need, the rest do nothing. Each hook is called on the d
 thread, except `heartbeat`, `rescued` and `maintenance_skipped` (the upkeep thread) and
 `scheduled` and `scheduler_skipped` (the scheduler's thread), so keep it cheap and
 thread-safe; an exception it raises is logged once and otherwise ignored, never the worker's
-problem. With no observer the worker pays nothing for them.
+problem, except a `ConfigurationError` from `attached` (an observer that cannot start, such as
+a metrics server whose port is taken), which stops the worker's start. With no observer the
+worker pays nothing for them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .db import FinishedRow
@@ -37,7 +41,7 @@ class WorkerView(Protocol):
         ...
 
     def running(self) -> int:
-        """Attempts an executor is running now."""
+        """Executors busy now (one may run many attempts with ``async_concurrency``)."""
         ...
 
 
@@ -80,7 +84,12 @@ class WorkerObserver:
         """A scheduler pass failed (``why``: ``database`` or ``error``); it is retried soon."""
 
     def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
-        """Once, as the worker starts: its id, and a view to read its state at any time."""
+        """Once, as the worker starts: its id, and a view to read its state at any time. A
+        `ConfigurationError` it raises stops the worker's start (`detached` is still called)."""
+
+    def detached(self) -> None:
+        """Once, as the worker's run ends, however it ended (even if its start failed): release
+        what `attached` took (a server, a thread)."""
 
     def attempts(self, rows: Sequence[FinishedRow]) -> None:
         """These ended attempts were written (one batch; a row per attempt, its task name,
@@ -117,11 +126,12 @@ class GuardedObserver(WorkerObserver):
         try:
             getattr(self.inner, name)(*args)
         except Exception as exc:
-            if name not in self._failed:
-                self._failed.add(name)
-                self._log.warning(
-                    "observer_failed", hook=name, error=f"{type(exc).__name__}: {exc}"
-                )
+            self._failed_once(name, exc)
+
+    def _failed_once(self, name: str, exc: Exception) -> None:
+        if name not in self._failed:
+            self._failed.add(name)
+            self._log.warning("observer_failed", hook=name, error=f"{type(exc).__name__}: {exc}")
 
     def claimed(self, asked: int, got: int, seconds: float) -> None:
         self._call("claimed", asked, got, seconds)
@@ -154,7 +164,15 @@ class GuardedObserver(WorkerObserver):
         self._call("scheduler_skipped", why)
 
     def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
-        self._call("attached", worker_id, view)
+        try:
+            self.inner.attached(worker_id, view)
+        except ConfigurationError:
+            raise  # the observer cannot start (a port taken): the worker must not run without it
+        except Exception as exc:
+            self._failed_once("attached", exc)
+
+    def detached(self) -> None:
+        self._call("detached")
 
     def attempts(self, rows: Sequence[FinishedRow]) -> None:
         self._call("attempts", rows)
@@ -219,6 +237,9 @@ class MultiObserver(WorkerObserver):
 
     def attached(self, worker_id: uuid.UUID, view: WorkerView) -> None:
         self._fan("attached", worker_id, view)
+
+    def detached(self) -> None:
+        self._fan("detached")
 
     def attempts(self, rows: Sequence[FinishedRow]) -> None:
         self._fan("attempts", rows)

@@ -334,32 +334,37 @@ def _run_worker(args: argparse.Namespace) -> int:
         from ..metrics import WorkerMetrics
 
         observer = WorkerMetrics(args.metrics_port, args.metrics_host)
-        if not _port_free(args.metrics_host, args.metrics_port):
+        problem = _port_problem(args.metrics_host, args.metrics_port)
+        if problem is not None:
             print(
-                f"hyrex-like run-worker: error: argument --metrics-port: cannot listen on "
-                f"{args.metrics_host}:{args.metrics_port} (in use?)",
-                file=sys.stderr,
+                f"hyrex-like run-worker: error: argument --metrics-port: {problem}", file=sys.stderr
             )
             return EXIT_USAGE
     return Worker(load_app(args), options, app=args.app, observer=observer).run()
 
 
-def _port_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be listened on now: the metrics server starts only after the
-    executors (see `WorkerMetrics`), so a taken port is refused here, before anything runs."""
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (None: it can, on one of its addresses):
+    the metrics server starts only after the executors (see `WorkerMetrics`), so a taken port
+    or an unknown host is refused here, before anything runs."""
     import socket
 
     try:
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host, port, 0, socket.SOCK_STREAM
-        ):
+        addresses = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except OSError as exc:  # socket.gaierror
+        return f"cannot resolve --metrics-host {host!r}: {exc.strerror or exc}"
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        try:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
-            return True
-    except OSError:
-        return False
-    return False
+        except OSError as exc:  # this address (say IPv6 where it is off): try the next
+            error = exc
+            continue
+        return None
+    why = error.strerror if error is not None and error.strerror else "in use?"
+    return f"cannot listen on {host}:{port} ({why})"
 
 
 def _first_problem(exc: pydantic.ValidationError) -> str:

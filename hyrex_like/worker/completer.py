@@ -49,6 +49,7 @@ class _Round:
     generation: int
     gave_back: bool = False
     returned: Returned | None = None  # None: not written
+    rewritten: dict[uuid.UUID, FinishedRow] = field(default_factory=dict)  # rejected, as failed
     marks: list[Mark] = field(default_factory=list)  # starts of bodies still running
     marked: bool = False
     seconds: float = 0.0  # the finish statement's time
@@ -137,7 +138,7 @@ class Completer:
                 job.gave_back = True
             if job.batch.finished:
                 began = time.perf_counter()
-                job.returned = self._write_finished(job.db, job.batch.finished)
+                job.returned = self._write_finished(job.db, job.batch.finished, job.rewritten)
                 job.seconds = time.perf_counter() - began
             if job.marks:
                 WorkerQueries.mark_started(job.db, self.worker_id, job.marks)
@@ -157,7 +158,14 @@ class Completer:
             ended += [j.task_id for j in job.batch.giveback]
         return any(task_id in limited for task_id in ended)
 
-    def _write_finished(self, db: psycopg.Connection[Any], rows: list[FinishedRow]) -> Returned:
+    def _write_finished(
+        self,
+        db: psycopg.Connection[Any],
+        rows: list[FinishedRow],
+        rewritten: dict[uuid.UUID, FinishedRow],
+    ) -> Returned:
+        """Write ``rows``; one the database refuses is written again as failed, and put in
+        ``rewritten`` (what it ends as is what gets counted)."""
         try:
             return WorkerQueries.finish(db, self.worker_id, rows)
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -183,10 +191,12 @@ class Completer:
                     row.finished_at,
                     queue=row.queue,
                 )
-                return WorkerQueries.finish(db, self.worker_id, [fixed])
+                returned = WorkerQueries.finish(db, self.worker_id, [fixed])
+                rewritten[row.task_id] = fixed
+                return returned
             out: Returned = []
             for row in rows:
-                out += self._write_finished(db, [row])
+                out += self._write_finished(db, [row], rewritten)
             return out
 
     def _apply(self, job: _Round) -> None:
@@ -217,8 +227,9 @@ class Completer:
             self.ledger.write_failed(None, batch.finished)
         elif batch.finished:
             self.observer.written(len(batch.finished), job.seconds)
-            self.observer.attempts(batch.finished)
-            self.tally.add(batch.finished)
+            counted = accepted(batch.finished, job.returned, job.rewritten)
+            self.observer.attempts(counted)
+            self.tally.add(counted)
             due = log_outcomes(self.log, batch.finished, job.returned, self._per_task)
             self.retry_at = min(self.retry_at, due)
         # A write that failed on connections replaced since must not reset the new ones (its
@@ -298,6 +309,36 @@ class Completer:
                 task_ids=[str(i) for i in held],
                 hint="other workers requeue these tasks once this worker's heartbeat is stale",
             )
+
+
+_PASSED = object()  # (a row finish_runs does not return: it passed the guard if it completed)
+
+
+def accepted(
+    rows: Sequence[FinishedRow], returned: Returned, rewritten: dict[uuid.UUID, FinishedRow]
+) -> list[FinishedRow]:
+    """The attempts of a written batch the database recorded, each with the run status it
+    recorded, for the metrics and the minute tally (counted once across the cluster).
+
+    ``finish_runs`` returns the rows that passed its guard but completed ones; a row it
+    returns with no task status did not pass (a late write for a task rescued since). A run
+    stopped as canceled with no cancel on the task (its workflow's pause) is recorded as
+    interrupted, as the statement does; a row rejected and rewritten counts as written."""
+    statuses: dict[uuid.UUID, str | None] = {r[0]: r[1] for r in returned}
+    out: list[FinishedRow] = []
+    for row in rows:
+        row = rewritten.get(row.task_id, row)
+        status: object = statuses.get(row.task_id, _PASSED)
+        if status is _PASSED:
+            if row.status is _COMPLETED:
+                out.append(row)
+        elif status is None:
+            continue
+        elif row.status is _CANCELED and status != _CANCELED_STR:
+            out.append(row._replace(status=_INTERRUPTED))
+        else:
+            out.append(row)
+    return out
 
 
 def log_outcomes(

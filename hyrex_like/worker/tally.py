@@ -26,7 +26,8 @@ class Tally:
         self._counts: dict[Key, list[float]] = {}
 
     def add(self, rows: Sequence[FinishedRow]) -> None:
-        """Count written outcomes: one lock per batch, one dict update per row."""
+        """Count written outcomes (those the database recorded, with the status it recorded:
+        `completer.accepted`): one lock per batch, one dict update per row."""
         with self._lock:
             counts = self._counts
             for r in rows:
