@@ -387,6 +387,14 @@ WITH dead AS (
         error_message = 'the worker running this attempt stopped heartbeating or is gone'
     FROM requeued AS q
     WHERE q.began AND r.task_id = q.id AND r.attempt_number = q.attempt
+    RETURNING r.task_id, r.started_at
+), tallied AS (
+    -- the lost attempts per queue, with the seconds they ran: the rescuer adds them to its
+    -- minute tallies (queue_minute), as a writer adds the attempts it ends
+    SELECT t.queue::text AS queue, count(*)::int AS attempts,
+           coalesce(sum(extract(epoch FROM now() - c.started_at)), 0)::float8 AS run_seconds
+    FROM closed AS c JOIN task AS t ON t.id = c.task_id
+    GROUP BY t.queue
 ), dropped AS (
     DELETE FROM task_run AS r
     USING requeued AS q
@@ -394,7 +402,11 @@ WITH dead AS (
 )
 SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued) AS tasks,
        CASE WHEN (SELECT count(*) FROM requeued) > 0
-            THEN pg_notify('hyrex_like_' || current_schema(), '') END AS notified
+            THEN pg_notify('hyrex_like_' || current_schema(), '') END AS notified,
+       floor(extract(epoch FROM now()) / 60)::bigint AS minute,
+       (SELECT array_agg(queue ORDER BY queue) FROM tallied) AS lost_queues,
+       (SELECT array_agg(attempts ORDER BY queue) FROM tallied) AS lost_attempts,
+       (SELECT array_agg(run_seconds ORDER BY queue) FROM tallied) AS lost_seconds
 
 -- get_task --
 SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
