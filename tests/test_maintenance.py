@@ -230,7 +230,7 @@ def _minutes(database_url: str, schema: str, worker_id: uuid.UUID) -> list[tuple
 
 
 def test_a_role_that_may_not_write_tallies_still_cancels_and_rescues_and_writes_them_later(
-    registry, database_url, schema
+    registry, database_url, schema, caplog
 ):
     """The tally upsert is refused (no grant on queue_minute): the beat still hands over the
     cancels it found, the rescuer still requeues (and counts the attempt it closed as lost);
@@ -288,7 +288,9 @@ def test_a_role_that_may_not_write_tallies_still_cancels_and_rescues_and_writes_
             ("queued",)
         ]
         assert _minutes(database_url, schema, worker_id) == []
-        m.run_once()  # refused again: still kept
+        m.run_once()  # refused again: still kept, and not logged again
+        refused = [r for r in caplog.records if "tallies_not_written" in r.getMessage()]
+        assert len(refused) == 1 and "queue_minute" in refused[0].getMessage()
         with _connect(database_url, schema) as admin:
             admin.execute(f"GRANT ALL ON queue_minute TO {role}")
         m.run_once()

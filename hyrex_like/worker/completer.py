@@ -276,8 +276,8 @@ class Completer:
         connection (never reconnecting: the database may be why the deadline passed), and
         drop this worker's tally. Counts that cannot be written are lost, as with SIGKILL."""
         db = self.conns.db
-        try:
-            if db is not None and not db.closed and not db.broken:
+        try:  # (not while a write in flight holds it: that could wait on a lock for ever)
+            if self.round is None and db is not None and not db.closed and not db.broken:
                 self.tally.flush(db, self.worker_id)
         except (*DB_ERRORS, psycopg.Error):
             pass
