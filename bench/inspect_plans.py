@@ -2,14 +2,15 @@
 
     python bench/inspect_plans.py postgresql://postgres@127.0.0.1/test          # 1,000,000 rows
     python bench/inspect_plans.py URL --quick                                   # 20,000 rows
-    python bench/inspect_plans.py URL --rows 100000 --json plans.json
+    python bench/inspect_plans.py URL --rows 100000 --backlog 0 --json plans.json
 
 Loads, into a schema of its own (``inspect_plans`` unless --schema; dropped at the end unless
 --keep), N finished tasks with one run each (ids time-ordered like UUIDv7, so the primary key
 order matches created_at; 3% failed, 1% canceled, 1% sent by another task), 2,000 queued
-(some delayed), 50 running, 20 steps of paused workflows, a day of queue_minute tallies and
-300 ended workers, then VACUUM ANALYZE. Then EXPLAIN (ANALYZE, BUFFERS) of every statement
-behind hy.list_tasks, hy.task_detail, hy.stats, hy.throughput and hy.list_workers, each
+(some delayed), 50 running, a backlog of --backlog more queued tasks (200,000 by default,
+sent in the half hour before those), 20 steps of paused workflows, a day of queue_minute
+tallies and 300 ended workers, then VACUUM ANALYZE. Then EXPLAIN (ANALYZE, BUFFERS) of every
+statement behind hy.list_tasks, hy.task_detail, hy.stats, hy.throughput and hy.list_workers, each
 prepared and run with plan_cache_mode = force_custom_plan and then force_generic_plan (a
 pooled connection switches to the generic plan after five runs), and prints a markdown table.
 It fails (exit 1) if any plan reads task, task_run or queue_minute with a Seq Scan.
@@ -87,6 +88,15 @@ LOAD = [
     INSERT INTO task_run (task_id, attempt_number, status, worker_id)
     SELECT id, 1, 'running', worker_id FROM task WHERE status = 'running'
     """,
+    # The backlog (--backlog): queued tasks sent in the last minutes, older than the live ones.
+    """
+    INSERT INTO task (id, task_name, queue, priority, status, args, run_after, created_at)
+    SELECT pg_temp.v7('backlog' || g, now() - interval '30 minutes' + g * interval '1 ms'),
+           'task_' || mod(g, 20), 'q' || mod(g, 5), 1 + mod(g, 10), 'queued', '{}'::jsonb,
+           now() - interval '30 minutes' + g * interval '1 ms',
+           now() - interval '30 minutes' + g * interval '1 ms'
+    FROM generate_series(1, %(backlog)s) AS g
+    """,
     # Two paused workflows of ten paused steps, among 1,000 completed ones.
     """
     INSERT INTO workflow (id, name, state, steps, args, created_at, paused_at)
@@ -139,8 +149,9 @@ class Plan:
     seq_big: list[str]
 
 
-def load(url: str, schema: str, rows: int) -> float:
-    """Create ``schema`` (migrated) and fill it; returns the seconds it took."""
+def load(url: str, schema: str, rows: int, backlog: int = 0) -> float:
+    """Create ``schema`` (migrated) and fill it, with ``backlog`` more queued tasks; returns
+    the seconds it took."""
     t0 = time.monotonic()
     hy = HyrexRegistry(url, schema=schema)
     hy.store.pool()  # migrates
@@ -149,7 +160,9 @@ def load(url: str, schema: str, rows: int) -> float:
         c.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
         c.execute(_V7)
         for statement in LOAD:
-            c.execute(statement, {"n": rows} if "%(n)s" in statement else None)  # type: ignore[call-overload]
+            params = {"n": rows, "backlog": backlog}
+            used = {k: v for k, v in params.items() if f"%({k})s" in statement}
+            c.execute(statement, used or None)  # type: ignore[call-overload]
         for table in ("task", "task_run", "queue_minute", "worker", "workflow"):
             c.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
     return time.monotonic() - t0
@@ -162,7 +175,15 @@ def _sample(c: psycopg.Connection[Any]) -> dict[str, Any]:
     middle = c.execute(
         "SELECT id FROM task ORDER BY id OFFSET (SELECT count(*) / 2 FROM task) LIMIT 1"
     ).fetchone()
-    return {"child": child_id, "parent": parent_id, "middle": middle[0] if middle else TOP}
+    queued = c.execute(  # where a first page of queued tasks ends
+        "SELECT id FROM task WHERE status = 'queued' ORDER BY id DESC OFFSET 49 LIMIT 1"
+    ).fetchone()
+    return {
+        "child": child_id,
+        "parent": parent_id,
+        "middle": middle[0] if middle else TOP,
+        "queued": queued[0] if queued else TOP,
+    }
 
 
 def reads(sample: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -186,11 +207,16 @@ def reads(sample: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("list_tasks(status=failed)", "inspect_tasks", page | {"status": "failed"}),
         ("  where the budget ended", "inspect_tasks_scanned", page),
         ("list_tasks(since=2h ago)", "inspect_tasks", page | since),
-        ("list_tasks(status=queued)", "inspect_tasks_queued", page),
+        ("list_tasks(status=queued)", "inspect_tasks", page | {"status": "queued"}),
         (
             "list_tasks(status=queued, queue=)",
-            "inspect_tasks_queued_in_queue",
-            page | {"queue": "q1"},
+            "inspect_tasks",
+            page | {"status": "queued", "queue": "q1"},
+        ),
+        (
+            "list_tasks(status=queued) page 2",
+            "inspect_tasks",
+            page | {"status": "queued", "after": sample["queued"]},
         ),
         ("list_tasks(status=running)", "inspect_tasks_running", page),
         (
@@ -295,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("url", help="a database URL (a schema of its own is created there)")
     ap.add_argument("--rows", type=int, default=1_000_000, help="finished tasks to load")
     ap.add_argument("--quick", action="store_true", help="20,000 finished tasks (CI smoke)")
+    ap.add_argument(
+        "--backlog", type=int, default=200_000, help="queued tasks to add (default: 200,000)"
+    )
     ap.add_argument("--schema", default="inspect_plans")
     ap.add_argument("--keep", action="store_true", help="keep the schema afterwards")
     ap.add_argument("--json", type=Path, default=None, help="also write the plans here")
@@ -304,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     with psycopg.connect(args.url, autocommit=True) as c:
         c.execute(drop)
     try:
-        seconds = load(args.url, args.schema, rows)
+        seconds = load(args.url, args.schema, rows, args.backlog)
         with psycopg.connect(args.url, autocommit=True) as c:
             version = c.execute("SHOW server_version").fetchone()
             sizes = c.execute(
@@ -318,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             with psycopg.connect(args.url, autocommit=True) as c:
                 c.execute(drop)
     print(
-        f"{rows:,} finished tasks (+2,050 queued/running, 20 paused steps), loaded in "
+        f"{rows:,} finished tasks, {args.backlog:,} queued (+2,050 queued/running, 20 paused "
+        f"steps), loaded in "
         f"{seconds:.0f} s; task {sizes[0] if sizes else '?'}, task_run "
         f"{sizes[1] if sizes else '?'}; PostgreSQL {version[0] if version else '?'}\n"
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ from .db import Store
 from .db import inspect as reads
 from .db.queries import q
 from .db.reads import read_on_pool
+from .db.rows import TaskRow
 from .errors import InvalidTaskId, InvalidTaskOption
 from .handle import TaskRun
 from .states import RunStatus, TaskStatus, WorkerStatus
@@ -25,6 +26,8 @@ DEFAULT_SCAN_BUDGET = 20_000
 # sender's clock just before the row's created_at (the database's), which is rechecked.
 _SINCE_SLACK = timedelta(seconds=60)
 _FAILED = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.LOST})
+# Attempts that count in per_minute: not an interrupted one (handed back, run again).
+_ENDED = _FAILED | {RunStatus.COMPLETED, RunStatus.CANCELED}
 
 
 def _json(value: Any) -> Any:
@@ -44,7 +47,11 @@ def _json(value: Any) -> Any:
 class _ToJson:
     def to_json(self) -> dict[str, Any]:
         """This as JSON-ready values: ids as strings, datetimes in ISO 8601."""
-        return {f.name: _json(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        return {
+            f.name: _json(getattr(self, f.name))
+            for f in fields(self)  # type: ignore[arg-type]
+            if f.metadata.get("json", True)
+        }
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ class TaskDetail(_ToJson):
     parent: TaskSummary | None
     children: list[TaskSummary]
     """The tasks it sent, oldest first, at most 200."""
+    row: TaskRow = field(repr=False, compare=False, metadata={"json": False})
+    """Every column of the task, as `TaskHandle.row` has them (not in `to_json`)."""
 
 
 @dataclass(frozen=True)
@@ -175,9 +184,12 @@ class InspectMethods:
     ) -> TaskPage:
         """Tasks newest first, filtered, ``limit`` at a time: pass a page's ``next`` as
         ``after`` for the next one. ``since``: created at or after this time (or this long
-        ago). A filter without an index of its own (any status but queued, running and
-        paused) reads at most ``budget`` rows per page, so a page may come back short, with
-        ``scanned_to`` set and ``next`` to go on from."""
+        ago). Any filter but running and paused (whose sets are small) walks the tasks down
+        from the newest reading at most ``budget`` rows per page, so a page may come back
+        short, with ``scanned_to`` set and ``next`` to go on from (queued tasks are mostly the
+        newest, so their pages fill early). Clock skew: ids carry the sending host's clock and
+        ``since`` walks from 60 s before its time, so a sender whose clock runs more than 60 s
+        behind the database's may have recent tasks missing from a ``since`` listing."""
         state = _status(status)
         for label, value in (("name", name), ("queue", queue)):
             if value is not None and (not isinstance(value, str) or not value):
@@ -234,13 +246,18 @@ class InspectMethods:
             runs=[TaskRun._from_row(r) for r in runs],
             parent=None if parent is None else TaskSummary(*parent),
             children=[TaskSummary(*c) for c in children],
+            row=row,
         )
 
     def stats(self, window_minutes: int = 5) -> Stats:
         """Every queue (with settings, tasks queued or running, or attempts ended in the
         window): ready, waiting and running counts, the oldest ready task's age, its limit and
         pause, and the attempts that ended over the last ``window_minutes`` (counted by the
-        workers, added with each heartbeat: a few seconds behind)."""
+        workers, added with each heartbeat: a few seconds behind; an interrupted attempt, one
+        handed back at a shutdown, is not counted). ``per_minute`` divides them by the minutes
+        since the window's start. Clock skew: an attempt is filed under the minute of its
+        worker's clock, the window under the database's; a worker whose clock is off by more
+        than a minute puts its counts in the wrong minutes (or, ahead, out of the window)."""
         _positive("window_minutes", window_minutes, 24 * 60)
         queues, ended, start, now, alive = reads.queue_stats(self.store.pool(), window_minutes)
         elapsed = max((now - start).total_seconds() / 60.0, 1.0)
@@ -265,7 +282,7 @@ class InspectMethods:
                     completed=counts.get(RunStatus.COMPLETED, 0),
                     failed=sum(n for s, n in counts.items() if s in _FAILED),
                     canceled=counts.get(RunStatus.CANCELED, 0),
-                    per_minute=sum(counts.values()) / elapsed,
+                    per_minute=sum(n for s, n in counts.items() if s in _ENDED) / elapsed,
                     concurrency_limit=r.concurrency_limit,
                     paused=bool(r.paused),
                 )
@@ -274,7 +291,8 @@ class InspectMethods:
 
     def throughput(self, minutes: int = 60) -> list[MinuteCount]:
         """Attempts ended per minute and queue over the last ``minutes`` (oldest first; a
-        minute in which nothing ended in a queue has no entry), as the workers counted them."""
+        minute in which nothing ended in a queue has no entry), as the workers counted them,
+        each under the minute of its own clock (see `stats` for clock skew)."""
         _positive("minutes", minutes, 24 * 60)
         merged: dict[tuple[datetime, str], list[int]] = {}
         for minute, queue, status, n in reads.minute_counts(self.store.pool(), minutes):

@@ -387,6 +387,14 @@ WITH dead AS (
         error_message = 'the worker running this attempt stopped heartbeating or is gone'
     FROM requeued AS q
     WHERE q.began AND r.task_id = q.id AND r.attempt_number = q.attempt
+    RETURNING r.task_id, r.started_at
+), tallied AS (
+    -- the lost attempts per queue, with the seconds they ran: the rescuer adds them to its
+    -- minute tallies (queue_minute), as a writer adds the attempts it ends
+    SELECT t.queue::text AS queue, count(*)::int AS attempts,
+           coalesce(sum(extract(epoch FROM now() - c.started_at)), 0)::float8 AS run_seconds
+    FROM closed AS c JOIN task AS t ON t.id = c.task_id
+    GROUP BY t.queue
 ), dropped AS (
     DELETE FROM task_run AS r
     USING requeued AS q
@@ -394,7 +402,11 @@ WITH dead AS (
 )
 SELECT (SELECT count(*) FROM marked) AS workers, (SELECT count(*) FROM requeued) AS tasks,
        CASE WHEN (SELECT count(*) FROM requeued) > 0
-            THEN pg_notify('hyrex_like_' || current_schema(), '') END AS notified
+            THEN pg_notify('hyrex_like_' || current_schema(), '') END AS notified,
+       floor(extract(epoch FROM now()) / 60)::bigint AS minute,
+       (SELECT array_agg(queue ORDER BY queue) FROM tallied) AS lost_queues,
+       (SELECT array_agg(attempts ORDER BY queue) FROM tallied) AS lost_attempts,
+       (SELECT array_agg(run_seconds ORDER BY queue) FROM tallied) AS lost_seconds
 
 -- get_task --
 SELECT id, task_name, queue, priority, status, args, max_retries, timeout_seconds,
@@ -898,52 +910,21 @@ LIMIT %(limit)s
 
 -- inspect_tasks_scanned --
 -- Where inspect_tasks's walk of the primary key ended if it read all %(budget)s rows: the
--- last id it read (no row: the walk reached the end first).
+-- last id it read (no row: the walk reached the end first). Read in the page's snapshot
+-- (a REPEATABLE READ transaction), so the next page starts exactly where this one stopped.
 SELECT id FROM task
 WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
 ORDER BY id DESC
 OFFSET %(budget)s - 1
 LIMIT 1
 
--- inspect_tasks_queued --
--- Queued tasks, newest first: every queued one that matches (task_claim_idx), then the newest
--- of them after the cursor. Materialized, with the cursor applied outside: otherwise a generic
--- plan takes the cursor's id range for a narrow one and walks the primary key down to the
--- floor instead. The cost grows with the backlog, not with the table.
-WITH hit AS MATERIALIZED (
-    SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
-           run_after, parent_id, workflow_id
-    FROM task
-    WHERE status = 'queued'
-      AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
-      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-)
-SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
-       run_after, parent_id, workflow_id
-FROM hit
-WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
-ORDER BY id DESC
-LIMIT %(limit)s
-
--- inspect_tasks_queued_in_queue --
--- inspect_tasks_queued for one queue (task_queue_idx).
-WITH hit AS MATERIALIZED (
-    SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
-           run_after, parent_id, workflow_id
-    FROM task
-    WHERE status = 'queued' AND queue = %(queue)s::text
-      AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
-      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
-)
-SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
-       run_after, parent_id, workflow_id
-FROM hit
-WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
-ORDER BY id DESC
-LIMIT %(limit)s
-
 -- inspect_tasks_running --
--- Running tasks, newest first (task_running_idx; materialized as inspect_tasks_queued).
+-- Running tasks, newest first (task_running_idx): every running one that matches, then the
+-- newest of them after the cursor. Materialized, with the cursor applied outside: otherwise a
+-- generic plan takes the cursor's id range for a narrow one and walks the primary key down to
+-- the floor instead. Its cost grows with the running tasks (at most the workers' processes).
+-- (Queued tasks, whose backlog can be huge, are listed by inspect_tasks instead: a walk of the
+-- primary key down from the newest, bounded by the scan budget.)
 WITH hit AS MATERIALIZED (
     SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
            run_after, parent_id, workflow_id
@@ -978,7 +959,7 @@ LIMIT %(limit)s
 
 -- inspect_tasks_paused --
 -- Paused tasks are steps of paused workflows: those (workflow_live_idx), then their steps
--- (task_workflow_step_idx), each step set materialized as inspect_tasks_queued (a generic
+-- (task_workflow_step_idx), each step set materialized as inspect_tasks_running (a generic
 -- plan would otherwise walk every step of every workflow ever run).
 WITH paused AS MATERIALIZED (
     SELECT id FROM workflow WHERE state = 'paused'
@@ -1105,3 +1086,8 @@ DELETE FROM queue_minute WHERE minute < now() - interval '1 day'
 -- prune_workers --
 -- Retention: rows of workers that stopped or were declared lost more than 7 days ago.
 DELETE FROM worker WHERE status <> 'running' AND stopped_at < now() - interval '7 days'
+
+-- inspect_snapshot --
+-- First in the transaction of a read made of several statements (a page and where its walk
+-- ended; the stats and their window): one snapshot and one now() for all of them.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY

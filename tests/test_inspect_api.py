@@ -15,6 +15,7 @@ from hyrex_like import (
     InvalidTaskId,
     InvalidTaskOption,
     QueueStats,
+    RunStatus,
     TaskPage,
     TaskStatus,
 )
@@ -262,3 +263,67 @@ def test_upkeep_prunes_day_old_tallies_and_week_old_worker_rows(
         ended = c.execute("SELECT count(*) FROM worker").fetchone()
     assert hours == (2,) and ended == (3,)  # 1 h and 23 h stay; 6 d, 1 d and the running one
     assert [m.completed for m in registry.throughput(120)] == [1]
+
+
+def test_per_minute_is_the_window_s_ended_attempts_over_its_minutes_without_interrupted(
+    registry: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    import psycopg
+
+    registry.stats()  # migrates the schema
+    with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as c:
+        c.execute(
+            "INSERT INTO queue_minute (minute, worker_id, queue, status, attempts, run_seconds) "
+            "SELECT date_trunc('minute', now()) - make_interval(mins => m), gen_random_uuid(),"
+            " 'pm', s, n, 0 FROM (VALUES (0, %s, 7), (1, %s, 5), (2, %s, 4), (3, %s, 2),"
+            " (0, %s, 100), (30, %s, 1000)) AS v (m, s, n)",
+            (
+                str(RunStatus.COMPLETED),
+                str(RunStatus.FAILED),
+                str(RunStatus.TIMED_OUT),
+                str(RunStatus.CANCELED),
+                str(RunStatus.INTERRUPTED),
+                str(RunStatus.COMPLETED),
+            ),
+        )
+    stats = registry.stats(window_minutes=5)
+    got = next(s for s in stats.queues if s.queue == "pm")
+    assert (got.completed, got.failed, got.canceled) == (7, 9, 2)  # 30 min ago: outside
+    epoch = stats.at.timestamp()
+    elapsed = max((epoch - (epoch // 60 - 5) * 60) / 60.0, 1.0)
+    assert got.per_minute == pytest.approx(18 / elapsed, rel=1e-9)  # not the 100 interrupted
+
+
+def test_a_sparse_walk_with_tasks_deleted_between_pages_lists_each_once(
+    iapp: Any, registry: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    import psycopg
+
+    wanted = []
+    for k in range(80):
+        iapp.ok.send(k)
+        if k % 5 == 0:
+            wanted.append(iapp.other.send(k).id)
+    seen: list[uuid.UUID] = []
+    deleted: set[uuid.UUID] = set()
+    after = None
+    for _ in range(200):
+        page = registry.list_tasks(name="other", limit=2, budget=7, after=after)
+        seen += [t.id for t in page.items]
+        if page.next is None:
+            break
+        after = page.next
+        with psycopg.connect(
+            database_url, autocommit=True, options=f"-c search_path={schema}"
+        ) as c:  # a few tasks around the cursor go (as retention deletes them)
+            gone = c.execute(
+                "DELETE FROM task WHERE id IN (SELECT id FROM task WHERE id < %s::uuid"
+                " ORDER BY id DESC LIMIT 3) RETURNING id",
+                (after,),
+            ).fetchall()
+            deleted |= {r[0] for r in gone}
+    else:
+        raise AssertionError("the listing never ended")
+    assert len(seen) == len(set(seen))
+    assert seen == sorted(seen, reverse=True)
+    assert set(seen) == set(wanted) - deleted

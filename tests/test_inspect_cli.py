@@ -328,9 +328,10 @@ def test_status_and_queues_show_what_the_database_holds(
     assert rows["stuck"][4].endswith("s") and rows["payments"][3] == "1"
     assert lines[5] == "workers alive: 2"
     assert cli("status", "--window", "1", "--json").returncode == 0
-    for bad in ("0", "x"):
+    assert cli("status", "--window", "1440", "--json").returncode == 0
+    for bad in ("0", "x", "1441"):
         refused = cli("status", "--window", bad)
-        assert refused.returncode == 2 and "minutes" in refused.stderr
+        assert refused.returncode == 2 and "minutes from 1 to 1440" in refused.stderr
 
     queues = cli("queues")
     assert queues.returncode == 0, queues.stderr

@@ -4,6 +4,7 @@ rescuer per schema, tests that wait for "the rescuer ran" (an observer event), n
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from hyrex_like.config import WorkerOptions
 from hyrex_like.db import WorkerQueries
 from hyrex_like.logs import get_logger
 from hyrex_like.observer import RecordingObserver, WorkerObserver
+from hyrex_like.states import RunStatus
 from hyrex_like.worker.maintenance import Maintenance
 
 from .helpers import query, wait_until
@@ -215,3 +217,91 @@ def test_an_unexpected_database_error_is_logged_and_the_next_pass_runs_again(
         db.execute("ALTER TABLE worker_away RENAME TO worker")
     m.run_once()
     assert events.counts["heartbeat"] == 2
+
+
+def _minutes(database_url: str, schema: str, worker_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return query(
+        database_url,
+        schema,
+        "SELECT queue::text, status, attempts FROM queue_minute WHERE worker_id = %s"
+        " ORDER BY status",
+        (worker_id,),
+    )
+
+
+def test_a_role_that_may_not_write_tallies_still_cancels_and_rescues_and_writes_them_later(
+    registry, database_url, schema, caplog
+):
+    """The tally upsert is refused (no grant on queue_minute): the beat still hands over the
+    cancels it found, the rescuer still requeues (and counts the attempt it closed as lost);
+    once the grant is back the counts kept in memory are written, once."""
+    registry.migrate()
+    role = "hl_no_tally_" + uuid.uuid4().hex[:8]
+    with _connect(database_url, schema) as admin:
+        admin.execute(f"CREATE ROLE {role} NOLOGIN")
+        admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+        admin.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO {role}')
+        admin.execute(f"REVOKE ALL ON queue_minute FROM {role}")
+    worker_id = uuid.uuid4()
+
+    def connect() -> psycopg.Connection[Any]:
+        conn = _connect(database_url, schema)
+        conn.execute(f"SET ROLE {role}")
+        return conn
+
+    def register(db: psycopg.Connection[Any]) -> None:
+        WorkerQueries.register(db, worker_id, "test", 1, [], ["t"], 1)
+
+    canceled: list[list[uuid.UUID]] = []
+    events = RecordingObserver()
+    m = Maintenance(
+        connect,
+        register,
+        WorkerOptions(),
+        worker_id,
+        get_logger("tests.maintenance"),
+        observer=events,
+        on_cancel=canceled.append,
+    )
+    try:
+        with _connect(database_url, schema) as db:
+            register(db)
+            mine = uuid.uuid4()
+            db.execute(
+                "INSERT INTO task (id, task_name, queue, args, status, attempt_count, worker_id,"
+                " cancel_requested_at) VALUES (%s, 't', 'default', '{}', 'running', 1, %s, now())",
+                (mine, worker_id),
+            )
+        lost = _stale_worker_holding_a_task(database_url, schema)
+        query(
+            database_url,
+            schema,
+            "UPDATE task_run SET started_at = now() WHERE task_id = %s",
+            (lost,),
+        )
+        m.tally.put_back({(int(time.time() // 60), "default", str(RunStatus.COMPLETED)): [3, 1.5]})
+        m.run_once()
+        assert canceled == [[mine]]
+        assert m.leader and events.last["rescued"] == (1, 1)
+        assert "maintenance_skipped" not in events.last
+        assert query(database_url, schema, "SELECT status FROM task WHERE id = %s", (lost,)) == [
+            ("queued",)
+        ]
+        assert _minutes(database_url, schema, worker_id) == []
+        m.run_once()  # refused again: still kept, and not logged again
+        refused = [r for r in caplog.records if "tallies_not_written" in r.getMessage()]
+        assert len(refused) == 1 and "queue_minute" in refused[0].getMessage()
+        with _connect(database_url, schema) as admin:
+            admin.execute(f"GRANT ALL ON queue_minute TO {role}")
+        m.run_once()
+        m.run_once()
+        assert _minutes(database_url, schema, worker_id) == [
+            ("default", str(RunStatus.COMPLETED), 3),
+            ("default", str(RunStatus.LOST), 1),
+        ]
+    finally:
+        m.stop()
+        with _connect(database_url, schema) as admin:
+            admin.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema}" FROM {role}')
+            admin.execute(f'REVOKE ALL ON SCHEMA "{schema}" FROM {role}')
+            admin.execute(f"DROP ROLE {role}")

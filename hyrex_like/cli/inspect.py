@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..durations import parse_duration
+from ..errors import TaskNotFound
 from ..states import TaskStatus
 from . import status
 from .common import age, ago, jsonable, print_table, registry, task_id, utc_time
@@ -108,7 +109,12 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         metavar="CURSOR",
         help="the next page: the cursor that the previous page printed on stderr",
     )
-    ls.add_argument("--json", action="store_true", help="one JSON array of objects")
+    ls.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON array of objects on stdout; the next page's cursor (and how far a short "
+        "page scanned) stay on stderr, as 'more: --after CURSOR' ('scanned to ...')",
+    )
     common(ls)
     show = actions.add_parser(
         "show",
@@ -201,14 +207,12 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     hy = registry(args)
     try:
-        handle = hy.get_handle(args.task_id)  # TaskNotFound: exit 2 through main
-        row = handle.row
-        runs = handle.task_runs
-        detail = hy.task_detail(args.task_id)  # for its parent and children
+        detail = hy.task_detail(args.task_id)  # one read: the row, runs, parent, children
     finally:
         hy.close()
-    parent = None if detail is None else detail.parent
-    children = [] if detail is None else detail.children
+    if detail is None:  # exit 2 through main, as for any missing task
+        raise TaskNotFound(f"task {args.task_id} does not exist in this database/schema")
+    row, runs, parent, children = detail.row, detail.runs, detail.parent, detail.children
     fields = dataclasses.asdict(row)
     if args.json:
         fields["runs"] = [run.model_dump() for run in runs]

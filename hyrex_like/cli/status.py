@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 CLEAR = "\x1b[H\x1b[2J"
 """ANSI: cursor home, erase the screen (written only when stdout is a terminal)."""
 MIN_INTERVAL = 0.1
+MAX_WINDOW = 24 * 60
+"""The longest --window: the tallies (queue_minute) are kept for a day."""
 
 
 def _minutes(text: str) -> int:
@@ -33,8 +35,10 @@ def _minutes(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of minutes >= 1, got {text!r}")
+    if not 1 <= value <= MAX_WINDOW:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of minutes from 1 to {MAX_WINDOW} (a day), got {text!r}"
+        )
     return value
 
 
@@ -66,7 +70,8 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         type=_minutes,
         default=5,
         metavar="MINUTES",
-        help="count the attempts that ended in the last MINUTES (default: %(default)s)",
+        help="count the attempts that ended in the last MINUTES, at most 1440 "
+        "(default: %(default)s)",
     )
     s.add_argument(
         "--watch",

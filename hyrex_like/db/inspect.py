@@ -1,11 +1,14 @@
 """The inspection reads (``hy.list_tasks``, ``hy.task_detail``, ``hy.stats``,
 ``hy.throughput``) on a pooled connection. Each picks the named statement whose plan uses an
-index: a status filter has its own statement with the status written in it, so the partial
-indexes on queued and running tasks match a generic plan as well as a custom one."""
+index: running and paused filters have their own statement with the status written in it, so
+the partial indexes match a generic plan as well as a custom one; every other listing (queued
+too) walks the primary key down from the newest, reading at most the scan budget."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -67,19 +70,28 @@ class Ended(NamedTuple):
     run_seconds: float
 
 
+@contextmanager
+def _snapshot(c: psycopg.Connection[Any]) -> Iterator[None]:
+    """A read-only REPEATABLE READ transaction on the (autocommit) pooled connection: its
+    statements see one snapshot and share one now()."""
+    with c.transaction():
+        c.execute(q("inspect_snapshot"))
+        yield
+
+
 def _summary(r: tuple[Any, ...]) -> SummaryRow:
     return SummaryRow(r[0], r[1], r[2], TaskStatus(r[3]), *r[4:11])
 
 
-def _statement(status: TaskStatus | None, queue: str | None) -> str | None:
-    """The statement for a status filter, or None: walk the primary key (`inspect_tasks`)."""
-    if status is TaskStatus.QUEUED:
-        return "inspect_tasks_queued" if queue is None else "inspect_tasks_queued_in_queue"
+def _statement(status: TaskStatus | None, queue: str | None) -> str:
+    """The statement for a status filter (`inspect_tasks`: walk the primary key)."""
     if status is TaskStatus.RUNNING:
         return "inspect_tasks_running" if queue is None else "inspect_tasks_running_in_queue"
     if status is TaskStatus.PAUSED:
         return "inspect_tasks_paused"
-    return None  # any status, or a final one: most rows are final, so walk by id
+    # Any status, a final one (most rows are final) or queued (a backlog can be huge, and its
+    # tasks are mostly the newest, so pages fill early): walk the primary key, budget bounded.
+    return "inspect_tasks"
 
 
 def list_tasks(
@@ -110,14 +122,15 @@ def list_tasks(
     statement = _statement(status, queue)
 
     def read(c: psycopg.Connection[Any]) -> PageRows:
-        if statement is not None:
+        # The page and where its walk ended from one snapshot: read apart, a task committed or
+        # deleted in between would be skipped or listed twice by the next page.
+        with _snapshot(c):
             rows = [_summary(r) for r in c.execute(q(statement), params).fetchall()]
-            full = len(rows) == limit
-            return PageRows(rows, rows[-1].id if full else None, False)
-        rows = [_summary(r) for r in c.execute(q("inspect_tasks"), params).fetchall()]
-        if len(rows) == limit:
-            return PageRows(rows, rows[-1].id, False)
-        last = c.execute(q("inspect_tasks_scanned"), params).fetchone()
+            if len(rows) == limit:
+                return PageRows(rows, rows[-1].id, False)
+            if statement != "inspect_tasks":
+                return PageRows(rows, None, False)  # (not bounded by the budget)
+            last = c.execute(q("inspect_tasks_scanned"), params).fetchone()
         if last is None:
             return PageRows(rows, None, False)  # the walk reached the end
         return PageRows(rows, last[0], True)
@@ -173,10 +186,12 @@ def queue_stats(
 
     def read(c: psycopg.Connection[Any]) -> Any:
         params = {"minutes": minutes}
-        queues = [QueueRow(*r) for r in c.execute(q("inspect_queue_stats"), params)]
-        ended = c.execute(q("inspect_throughput"), params).fetchall()
-        alive = c.execute(q("inspect_workers_alive")).fetchone()
-        start, now = c.execute(q("inspect_window"), params).fetchone() or (None, None)
+        # One snapshot, so one now(): the window the counts cover is the one they are divided by.
+        with _snapshot(c):
+            queues = [QueueRow(*r) for r in c.execute(q("inspect_queue_stats"), params)]
+            ended = c.execute(q("inspect_throughput"), params).fetchall()
+            alive = c.execute(q("inspect_workers_alive")).fetchone()
+            start, now = c.execute(q("inspect_window"), params).fetchone() or (None, None)
         return queues, ended, start, now, int(alive[0]) if alive else 0
 
     queues, ended, start, now, alive = read_on_pool(pool, read, "reading queue statistics")

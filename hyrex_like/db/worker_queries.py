@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from ..states import RunStatus
 from .queries import q
 from .rows import ClaimedRow, FinishedRow, _array_literal, _array_text
 
@@ -275,12 +276,32 @@ class WorkerQueries:
         ``full`` also requeues running tasks whose worker is not running at all; that reads
         every running task, so a worker asks for it only every ``stale_seconds``.
         """
+        workers, tasks, _ = WorkerQueries.rescue_counted(conn, stale_seconds, full=full)
+        return workers, tasks
+
+    @staticmethod
+    def rescue_counted(
+        conn: psycopg.Connection[Any],
+        stale_seconds: float,
+        *,
+        full: bool = True,
+    ) -> tuple[int, int, dict[tuple[int, str, str], list[float]]]:
+        """`rescue`, with the attempts it closed as lost as minute tallies, ``{(minute,
+        queue, run status): [attempts, run seconds]}``, for the rescuer to add to queue_minute
+        (`hyrex_like.worker.tally`)."""
         row = conn.execute(
             q("rescue_lost_tasks"),
             {"stale_seconds": stale_seconds, "full": full},
             prepare=True,
         ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        if row is None:
+            return 0, 0, {}
+        minute, queues = int(row[3]), row[4] or []
+        lost = {
+            (minute, queue, str(RunStatus.LOST)): [float(n), float(ran)]
+            for queue, n, ran in zip(queues, row[5] or [], row[6] or [], strict=True)
+        }
+        return int(row[0]), int(row[1]), lost
 
     @staticmethod
     def insert_ticks(

@@ -252,31 +252,48 @@ class Completer:
         self.write_now(db)
 
     def final_flush(self, deadline: float, claim_idle: Callable[[], bool]) -> bool:
-        """Write everything before ``deadline``, then sign the worker off and close."""
-        while True:
-            self.flush(timeout=max(0.0, deadline - time.monotonic()))
-            idle = self.round is None and claim_idle()
-            if not self.ledger.has_unwritten() and idle:
-                break
-            if time.monotonic() >= deadline:
-                self.log.error(
-                    "worker_unwritten_results",
-                    results=len(self.ledger.finished),
-                    unstarted=len(self.ledger.giveback),
-                    hint="other workers requeue these tasks once this worker's heartbeat is stale",
-                )
-                return False
-            time.sleep(0.05)
-        db = self.conns.ensure()
-        if db is not None:
-            try:
-                self.tally.flush(db, self.worker_id)  # the counts since the last heartbeat
-                WorkerQueries.stop(db, self.worker_id)
-            except DB_ERRORS:
-                pass
-        forget(self.worker_id)
-        self.conns.close()
-        return True
+        """Write everything before ``deadline``, then sign the worker off and close. Past the
+        deadline the tallies are still written (what did get written was counted) and dropped."""
+        try:
+            while True:
+                self.flush(timeout=max(0.0, deadline - time.monotonic()))
+                idle = self.round is None and claim_idle()
+                if not self.ledger.has_unwritten() and idle:
+                    break
+                if time.monotonic() >= deadline:
+                    self.log.error(
+                        "worker_unwritten_results",
+                        results=len(self.ledger.finished),
+                        unstarted=len(self.ledger.giveback),
+                        hint="other workers requeue these tasks once this worker's heartbeat "
+                        "is stale",
+                    )
+                    return False
+                time.sleep(0.05)
+            db = self.conns.ensure()
+            if db is not None:
+                try:  # first: a worker that could not sign off is declared lost later
+                    WorkerQueries.stop(db, self.worker_id)
+                except DB_ERRORS:
+                    pass
+            self._last_tallies()
+            self.conns.close()
+            return True
+        finally:
+            self._last_tallies()  # (past the deadline: on the open connection, if any)
+
+    def _last_tallies(self) -> None:
+        """Add the counts since the last heartbeat to queue_minute on the writer's open
+        connection (never reconnecting: the database may be why the deadline passed), and
+        drop this worker's tally. Counts that cannot be written are lost, as with SIGKILL."""
+        db = self.conns.db
+        try:  # (not while a write in flight holds it: that could wait on a lock for ever)
+            if self.round is None and db is not None and not db.closed and not db.broken:
+                self.tally.flush(db, self.worker_id)
+        except (*DB_ERRORS, psycopg.Error):
+            pass
+        finally:
+            forget(self.worker_id)
 
     def write_what_is_left(self) -> None:
         """On the way out without reconnecting: results and unstarted tasks go through the

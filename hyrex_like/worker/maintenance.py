@@ -66,6 +66,7 @@ class Maintenance(ThreadService):
         self.tally = tally_for(worker_id)  # what the writer counted, flushed by each beat
         self._next_upkeep_prune = 0.0  # (`clock` time) old tallies and worker rows
         self._prune_workers = True  # False once the role was refused (docs/security.md)
+        self._tally_refused = False  # logged once until a flush works again
         self._next_full_rescue = 0.0  # see WorkerQueries.rescue
 
     # ---------------------------------------------------------------- the thread
@@ -116,13 +117,37 @@ class Maintenance(ThreadService):
             self.log.warning("worker_declared_lost_reregistering")
             self._register(db)
         self.observer.heartbeat(alive)
-        self.tally.flush(db, self.worker_id)
         if cancel:  # cancels of our running tasks whose NOTIFY we may have missed
             self._on_cancel(cancel)
+        self._flush_tally(db)
+
+    def _flush_tally(self, db: psycopg.Connection[Any]) -> None:
+        """Add the counts to queue_minute. A refusal (a role without the grant on it, see
+        docs/security.md) or another statement error is logged and the counts stay for the next
+        beat: throughput must never cost the heartbeat, cancels or the rescue."""
+        try:
+            self.tally.flush(db, self.worker_id)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            if not self._tally_refused:
+                self._tally_refused = True
+                self.log.warning(
+                    "tallies_not_written",
+                    error=describe(exc),
+                    reason="this role may not write queue_minute (docs/security.md); counts "
+                    "are kept in memory and written once it may",
+                )
+        except psycopg.Error as exc:
+            if db.closed or db.broken:
+                raise  # the connection itself is gone: the pass ends and reconnects
+            self.log.warning("tallies_not_written", error=describe(exc))
+        else:
+            self._tally_refused = False
 
     def _rescue(self, db: psycopg.Connection[Any], now: float) -> None:
         full = now >= self._next_full_rescue
-        workers, tasks = WorkerQueries.rescue(db, self.options.stale_after, full=full)
+        workers, tasks, lost = WorkerQueries.rescue_counted(db, self.options.stale_after, full=full)
+        if lost:  # the attempts it closed as lost are counted by the rescuer, with its beat
+            self.tally.put_back(lost)
         if full:
             self._next_full_rescue = now + self.options.stale_after
         if tasks or workers:

@@ -35,7 +35,13 @@ def prune_upkeep(db: psycopg.Connection[Any], log: Any, *, workers: bool = True)
     rows of workers that stopped or were declared lost more than 7 days ago: both tables would
     otherwise only grow. Logs ``upkeep_pruned`` when it deleted anything. Returns False if the
     role may not delete worker rows (docs/security.md): the caller stops asking."""
-    minutes = WorkerQueries.prune_minutes(db)
+    minutes = 0
+    try:
+        minutes = WorkerQueries.prune_minutes(db)
+    except psycopg.Error as exc:  # (a role without the grant): the rest of the upkeep goes on
+        if db.closed or db.broken:
+            raise
+        log.warning("tallies_not_pruned", error=f"{type(exc).__name__}: {exc}")
     ended = 0
     allowed = True
     if workers:
