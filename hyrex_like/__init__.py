@@ -34,7 +34,7 @@ from .errors import (
     WorkflowStateError,
 )
 from .handle import TaskError, TaskHandle, TaskRun
-from .inspect import WorkerInfo
+from .inspect import MinuteCount, QueueStats, Stats, TaskDetail, TaskPage, TaskSummary, WorkerInfo
 from .observer import WorkerObserver
 from .payloads import MAX_NESTING_DEPTH
 from .queues import QueueInfo
@@ -65,27 +65,33 @@ __all__ = [
     "InvalidTaskOption",
     "KeyInUse",
     "MAX_NESTING_DEPTH",
+    "MinuteCount",
     "NoTaskContext",
     "PayloadNotSerializable",
     "PayloadTooLarge",
     "QueueInfo",
+    "QueueStats",
     "RunStatus",
     "Schedule",
     "ScheduleInfo",
     "SchemaNotReady",
     "Settings",
+    "Stats",
     "TaskAttemptError",
     "TaskCanceled",
     "TaskConfig",
     "TaskDefinition",
     "TaskDefinitionError",
+    "TaskDetail",
     "TaskError",
     "TaskHandle",
     "TaskNotCompleted",
     "TaskNotFound",
+    "TaskPage",
     "TaskRun",
     "TaskSender",
     "TaskStatus",
+    "TaskSummary",
     "TaskTimeout",
     "TaskWaitTimeout",
     "UnknownTaskName",

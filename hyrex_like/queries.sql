@@ -866,3 +866,206 @@ SELECT w.id, w.hostname, w.pid, w.queues, w.task_names, w.processes, w.status, w
 FROM worker AS w
 WHERE w.status = 'running' OR w.stopped_at >= now() - make_interval(secs => %(recent)s)
 ORDER BY w.started_at DESC, w.id
+
+-- ==================================================================== inspection (#18) --
+-- Reads for hy.list_tasks / task_detail / stats / throughput (hyrex_like/db/inspect.py) and
+-- the worker's minute tallies. Each is served by an index (docs/performance.md, "Inspection
+-- reads"); a status filter has its own statement so the partial indexes match generic plans.
+
+-- inspect_tasks --
+-- A page of tasks, newest first: walk the primary key (ids are time-ordered UUIDv7) down from
+-- %(after)s to %(floor)s, at most %(budget)s rows, keeping those that match.
+SELECT s.id, s.task_name, s.queue, s.status, s.priority, s.attempt_count, s.max_retries,
+       s.created_at, s.run_after, s.parent_id, s.workflow_id
+FROM (
+    SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+           run_after, parent_id, workflow_id
+    FROM task
+    WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
+    ORDER BY id DESC
+    LIMIT %(budget)s
+) AS s
+WHERE (%(name)s::text IS NULL OR s.task_name = %(name)s::text)
+  AND (%(queue)s::text IS NULL OR s.queue = %(queue)s::text)
+  AND (%(status)s::text IS NULL OR s.status = %(status)s::text)
+  AND (%(since)s::timestamptz IS NULL OR s.created_at >= %(since)s::timestamptz)
+ORDER BY s.id DESC
+LIMIT %(limit)s
+
+-- inspect_tasks_scanned --
+-- Where inspect_tasks's walk of the primary key ended if it read all %(budget)s rows: the
+-- last id it read (no row: the walk reached the end first).
+SELECT id FROM task
+WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
+ORDER BY id DESC
+OFFSET %(budget)s - 1
+LIMIT 1
+
+-- inspect_tasks_queued --
+-- Queued tasks, newest first (task_claim_idx: every queued task, then the top of them by id).
+SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+       run_after, parent_id, workflow_id
+FROM task
+WHERE status = 'queued' AND id < %(after)s::uuid AND id >= %(floor)s::uuid
+  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- inspect_tasks_queued_in_queue --
+-- inspect_tasks_queued for one queue (task_queue_idx).
+SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+       run_after, parent_id, workflow_id
+FROM task
+WHERE status = 'queued' AND queue = %(queue)s::text
+  AND id < %(after)s::uuid AND id >= %(floor)s::uuid
+  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- inspect_tasks_running --
+-- Running tasks, newest first (task_running_idx).
+SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+       run_after, parent_id, workflow_id
+FROM task
+WHERE status = 'running' AND id < %(after)s::uuid AND id >= %(floor)s::uuid
+  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- inspect_tasks_running_in_queue --
+-- inspect_tasks_running for one queue (task_queue_running_idx).
+SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+       run_after, parent_id, workflow_id
+FROM task
+WHERE status = 'running' AND queue = %(queue)s::text
+  AND id < %(after)s::uuid AND id >= %(floor)s::uuid
+  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- inspect_tasks_paused --
+-- Paused tasks are steps of paused workflows: those (workflow_live_idx), then their steps
+-- (task_workflow_step_idx).
+SELECT t.id, t.task_name, t.queue, t.status, t.priority, t.attempt_count, t.max_retries,
+       t.created_at, t.run_after, t.parent_id, t.workflow_id
+FROM workflow AS w
+JOIN task AS t ON t.workflow_id = w.id
+WHERE w.state = 'paused' AND t.status = 'paused'
+  AND t.id < %(after)s::uuid AND t.id >= %(floor)s::uuid
+  AND (%(name)s::text IS NULL OR t.task_name = %(name)s::text)
+  AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
+  AND (%(since)s::timestamptz IS NULL OR t.created_at >= %(since)s::timestamptz)
+ORDER BY t.id DESC
+LIMIT %(limit)s
+
+-- inspect_task_summary --
+-- One task as a summary row (the primary key).
+SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+       run_after, parent_id, workflow_id
+FROM task WHERE id = %(id)s::uuid
+
+-- inspect_children --
+-- The tasks a task sent, oldest first, at most 200 (task_parent_idx).
+SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+       run_after, parent_id, workflow_id
+FROM task WHERE parent_id = %(id)s::uuid
+ORDER BY id
+LIMIT 200
+
+-- inspect_queue_stats --
+-- Per queue: ready (due) and waiting queued tasks (task_queue_idx), running ones
+-- (task_queue_running_idx), when the oldest ready one became due (one probe per priority) and
+-- its settings. The queues: those with settings, those with queued or running tasks (found
+-- by skipping through the partial indexes, one probe per queue), and those with ended
+-- attempts in the last %(minutes)s minutes (queue_minute).
+WITH RECURSIVE queued_names AS (
+    (SELECT queue FROM task WHERE status = 'queued' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.queue FROM task AS t
+            WHERE t.status = 'queued' AND t.queue > n.queue ORDER BY t.queue LIMIT 1)
+    FROM queued_names AS n WHERE n.queue IS NOT NULL
+), running_names AS (
+    (SELECT queue FROM task WHERE status = 'running' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.queue FROM task AS t
+            WHERE t.status = 'running' AND t.queue > n.queue ORDER BY t.queue LIMIT 1)
+    FROM running_names AS n WHERE n.queue IS NOT NULL
+), names AS (
+    SELECT name::text AS queue FROM queue
+    UNION SELECT queue::text FROM queued_names WHERE queue IS NOT NULL
+    UNION SELECT queue::text FROM running_names WHERE queue IS NOT NULL
+    UNION SELECT queue::text FROM queue_minute
+          WHERE minute >= to_timestamp((floor(extract(epoch FROM now()) / 60) - %(minutes)s) * 60)
+            AND minute <= now()
+)
+SELECT n.queue,
+       (SELECT count(*) FROM task AS t
+        WHERE t.status = 'queued' AND t.queue = n.queue AND t.run_after <= now()),
+       (SELECT count(*) FROM task AS t
+        WHERE t.status = 'queued' AND t.queue = n.queue AND t.run_after > now()),
+       (SELECT count(*) FROM task AS t WHERE t.status = 'running' AND t.queue = n.queue),
+       extract(epoch FROM now() - (
+           SELECT min(o.run_after)
+           FROM generate_series(1, 10) AS p
+           CROSS JOIN LATERAL (
+               SELECT t.run_after FROM task AS t
+               WHERE t.status = 'queued' AND t.queue = n.queue AND t.priority = p::smallint
+                 AND t.run_after <= now()
+               ORDER BY t.run_after LIMIT 1
+           ) AS o
+       ))::float8,
+       s.concurrency_limit, s.paused_at IS NOT NULL
+FROM names AS n
+LEFT JOIN queue AS s ON s.name = n.queue
+ORDER BY n.queue
+
+-- inspect_throughput --
+-- Attempts ended in the window per queue and run status, from the workers' minute tallies (a
+-- range of queue_minute's primary key: the bound on both sides keeps a generic plan on it).
+SELECT queue::text, status, sum(attempts)::bigint, sum(run_seconds)::float8
+FROM queue_minute
+WHERE minute >= to_timestamp((floor(extract(epoch FROM now()) / 60) - %(minutes)s) * 60)
+  AND minute <= now()
+GROUP BY queue, status
+
+-- inspect_window --
+-- The start of the last %(minutes)s whole minutes and the current one, and now.
+SELECT to_timestamp((floor(extract(epoch FROM now()) / 60) - %(minutes)s) * 60), now()
+
+-- inspect_throughput_minutes --
+-- inspect_throughput per minute, oldest first.
+SELECT minute, queue::text, status, sum(attempts)::bigint
+FROM queue_minute
+WHERE minute >= to_timestamp((floor(extract(epoch FROM now()) / 60) - %(minutes)s) * 60)
+  AND minute <= now()
+GROUP BY minute, queue, status
+ORDER BY minute, queue
+
+-- inspect_workers_alive --
+-- How many workers are running (worker_alive_idx).
+SELECT count(*) FROM worker WHERE status = 'running'
+
+-- record_minutes --
+-- Add a worker's minute tallies (one row per minute, queue and run status) to queue_minute.
+-- Only this worker writes its rows, so workers never wait on each other.
+INSERT INTO queue_minute AS m (minute, worker_id, queue, status, attempts, run_seconds)
+SELECT to_timestamp(u.minute * 60), %(worker_id)s::uuid, u.queue, u.status, u.attempts,
+       u.run_seconds
+FROM unnest(%(minutes)s::bigint[], %(queues)s::text[], %(statuses)s::text[],
+            %(attempts)s::int[], %(run_seconds)s::float8[])
+     AS u (minute, queue, status, attempts, run_seconds)
+ON CONFLICT (minute, worker_id, queue, status) DO UPDATE
+SET attempts = m.attempts + EXCLUDED.attempts,
+    run_seconds = m.run_seconds + EXCLUDED.run_seconds
+
+-- prune_queue_minutes --
+-- Retention: minute tallies older than a day (a range of the primary key).
+DELETE FROM queue_minute WHERE minute < now() - interval '1 day'
+
+-- prune_workers --
+-- Retention: rows of workers that stopped or were declared lost more than 7 days ago.
+DELETE FROM worker WHERE status <> 'running' AND stopped_at < now() - interval '7 days'

@@ -18,7 +18,7 @@ from ..errors import HyrexLikeError, InvalidTaskOption
 from ..logs import LEVELS, configure_logging
 from ..outages import URL_HINT, refusal
 from ..registry import check_name
-from . import admin, inspect, queues, schedules, workflows
+from . import admin, dashboard, inspect, queues, schedules, workflows
 from .common import EXIT_USAGE, load_app, positive_duration
 
 # The worker's numeric options: flag -> field of WorkerOptions. Each flag parses with the
@@ -243,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     workflows.add_parsers(sub, common)
     queues.add_parsers(sub, common)
     inspect.add_parsers(sub, common)
+    dashboard.add_parsers(sub, common)
     return parser
 
 
@@ -258,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             or workflows.COMMANDS.get(args.command)
             or queues.COMMANDS.get(args.command)
             or inspect.COMMANDS.get(args.command)
+            or dashboard.COMMANDS.get(args.command)
         )
         if command is not None:
             return command(args)

@@ -146,6 +146,7 @@ class FinishedRow(NamedTuple):
     started_at: float | None  # epoch seconds, as measured in the executor
     finished_at: float
     progress: str | None = None  # the attempt's last update_progress value (JSON), if any
+    queue: str = ""  # the task's queue (the worker's minute tallies count by queue)
 
 
 def _array_literal(elements: Iterable[str]) -> str:

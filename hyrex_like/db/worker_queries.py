@@ -217,6 +217,38 @@ class WorkerQueries:
         conn.execute(q("stop_worker"), {"id": worker_id})
 
     @staticmethod
+    def record_minutes(
+        conn: psycopg.Connection[Any],
+        worker_id: uuid.UUID,
+        counts: dict[tuple[int, str, str], list[float]],
+    ) -> None:
+        """Add a worker's tallies of ended attempts, ``{(minute, queue, run status): [attempts,
+        run seconds]}``, to queue_minute (one statement)."""
+        keys = list(counts)
+        conn.execute(
+            q("record_minutes"),
+            {
+                "worker_id": worker_id,
+                "minutes": [k[0] for k in keys],
+                "queues": [k[1] for k in keys],
+                "statuses": [str(k[2]) for k in keys],
+                "attempts": [int(counts[k][0]) for k in keys],
+                "run_seconds": [float(counts[k][1]) for k in keys],
+            },
+        )
+
+    @staticmethod
+    def prune_minutes(conn: psycopg.Connection[Any]) -> int:
+        """Delete minute tallies older than a day; returns how many rows."""
+        return max(conn.execute(q("prune_queue_minutes")).rowcount, 0)
+
+    @staticmethod
+    def prune_workers(conn: psycopg.Connection[Any]) -> int:
+        """Delete the rows of workers that stopped or were declared lost more than 7 days
+        ago; returns how many."""
+        return max(conn.execute(q("prune_workers")).rowcount, 0)
+
+    @staticmethod
     def try_lead_rescue(conn: psycopg.Connection[Any]) -> bool:
         """Become this schema's rescuer, if no other worker is (held until ``conn`` closes)."""
         row = conn.execute(q("try_lead_rescue"), {"lock_class": RESCUER_LOCK_CLASS}).fetchone()

@@ -27,6 +27,7 @@ from .connection import DB_ERRORS, Connections, describe, wait_for
 from .ledger import Ledger, WriteBatch
 from .marks import Mark, StartMarks
 from .protocol import Job
+from .tally import forget, tally_for
 
 _COMPLETED = RunStatus.COMPLETED
 _INTERRUPTED = RunStatus.INTERRUPTED
@@ -77,6 +78,7 @@ class Completer:
         self.log = log
         self._per_task = per_task  # a line per completed task (debug: it costs ~40 us each)
         self.observer = observer or WorkerObserver()
+        self.tally = tally_for(worker_id)  # ended attempts per minute, for queue_minute
         self._settle_claim = settle_claim  # a claim's rows go back before the last write
         self.marks = StartMarks(running_heads)
         self.round: _Round | None = None
@@ -179,6 +181,7 @@ class Completer:
                     row.traceback,
                     row.started_at,
                     row.finished_at,
+                    queue=row.queue,
                 )
                 return WorkerQueries.finish(db, self.worker_id, [fixed])
             out: Returned = []
@@ -214,6 +217,7 @@ class Completer:
             self.ledger.write_failed(None, batch.finished)
         elif batch.finished:
             self.observer.written(len(batch.finished), job.seconds)
+            self.tally.add(batch.finished)
             due = log_outcomes(self.log, batch.finished, job.returned, self._per_task)
             self.retry_at = min(self.retry_at, due)
         # A write that failed on connections replaced since must not reset the new ones (its
@@ -254,9 +258,11 @@ class Completer:
         db = self.conns.ensure()
         if db is not None:
             try:
+                self.tally.flush(db, self.worker_id)  # the counts since the last heartbeat
                 WorkerQueries.stop(db, self.worker_id)
             except DB_ERRORS:
                 pass
+        forget(self.worker_id)
         self.conns.close()
         return True
 

@@ -163,6 +163,7 @@ class Ledger:
                 started,
                 finished if finished is not None else time.time(),
                 progress,
+                job.queue,
             )
         )
         if status is _COMPLETED:

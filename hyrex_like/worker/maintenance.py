@@ -1,6 +1,9 @@
 """Upkeep off the dispatch loop: the worker's heartbeat (which also finds cancels of its tasks
 whose NOTIFY it missed), the rescue of tasks held by workers whose heartbeat went stale, and
 (with --retention) the deletion of old finished tasks, and that of expired ``hy.kv`` keys.
+Each heartbeat also adds the worker's tallies of ended attempts to ``queue_minute``
+(`hyrex_like.worker.tally`); the rescuer deletes tallies older than a day and the rows of
+workers that ended more than 7 days ago.
 
 All run on a thread and a connection of their own, so a dead or slow database link never
 stalls dispatch, results or timeouts, and a busy loop never delays a heartbeat. The rescue
@@ -24,8 +27,9 @@ from ..db import WorkerQueries
 from ..observer import WorkerObserver
 from .connection import DB_ERRORS, describe
 from .kv_cleanup import KVCleanup
-from .retention import Retention
+from .retention import UPKEEP_PRUNE_EVERY, Retention, prune_upkeep
 from .service import ThreadService
+from .tally import tally_for
 
 
 class Maintenance(ThreadService):
@@ -59,6 +63,9 @@ class Maintenance(ThreadService):
         self.retention = retention  # (--retention) run by the elected rescuer after its scan
         self.kv_cleanup = KVCleanup(log, clock=clock)  # expired hy.kv keys, by the rescuer too
         self.leader = False  # holds the rescuer lock on `db`
+        self.tally = tally_for(worker_id)  # what the writer counted, flushed by each beat
+        self._next_upkeep_prune = 0.0  # (`clock` time) old tallies and worker rows
+        self._prune_workers = True  # False once the role was refused (docs/security.md)
         self._next_full_rescue = 0.0  # see WorkerQueries.rescue
 
     # ---------------------------------------------------------------- the thread
@@ -88,6 +95,9 @@ class Maintenance(ThreadService):
                 if self.retention is not None:  # one worker per schema prunes, briefly
                     self.retention.run_once(db, now)
                 self.kv_cleanup.run_once(db, now)
+                if now >= self._next_upkeep_prune:
+                    self._next_upkeep_prune = now + UPKEEP_PRUNE_EVERY
+                    self._prune_workers = prune_upkeep(db, self.log, workers=self._prune_workers)
             else:
                 self.observer.maintenance_skipped("not_leader")
         except DB_ERRORS as exc:
@@ -106,6 +116,7 @@ class Maintenance(ThreadService):
             self.log.warning("worker_declared_lost_reregistering")
             self._register(db)
         self.observer.heartbeat(alive)
+        self.tally.flush(db, self.worker_id)
         if cancel:  # cancels of our running tasks whose NOTIFY we may have missed
             self._on_cancel(cancel)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from ..db import WorkerQueries
 from ..db.admin import PruneWalk
 from ..states import TASK_FINAL
 
@@ -25,6 +26,31 @@ RETENTION_BATCH = 200
 """Tasks deleted per statement: small, so that a step stays well inside the budget."""
 RETENTION_SCAN = 2_000
 """Tasks looked at per candidate statement."""
+UPKEEP_PRUNE_EVERY = 600.0
+"""Seconds between two `prune_upkeep` passes of the rescuer (with or without --retention)."""
+
+
+def prune_upkeep(db: psycopg.Connection[Any], log: Any, *, workers: bool = True) -> bool:
+    """Delete the minute tallies older than a day (queue_minute) and, with ``workers``, the
+    rows of workers that stopped or were declared lost more than 7 days ago: both tables would
+    otherwise only grow. Logs ``upkeep_pruned`` when it deleted anything. Returns False if the
+    role may not delete worker rows (docs/security.md): the caller stops asking."""
+    minutes = WorkerQueries.prune_minutes(db)
+    ended = 0
+    allowed = True
+    if workers:
+        try:
+            ended = WorkerQueries.prune_workers(db)
+        except psycopg.errors.InsufficientPrivilege:
+            allowed = False
+            log.info(
+                "worker_rows_kept",
+                reason="this role may not delete from the worker table (docs/security.md); "
+                "old worker rows stay",
+            )
+    if minutes or ended:
+        log.info("upkeep_pruned", tally_rows=minutes, workers=ended)
+    return allowed
 
 
 class Retention:
