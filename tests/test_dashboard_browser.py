@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
@@ -249,7 +250,7 @@ def site(
         workers.append(
             start_worker(
                 "dash_app:hy", database_url, schema, logs / "worker-b.log",
-                "-q", "reports", "--processes", "2", "--no-scheduler",
+                "-q", "reports", "--processes", "3", "--no-scheduler",
             )
         )  # fmt: skip
         site = Site("", database_url, schema, dash_app, workers)
@@ -294,12 +295,21 @@ def _fill(app: Any) -> dict[str, str]:
     run = app.nightly_etl.send(app.Batch(day="2026-11-30", rows=500))
     for h in [*receipts, *charges, hostile]:
         done(h)
+    month = app.month_end.send(app.Month(month="2026-11", release_key=f"release:{uuid.uuid4()}"))
     run.wait(timeout=30)
     wait_until(lambda: running.refresh().status == TaskStatus.RUNNING, what="build_report to start")
     statuses = [h.status for h in charges]
     assert statuses.count(TaskStatus.FAILED) == 2, statuses
     assert hostile.status == TaskStatus.FAILED
     failed = next(h for h in charges if h.status == TaskStatus.FAILED)
+    wait_until(
+        lambda: month.refresh().current_step == "build_report", what="month_end's build_report"
+    )
+    # Ended attempts reach the overview's rates with the workers' heartbeats (every 2 s).
+    wait_until(
+        lambda: {(q.queue, q.failed) for q in app.hy.stats().queues} >= {("billing", 2)},
+        what="the failures counted in the stats",
+    )
     return {
         "failed": str(failed.id),
         "completed": str(receipts[0].id),
@@ -318,13 +328,18 @@ class Page:
     name: str
     path: Callable[[Site], str]
     shows: Callable[[Site], list[str]]
+    has: tuple[str, ...] = ()
+    """CSS selectors that must each match something."""
 
 
 PAGES = [
     Page(
         "overview",
         lambda s: "/",
-        lambda s: [socket.gethostname(), "emails", "billing", "reports", "etl"],
+        lambda s: [socket.gethostname(), "Queues", "Workers"],
+        # a row per queue (not only the workers' queue lists), the rates' line
+        tuple(f"a[href='/tasks?queue={q}']" for q in ("emails", "billing", "reports", "etl"))
+        + ("svg polyline",),
     ),
     Page("tasks", lambda s: "/tasks", lambda s: ["send_receipt", "charge_card", "build_report"]),
     Page(
@@ -335,7 +350,7 @@ PAGES = [
     Page(
         "workflows",
         lambda s: "/workflows",
-        lambda s: ["nightly_etl"],
+        lambda s: ["nightly_etl", "month_end", "build_report"],
     ),
     Page(
         "workflow",
@@ -351,6 +366,8 @@ PAGES = [
 def test_page_shows_what_the_workers_did(driver: Any, site: Site, page: Page) -> None:
     site.get(driver, page.path(site))
     wait_for_text(driver, *page.shows(site))
+    for selector in page.has:
+        assert driver.find_elements("css selector", selector), f"nothing matches {selector}"
     assert response_status(driver) in (0, 200)
     screenshot(driver, page.name)
 
@@ -383,9 +400,9 @@ def test_task_page_updates_by_itself_when_the_task_finishes(driver: Any, site: S
         lambda s: f"/tasks/{s.ids['hostile']}",
         lambda s: "/tasks",
         lambda s: "/tasks?status=failed",
-        lambda s: "/workers",
+        lambda s: "/tasks?" + urlencode({"name": s.app.HOSTILE_NAME}),
     ],
-    ids=["task", "tasks", "failed-tasks", "workers"],
+    ids=["task", "tasks", "failed-tasks", "filtered-by-name"],
 )
 def test_hostile_names_and_payloads_are_shown_inert(
     driver: Any, site: Site, path: Callable[[Site], str]
@@ -400,6 +417,9 @@ def test_hostile_names_and_payloads_are_shown_inert(
     text = wait_for_text(driver, *needles)
     if "/tasks/" in path(site):
         assert text.count(app.HOSTILE_TEXT) >= 2, "payload and error should both show"
+    if "name=" in path(site):  # the filter form shows the name back, in an attribute
+        field = driver.find_element("css selector", "input[name='name']")
+        assert field.get_attribute("value") == app.HOSTILE_NAME
     with pytest.raises(NoAlertPresentException):
         driver.switch_to.alert  # noqa: B018 - the property raises when no alert is open
     assert driver.execute_script("return typeof window.__pwned") == "undefined"

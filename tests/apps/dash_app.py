@@ -8,7 +8,8 @@ that looks like a real deployment's: `hyrex-like run-worker dash_app:hy`.
   its payload is set (at most ``max_wait`` seconds), so a test controls when it finishes.
 - queue ``default``: the hostile task, named ``<script>alert(1)</script>``, which fails with its
   payload's text as the error message.
-- the workflow ``nightly_etl``: extract >> transform >> [load_warehouse, load_search] >> publish.
+- the workflow ``nightly_etl``: extract >> transform >> [load_warehouse, load_search] >> publish,
+  and ``month_end``: close_books >> build_report >> email_report (it waits in build_report).
 - two schedules: ``rollup`` every minute and ``purge_sessions`` at 03:00 Paris time.
 """
 
@@ -50,6 +51,11 @@ class Hostile(BaseModel):
 class Batch(BaseModel):
     day: str
     rows: int
+
+
+class Month(BaseModel):
+    month: str
+    release_key: str
 
 
 class Loaded(BaseModel):
@@ -130,6 +136,21 @@ def publish(loaded: Loaded) -> str:
 
 nightly_etl: Workflow[Batch, str] = hy.workflow(
     "nightly_etl", extract >> transform >> [load_warehouse, load_search] >> publish
+)
+
+
+@hy.task(queue="reports")
+def close_books(month: Month) -> Report:
+    return Report(name=f"books-{month.month}", release_key=month.release_key, max_wait=120)
+
+
+@hy.task(queue="emails")
+def email_report(summary: str) -> None:
+    """Mails the report to finance."""
+
+
+month_end: Workflow[Month, None] = hy.workflow(
+    "month_end", close_books >> build_report >> email_report
 )
 
 
