@@ -370,6 +370,9 @@ def test_page_shows_what_the_workers_did(driver: Any, site: Site, page: Page) ->
         assert driver.find_elements("css selector", selector), f"nothing matches {selector}"
     assert response_status(driver) in (0, 200)
     screenshot(driver, page.name)
+    if page.name == "task":  # and its runs, where the traceback is
+        driver.execute_script("document.querySelector('pre.traceback').scrollIntoView()")
+        screenshot(driver, "task-runs")
 
 
 def test_schedules_page_shows_the_next_tick(driver: Any, site: Site) -> None:
