@@ -158,6 +158,10 @@ def test_task_list_filters_and_pages_back(
     assert "No task matches" in by_queue
     bad = client.get("/tasks", params={"status": "bogus"})
     assert bad.status_code == 400 and "bogus" in bad.text
+    for params in ({"after": "nope"}, {"since": "soon"}):
+        assert client.get("/tasks", params=params).status_code == 400, params
+    recent = client.get("/tasks", params={"since": "1h", "status": "failed"}).text
+    assert str(failed.id) in recent
 
 
 def test_actions_are_refused_unless_allowed_and_csrf_checked(
@@ -206,6 +210,29 @@ def test_actions_are_refused_unless_allowed_and_csrf_checked(
     assert {q.name: q.paused for q in registry.queues()}["default"] is False
 
 
+def test_workflow_actions_pause_resume_and_cancel(app: Any, registry: HyrexRegistry) -> None:
+    wf = app.pipeline.send("ada")  # no worker: its first step stays queued
+    client = _client(registry, allow_actions=True)
+    page = client.get(f"/workflows/{wf.id}").text
+    token = _csrf(page)
+    assert f'action="/workflows/{wf.id}/pause"' in page
+
+    def post(action: str) -> str:
+        response = client.post(
+            f"/workflows/{wf.id}/{action}",
+            data={"csrf": token},
+            headers={"origin": "http://127.0.0.1:8000"},
+        )
+        assert response.status_code == 200, response.text
+        return response.text
+
+    assert "Paused." in post("pause") and wf.refresh().status == "paused"
+    assert "Resumed." in post("resume") and wf.refresh().status == "pending"  # not started
+    assert "Canceled." in post("cancel") and wf.refresh().status == "canceled"
+    assert "Not possible in its current state." in post("pause")
+    assert 'http-equiv="refresh"' not in client.get(f"/workflows/{wf.id}").text
+
+
 def test_token_and_basic_auth(registry: HyrexRegistry) -> None:
     client = _client(registry, token="s3cret")
     refused = client.get("/")
@@ -218,6 +245,10 @@ def test_token_and_basic_auth(registry: HyrexRegistry) -> None:
     cookie = once.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert client.get("/workers").status_code == 200  # the cookie now
+
+    local = _client(registry, allowed_hosts=["127.0.0.1", "localhost"])
+    assert local.get("/").status_code == 200
+    assert local.get("/", headers={"host": "evil.example"}).status_code == 400
 
     basic = _client(registry, basic_auth=("ada", "pa:ss"))
     no = basic.get("/")
@@ -240,6 +271,19 @@ def test_security_headers_on_every_response(registry: HyrexRegistry) -> None:
     assert "refresh" not in client.get("/?refresh=0").text.split("<title>")[0]
     assert 'http-equiv="refresh"' not in _client(registry, refresh=0).get("/").text
     assert "schedules live in the app" in client.get("/schedules").text  # no --app
+
+
+def test_metrics_route_serves_the_cluster_gauges_when_installed(
+    app: Any, registry: HyrexRegistry
+) -> None:
+    pytest.importorskip("hyrex_like.metrics")
+    app.hy.pause_queue("parked")
+    app.greet.with_config(queue="parked").send({"p": 1})
+    client = _client(registry, token="t")
+    assert client.get("/metrics").status_code == 401
+    scraped = client.get("/metrics", headers={"authorization": "Bearer t"})
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    assert "hyrex_like_" in scraped.text and 'queue="parked"' in scraped.text
 
 
 def test_templates_and_code_never_mark_text_safe() -> None:
@@ -355,6 +399,8 @@ def test_cli_serves_the_overview_on_a_free_port(
         assert found, (line, (tmp_path / "err.log").read_text())
         page = httpx.get(found.group(0), timeout=30)
         assert page.status_code == 200 and "<h1>Overview</h1>" in page.text
+        rebound = httpx.get(found.group(0), headers={"host": "evil.example:80"}, timeout=30)
+        assert rebound.status_code == 400  # a DNS-rebinding page cannot read it
         assert "nightly" in httpx.get(found.group(0) + "schedules", timeout=30).text
     finally:
         proc.terminate()

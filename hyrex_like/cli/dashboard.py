@@ -19,6 +19,8 @@ from .common import APP_HELP, EXIT_USAGE, load_app
 WEB_HINT = "the dashboard needs the web extra: pip install 'hyrex-like[web]'"
 TOKEN_ENV = "HYREX_LIKE_DASHBOARD_TOKEN"
 BASIC_AUTH_ENV = "HYREX_LIKE_DASHBOARD_BASIC_AUTH"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+"""The Host names a dashboard on a loopback address answers to (not a rebound DNS name)."""
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -128,6 +130,7 @@ def _dashboard(args: argparse.Namespace) -> int:
             basic_auth=basic,
             refresh=args.refresh,
             app_registry=app_registry,
+            allowed_hosts=LOOPBACK_NAMES if _is_loopback(args.host) else None,
         )
         try:
             sock = _listen(args.host, args.port)

@@ -4,7 +4,8 @@ registry; ``hyrex-like dashboard`` serves it with uvicorn."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Collection
 from importlib import resources
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -19,6 +20,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from ..errors import (
+    ConfigurationError,
     DatabaseError,
     HyrexLikeError,
     InvalidTaskOption,
@@ -144,14 +146,13 @@ class Dashboard:
 
     def overview(self, request: Request) -> Response:
         at = views.now()
-        queues, rates = views.queue_rows(self.hy)
+        queues = views.queue_rows(self.hy)
         return self.render(
             request,
             "overview.html",
             {
                 "at": at,
                 "queues": queues,
-                "rates": rates,
                 "spark": views.throughput(self.hy, at),
                 "workers": views.worker_rows(self.hy, at),
                 "stale_after": views.STALE_AFTER,
@@ -180,7 +181,7 @@ class Dashboard:
 
     def task(self, request: Request) -> Response:
         task_id = views.parse_id(request.path_params["task_id"])
-        detail = None if task_id is None else views.task_detail(self.hy, task_id)
+        detail = None if task_id is None else self.hy.task_detail(task_id)
         if detail is None:
             return self.error(request, 404, "No task has this id.")
         status = TaskStatus(detail.task.status)
@@ -316,6 +317,22 @@ class Dashboard:
         return back, None
 
 
+def _metrics_route(hy: HyrexRegistry) -> Route | None:
+    """GET /metrics with the cluster's queue gauges (`hyrex_like.metrics`), when that module
+    and prometheus-client are installed: one exporter per cluster, not one per worker."""
+    try:
+        metrics = importlib.import_module("hyrex_like.metrics")
+        registry = metrics.cluster_registry(hy)
+    except (ImportError, ConfigurationError):
+        return None
+
+    def serve(request: Request) -> Response:  # sync: Starlette runs it off the event loop
+        body, content_type = metrics.render(registry)
+        return Response(body, headers={"content-type": content_type})
+
+    return Route("/metrics", serve)
+
+
 def create_app(
     registry: HyrexRegistry,
     *,
@@ -324,13 +341,16 @@ def create_app(
     basic_auth: tuple[str, str] | None = None,
     refresh: int = 5,
     app_registry: HyrexRegistry | None = None,
+    allowed_hosts: Collection[str] | None = None,
 ) -> Guard:
     """The dashboard as an ASGI app reading through ``registry``.
 
     ``allow_actions``: serve the POST actions (cancel, retry, pause, resume); otherwise they
     answer 405. ``token`` / ``basic_auth`` (user, password): require them on every page but
     /healthz. ``refresh``: seconds between automatic reloads of a page (0: never).
-    ``app_registry``: the app's registry, for the schedules page (next ticks)."""
+    ``app_registry``: the app's registry, for the schedules page (next ticks).
+    ``allowed_hosts``: answer only requests whose Host is one of these names (None: any); the
+    CLI sets the loopback names when it listens on a loopback address."""
     if refresh < 0:
         raise ValueError(f"refresh must be 0 (off) or more seconds, not {refresh}")
     d = Dashboard(registry, allow_actions=allow_actions, refresh=refresh, app_registry=app_registry)
@@ -359,8 +379,11 @@ def create_app(
         Route("/workflows/{target}/{action}", d.act, methods=["POST"]),
         Route("/queues/{target:path}/{action}", d.act, methods=["POST"]),
     ]
+    metrics = _metrics_route(registry)
+    if metrics is not None:
+        routes.append(metrics)
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: not_found, HyrexLikeError: failed},
     )
-    return Guard(app, token=token, basic_auth=basic_auth)
+    return Guard(app, token=token, basic_auth=basic_auth, allowed_hosts=allowed_hosts)

@@ -8,7 +8,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -57,19 +57,26 @@ def parse_basic_auth(text: str) -> tuple[str, str]:
 
 
 class Guard:
-    """ASGI middleware: adds `HEADERS` to every response and, when a token or a basic-auth
-    pair is set, answers 401 to any request that does not carry it.
+    """ASGI middleware: adds `HEADERS` to every response; answers 400 to a Host header not in
+    ``allowed_hosts`` (when given); and, when a token or a basic-auth pair is set, answers 401
+    to any request that does not carry it.
 
     A token is accepted as ``Authorization: Bearer T``, as the ``hl_token`` cookie, or once as
     ``?token=T``, which sets that cookie (HttpOnly, SameSite=Strict) and redirects to the same
     URL without it, so the token leaves the address bar and the history."""
 
     def __init__(
-        self, app: ASGIApp, *, token: str | None, basic_auth: tuple[str, str] | None
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        basic_auth: tuple[str, str] | None,
+        allowed_hosts: Collection[str] | None = None,
     ) -> None:
         self.app = app
         self.token = token
         self.basic_auth = basic_auth
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,14 +102,26 @@ class Guard:
         await send_with_headers(
             {"type": "http.response.start", "status": status, "headers": headers}
         )
-        body = b"" if status == 303 else b"401 Unauthorized: this dashboard needs credentials\n"
+        body = {
+            303: b"",
+            400: b"400 Bad Request: this dashboard does not answer to that host name\n",
+        }.get(status, b"401 Unauthorized: this dashboard needs credentials\n")
         await send_with_headers({"type": "http.response.body", "body": body})
 
     def _refusal(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]]] | None:
         """None to let the request through, else the status and headers to answer with."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.allowed_hosts is not None:
+            # a page on another site whose name was made to resolve to 127.0.0.1 (DNS
+            # rebinding) sends its own name as Host: refused, so it cannot read these pages
+            try:
+                host = urlsplit("//" + headers.get("host", "")).hostname
+            except ValueError:
+                host = None
+            if host is None or host not in self.allowed_hosts:
+                return 400, [(b"content-type", b"text/plain; charset=utf-8")]
         if (self.token is None and self.basic_auth is None) or scope["path"] in OPEN_PATHS:
             return None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         authorization = headers.get("authorization", "")
         text = [("content-type", "text/plain; charset=utf-8")]
         if self.basic_auth is not None:

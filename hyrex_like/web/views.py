@@ -8,12 +8,12 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 from ..config import WorkerOptions
 from ..durations import parse_duration
-from ..errors import InvalidTaskOption, TaskNotFound
+from ..errors import InvalidTaskOption
+from ..inspect import MinuteCount, QueueStats, TaskPage
 from ..registry import HyrexRegistry
 from ..states import TASK_FINAL, TASK_RETRY_BY_HAND, TaskStatus, WorkerStatus
 
@@ -80,7 +80,7 @@ class Spark:
     height: int = SPARK_HEIGHT
 
 
-def sparkline(minutes: list[Any], at: datetime) -> Spark:
+def sparkline(minutes: list[MinuteCount], at: datetime) -> Spark:
     """Per-minute totals over every queue (``hy.throughput()`` rows), oldest on the left."""
     start = at.replace(second=0, microsecond=0) - timedelta(minutes=SPARK_MINUTES - 1)
     done = [0] * SPARK_MINUTES
@@ -103,35 +103,13 @@ def sparkline(minutes: list[Any], at: datetime) -> Spark:
     return Spark(points(done), points(failed), peak, sum(done), sum(failed))
 
 
-def queue_rows(hy: HyrexRegistry) -> tuple[list[Any], bool]:
-    """The queues with their counts and rates, and whether rates are known (``hy.stats()``);
-    before the inspection API exists, ``hy.queues()`` without rates."""
-    stats = getattr(hy, "stats", None)
-    if stats is not None:
-        return list(stats().queues), True
-    return [
-        SimpleNamespace(
-            queue=i.name,
-            ready=i.queued,
-            waiting=None,
-            running=i.running,
-            oldest_ready_seconds=None,
-            completed=None,
-            failed=None,
-            canceled=None,
-            per_minute=None,
-            concurrency_limit=i.concurrency_limit,
-            paused=i.paused,
-        )
-        for i in hy.queues()
-    ], False
+def queue_rows(hy: HyrexRegistry) -> list[QueueStats]:
+    """The queues with their counts and rates over the last 5 minutes."""
+    return hy.stats().queues
 
 
-def throughput(hy: HyrexRegistry, at: datetime) -> Spark | None:
-    read = getattr(hy, "throughput", None)
-    if read is None:
-        return None
-    return sparkline(list(read(SPARK_MINUTES)), at)
+def throughput(hy: HyrexRegistry, at: datetime) -> Spark:
+    return sparkline(hy.throughput(SPARK_MINUTES), at)
 
 
 def worker_rows(hy: HyrexRegistry, at: datetime) -> list[dict[str, Any]]:
@@ -176,71 +154,21 @@ class TaskFilter:
         return {k: v for k, v in fields.items() if v}
 
 
-def list_tasks(hy: HyrexRegistry, f: TaskFilter, limit: int = 50) -> Any:
+def list_tasks(hy: HyrexRegistry, f: TaskFilter, limit: int = 50) -> TaskPage:
     """One page of ``hy.list_tasks`` for the filter; `InvalidTaskOption` for a bad value."""
-    read = getattr(hy, "list_tasks", None)
-    if read is None:
-        raise InvalidTaskOption("listing tasks needs hy.list_tasks (the inspection API)")
     since = None
     if f.since:
         try:
             since = timedelta(seconds=parse_duration(f.since))
         except ValueError as exc:
             raise InvalidTaskOption(f"since: {exc}") from None
-    if f.status and f.status not in {s.value for s in TaskStatus}:
-        raise InvalidTaskOption(f"status {f.status!r} is not a task status")
-    return read(
+    return hy.list_tasks(
         name=f.name or None,
         status=f.status or None,
         queue=f.queue or None,
         since=since,
         limit=limit,
         after=f.after or None,
-    )
-
-
-def task_detail(hy: HyrexRegistry, task_id: uuid.UUID) -> Any | None:
-    """``hy.task_detail(id)`` (None: no such task); before the inspection API exists, the same
-    shape from the task's handle (no children)."""
-    read = getattr(hy, "task_detail", None)
-    if read is not None:
-        return read(task_id)
-    try:
-        handle = hy.get_handle(task_id)
-    except TaskNotFound:
-        return None
-    row = handle.row
-    parent = None
-    if row.parent_id is not None:
-        try:
-            parent = _summary(hy.get_handle(row.parent_id).row)
-        except TaskNotFound:
-            parent = None
-    return SimpleNamespace(
-        task=_summary(row),
-        payload=row.args,
-        result=row.result,
-        progress=row.progress,
-        last_error=row.last_error,
-        runs=handle.task_runs,
-        parent=parent,
-        children=[],
-    )
-
-
-def _summary(row: Any) -> SimpleNamespace:
-    return SimpleNamespace(
-        id=row.id,
-        task_name=row.task_name,
-        queue=row.queue,
-        status=row.status,
-        priority=row.priority,
-        attempts=row.attempt_count,
-        max_retries=row.max_retries,
-        created_at=row.created_at,
-        run_after=row.run_after,
-        parent_id=row.parent_id,
-        workflow_id=row.workflow_id,
     )
 
 
