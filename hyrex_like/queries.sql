@@ -902,64 +902,96 @@ OFFSET %(budget)s - 1
 LIMIT 1
 
 -- inspect_tasks_queued --
--- Queued tasks, newest first (task_claim_idx: every queued task, then the top of them by id).
+-- Queued tasks, newest first: every queued one that matches (task_claim_idx), then the newest
+-- of them after the cursor. Materialized, with the cursor applied outside: otherwise a generic
+-- plan takes the cursor's id range for a narrow one and walks the primary key down to the
+-- floor instead. The cost grows with the backlog, not with the table.
+WITH hit AS MATERIALIZED (
+    SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+           run_after, parent_id, workflow_id
+    FROM task
+    WHERE status = 'queued'
+      AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+)
 SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
        run_after, parent_id, workflow_id
-FROM task
-WHERE status = 'queued' AND id < %(after)s::uuid AND id >= %(floor)s::uuid
-  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
-  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+FROM hit
+WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
 ORDER BY id DESC
 LIMIT %(limit)s
 
 -- inspect_tasks_queued_in_queue --
 -- inspect_tasks_queued for one queue (task_queue_idx).
+WITH hit AS MATERIALIZED (
+    SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+           run_after, parent_id, workflow_id
+    FROM task
+    WHERE status = 'queued' AND queue = %(queue)s::text
+      AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+)
 SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
        run_after, parent_id, workflow_id
-FROM task
-WHERE status = 'queued' AND queue = %(queue)s::text
-  AND id < %(after)s::uuid AND id >= %(floor)s::uuid
-  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
-  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+FROM hit
+WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
 ORDER BY id DESC
 LIMIT %(limit)s
 
 -- inspect_tasks_running --
--- Running tasks, newest first (task_running_idx).
+-- Running tasks, newest first (task_running_idx; materialized as inspect_tasks_queued).
+WITH hit AS MATERIALIZED (
+    SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+           run_after, parent_id, workflow_id
+    FROM task
+    WHERE status = 'running'
+      AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+)
 SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
        run_after, parent_id, workflow_id
-FROM task
-WHERE status = 'running' AND id < %(after)s::uuid AND id >= %(floor)s::uuid
-  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
-  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+FROM hit
+WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
 ORDER BY id DESC
 LIMIT %(limit)s
 
 -- inspect_tasks_running_in_queue --
 -- inspect_tasks_running for one queue (task_queue_running_idx).
+WITH hit AS MATERIALIZED (
+    SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+           run_after, parent_id, workflow_id
+    FROM task
+    WHERE status = 'running' AND queue = %(queue)s::text
+      AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
+      AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+)
 SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
        run_after, parent_id, workflow_id
-FROM task
-WHERE status = 'running' AND queue = %(queue)s::text
-  AND id < %(after)s::uuid AND id >= %(floor)s::uuid
-  AND (%(name)s::text IS NULL OR task_name = %(name)s::text)
-  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+FROM hit
+WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
 ORDER BY id DESC
 LIMIT %(limit)s
 
 -- inspect_tasks_paused --
 -- Paused tasks are steps of paused workflows: those (workflow_live_idx), then their steps
--- (task_workflow_step_idx).
-SELECT t.id, t.task_name, t.queue, t.status, t.priority, t.attempt_count, t.max_retries,
-       t.created_at, t.run_after, t.parent_id, t.workflow_id
-FROM workflow AS w
-JOIN task AS t ON t.workflow_id = w.id
-WHERE w.state = 'paused' AND t.status = 'paused'
-  AND t.id < %(after)s::uuid AND t.id >= %(floor)s::uuid
-  AND (%(name)s::text IS NULL OR t.task_name = %(name)s::text)
-  AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
-  AND (%(since)s::timestamptz IS NULL OR t.created_at >= %(since)s::timestamptz)
-ORDER BY t.id DESC
+-- (task_workflow_step_idx), each step set materialized as inspect_tasks_queued (a generic
+-- plan would otherwise walk every step of every workflow ever run).
+WITH paused AS MATERIALIZED (
+    SELECT id FROM workflow WHERE state = 'paused'
+), hit AS MATERIALIZED (
+    SELECT t.id, t.task_name, t.queue, t.status, t.priority, t.attempt_count, t.max_retries,
+           t.created_at, t.run_after, t.parent_id, t.workflow_id
+    FROM paused AS w JOIN task AS t ON t.workflow_id = w.id
+    WHERE t.status = 'paused'
+      AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
+      AND (%(name)s::text IS NULL OR t.task_name = %(name)s::text)
+      AND (%(since)s::timestamptz IS NULL OR t.created_at >= %(since)s::timestamptz)
+)
+SELECT id, task_name, queue, status, priority, attempt_count, max_retries, created_at,
+       run_after, parent_id, workflow_id
+FROM hit
+WHERE id < %(after)s::uuid AND id >= %(floor)s::uuid
+ORDER BY id DESC
 LIMIT %(limit)s
 
 -- inspect_task_summary --

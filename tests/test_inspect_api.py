@@ -231,3 +231,34 @@ def test_stats_counts_ready_waiting_running_and_what_ended(
     # The final flush at stop counts the held task's completion.
     held_stats = queue_stats(registry, "held")
     assert held_stats is not None and held_stats.completed == 1 and held_stats.running == 0
+
+
+def test_upkeep_prunes_day_old_tallies_and_week_old_worker_rows(
+    registry: HyrexRegistry, database_url: str, schema: str
+) -> None:
+    import psycopg
+    import structlog
+
+    from hyrex_like.worker.retention import prune_upkeep
+
+    registry.stats()  # migrates the schema
+    with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as c:
+        c.execute(
+            "INSERT INTO queue_minute (minute, worker_id, queue, status, attempts, run_seconds) "
+            "SELECT now() - make_interval(hours => h), gen_random_uuid(), 'q', 'completed', 1, 0 "
+            "FROM unnest(ARRAY[1, 23, 25, 48]) AS h"
+        )
+        c.execute(
+            "INSERT INTO worker (id, hostname, pid, processes, status, stopped_at) "
+            "SELECT gen_random_uuid(), 'h', 1, 1, s, now() - make_interval(days => d) "
+            "FROM (VALUES ('stopped', 8), ('lost', 9), ('stopped', 6), ('lost', 1)) AS v (s, d)"
+        )
+        c.execute(
+            "INSERT INTO worker (id, hostname, pid, processes) "
+            "VALUES (gen_random_uuid(), 'h', 2, 1)"
+        )
+        assert prune_upkeep(c, structlog.get_logger()) is True
+        hours = c.execute("SELECT count(*) FROM queue_minute").fetchone()
+        ended = c.execute("SELECT count(*) FROM worker").fetchone()
+    assert hours == (2,) and ended == (3,)  # 1 h and 23 h stay; 6 d, 1 d and the running one
+    assert [m.completed for m in registry.throughput(120)] == [1]
