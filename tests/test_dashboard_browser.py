@@ -446,6 +446,7 @@ def test_action_without_csrf_token_is_refused(driver: Any, site: Site) -> None:
     )
     assert removed == "submitted"
     wait_until(lambda: response_status(driver) == 403, timeout=10, what="a 403 page")
+    wait_for_text(driver, "Refused")
     assert site.status(failed) == TaskStatus.FAILED
     assert len(site.app.hy.get_handle(failed).task_runs) == runs_before
 
