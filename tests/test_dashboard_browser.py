@@ -390,11 +390,14 @@ def test_task_page_updates_by_itself_when_the_task_finishes(driver: Any, site: S
     wait_until(lambda: handle.refresh().status == TaskStatus.RUNNING, what="the report to run")
     site.get(driver, f"/tasks/{handle.id}")
     wait_for_text(driver, "build_report", "running")
+    assert driver.find_elements("css selector", "meta[http-equiv='refresh']")
     assert "completed" not in body_text(driver)
     app.hy.kv.set(key, True)
     # No driver.refresh(): the page's own meta refresh (every second here) must bring it.
     wait_for_text(driver, "completed", "report quarterly built", timeout=15)
     assert handle.refresh().status == TaskStatus.COMPLETED
+    # A final task's page stops reloading itself.
+    assert driver.find_elements("css selector", "meta[http-equiv='refresh']") == []
 
 
 @pytest.mark.parametrize(
