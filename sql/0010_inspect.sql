@@ -4,8 +4,9 @@
 -- ended, with the seconds they ran. Each worker tallies the attempts it writes in memory and
 -- adds them here with its heartbeat (one upsert per heartbeat, its own rows only, so workers
 -- never wait on each other); throughput over the last minutes is a range scan of the primary
--- key, never a scan of task or task_run. Rows older than a day are deleted by retention. A
--- worker killed with SIGKILL loses at most one heartbeat's counts.
+-- key, never a scan of task or task_run. The elected rescuer deletes rows older than a day
+-- (every 10 minutes, with or without --retention). A worker killed with SIGKILL loses at most
+-- one heartbeat's counts.
 CREATE TABLE queue_minute (
     minute       timestamptz      NOT NULL,
     worker_id    uuid             NOT NULL,

@@ -1,8 +1,9 @@
 -- hyrex-like schema, version 11: the claim of limited queues returns the sender's trace context
 -- (task.trace_context, added by 0010), as claim_tasks does, so the attempt's span is the send's
 -- child (tracing, #18). A function's result columns cannot change in place: DROP and CREATE,
--- in the migration's one transaction. Workers of the previous version read the old columns:
--- migrate before rolling workers, as for 0009.
+-- in the migration's one transaction. A worker of the previous version expects the old
+-- columns and fails each claim of a limited queue until it is restarted on the new version:
+-- stop the workers, migrate, start them (or accept that limited queues wait for the restart).
 DROP FUNCTION claim_limited_tasks(uuid, text[], text[], integer);
 
 -- Claim up to `most` tasks from the limited queues this worker serves (`queues`, empty: all)

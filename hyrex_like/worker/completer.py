@@ -337,8 +337,10 @@ def accepted(
     """The attempts of a written batch the database recorded, each with the run status it
     recorded, for the metrics and the minute tally (counted once across the cluster).
 
-    ``finish_runs`` returns the rows that passed its guard but completed ones; a row it
-    returns with no task status did not pass (a late write for a task rescued since). A run
+    ``finish_runs`` returns the rows that passed its guard but completed ones, so a row not
+    returned passed if it completed and was refused otherwise (a late write for a task rescued
+    since). A late *completed* write it refused cannot be told apart and is counted (rare;
+    README, Metrics). A row returned with no task status is taken as refused. A run
     stopped as canceled with no cancel on the task (its workflow's pause) is recorded as
     interrupted, as the statement does; a row rejected and rewritten counts as written."""
     statuses: dict[uuid.UUID, str | None] = {r[0]: r[1] for r in returned}
