@@ -9,7 +9,7 @@ Loads, into a schema of its own (``inspect_plans`` unless --schema; dropped at t
 order matches created_at; 3% failed, 1% canceled, 1% sent by another task), 2,000 queued
 (some delayed), 50 running, a backlog of --backlog more queued tasks (200,000 by default,
 sent in the half hour before those), 20 steps of paused workflows, a day of queue_minute
-tallies and 300 ended workers, then VACUUM ANALYZE. Then EXPLAIN (ANALYZE, BUFFERS) of every
+tallies and 20,000 ended workers, then VACUUM ANALYZE. Then EXPLAIN (ANALYZE, BUFFERS) of every
 statement behind hy.list_tasks, hy.task_detail, hy.stats, hy.throughput and hy.list_workers, each
 prepared and run with plan_cache_mode = force_custom_plan and then force_generic_plan (a
 pooled connection switches to the generic plan after five runs), and prints a markdown table.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hyrex_like import HyrexRegistry  # noqa: E402
 from hyrex_like.db.queries import numbered  # noqa: E402
 
-BIG_TABLES = frozenset({"task", "task_run", "queue_minute"})
+BIG_TABLES = frozenset({"task", "task_run", "queue_minute", "worker"})
 
 # A UUIDv7-like id made at ts: its millisecond, then bits of a hash of seed.
 _V7 = """
@@ -130,7 +130,7 @@ LOAD = [
            CASE WHEN g = 1 THEN 'running' ELSE 'stopped' END,
            now() - g * interval '1 hour', now(),
            CASE WHEN g > 1 THEN now() - g * interval '1 hour' END
-    FROM generate_series(1, 300) AS g
+    FROM generate_series(1, 20000) AS g
     """,
 ]
 

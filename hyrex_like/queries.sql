@@ -875,12 +875,17 @@ ORDER BY 1
 -- list_workers --
 -- The workers running now and those that stopped or were declared lost in the last
 -- %(recent)s seconds, newest first, each with how many tasks it holds as running now
--- (task_running_idx). One row per worker process ever started: the table is small.
+-- (task_running_idx). Two branches, each on its partial index (worker_alive_idx,
+-- worker_ended_idx), so the rows of workers that ended long ago are never read.
 SELECT w.id, w.hostname, w.pid, w.queues, w.task_names, w.processes, w.status, w.started_at,
        w.heartbeat_at, w.stopped_at,
        (SELECT count(*) FROM task AS t WHERE t.status = 'running' AND t.worker_id = w.id)
-FROM worker AS w
-WHERE w.status = 'running' OR w.stopped_at >= now() - make_interval(secs => %(recent)s)
+FROM (
+    SELECT * FROM worker WHERE status = 'running'
+    UNION ALL
+    SELECT * FROM worker
+    WHERE status <> 'running' AND stopped_at >= now() - make_interval(secs => %(recent)s)
+) AS w
 ORDER BY w.started_at DESC, w.id
 
 -- ==================================================================== inspection (#18) --

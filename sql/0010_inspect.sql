@@ -20,6 +20,10 @@ CREATE TABLE queue_minute (
 -- Workflows that are running or paused, newest first, without reading ended ones.
 CREATE INDEX workflow_live_idx ON workflow (created_at, id) WHERE state IN ('running', 'paused');
 
+-- Workers that ended, by when (hy.list_workers' "ended in the last hour"): the running ones
+-- come from worker_alive_idx, so listing never reads every worker row ever written.
+CREATE INDEX worker_ended_idx ON worker (stopped_at) WHERE status <> 'running';
+
 -- The sender's trace context (W3C: {"traceparent": ..., "tracestate": ...}) when tracing is on,
 -- so the attempt's span is the send's child; NULL otherwise. Adding a NULL column rewrites
 -- nothing.

@@ -1,6 +1,6 @@
 """Every inspection read (#18) is an index path on a big table: bench/inspect_plans.py at
 100,000 finished tasks and a backlog of 50,000 queued ones, each read's plan custom and generic,
-walked for a Seq Scan on task, task_run or queue_minute (docs/performance.md, "Inspection
+walked for a Seq Scan on task, task_run, queue_minute or worker (docs/performance.md, "Inspection
 reads", has the 1,000,000-row run)."""
 
 from __future__ import annotations
